@@ -1,0 +1,117 @@
+"""Communication between ranks over torch.distributed (NCCL on CUDA, gloo on CPU).
+
+Only collectives both backends implement are used: batched point-to-point, all_reduce and broadcast.
+A single rank never communicates. Bytes are counted so the cost model can be checked.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .layout import FrameLayout
+
+
+class Communicator:
+    def __init__(self, rank: int, world_size: int, device: torch.device | str, group: object | None = None):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.group = group
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @classmethod
+    def single(cls, device: torch.device | str = "cpu") -> Communicator:
+        return cls(0, 1, device)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def reset_counters(self) -> None:
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def borrow_frames(
+        self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frames of the rank's halo of `width` on each side, clipped to the video, from their owners.
+
+        `x` holds this rank's own frames along `dim`. Returns (left, right) with the borrowed frames in
+        global order; they may come from several ranks when neighbouring clips are short.
+        """
+        (l_lo, l_hi), (r_lo, r_hi) = layout.halo(self.rank, width)
+        shape = list(x.shape)
+        shape[dim] = l_hi - l_lo
+        left = x.new_empty(shape)
+        shape[dim] = r_hi - r_lo
+        right = x.new_empty(shape)
+        if self.world_size == 1 or width == 0:
+            return left, right
+        start = layout.starts[self.rank]
+        ops = []
+        for tag, (sender, receiver, lo, hi) in enumerate(layout.transfers(width)):
+            if sender == self.rank:
+                piece = x.narrow(dim, lo - start, hi - lo).contiguous()
+                ops.append(dist.P2POp(dist.isend, piece, receiver, self.group, tag))
+                self.bytes_sent += piece.numel() * piece.element_size()
+            elif receiver == self.rank:
+                target, offset = (left, l_lo) if hi <= start else (right, r_lo)
+                view = target.narrow(dim, lo - offset, hi - lo)
+                # A received piece lands in a contiguous buffer first: narrow() of a non-leading dim is strided.
+                buffer = torch.empty_like(view, memory_format=torch.contiguous_format)
+                ops.append((dist.P2POp(dist.irecv, buffer, sender, self.group, tag), view, buffer))
+                self.bytes_received += buffer.numel() * buffer.element_size()
+        p2p = [op[0] if isinstance(op, tuple) else op for op in ops]
+        if p2p:
+            for request in dist.batch_isend_irecv(p2p):
+                request.wait()
+        for op in ops:
+            if isinstance(op, tuple):
+                op[1].copy_(op[2])
+        return left, right
+
+    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks in place. Counted as a ring all-reduce: 2 (N-1)/N of the tensor each way."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor, group=self.group)
+            moved = 2 * (self.world_size - 1) * tensor.numel() * tensor.element_size() // self.world_size
+            self.bytes_sent += moved
+            self.bytes_received += moved
+        return tensor
+
+    def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.broadcast(tensor, src, group=self.group)
+        return tensor
+
+    def agree(self, decision_on_root: bool) -> bool:
+        """Rank 0's decision, known to every rank at the same point of the loop."""
+        if self.world_size == 1:
+            return decision_on_root
+        flag = torch.tensor([1 if decision_on_root else 0], dtype=torch.int32, device=self.device)
+        self.broadcast_(flag)
+        return bool(flag.item())
+
+    def gather_frames_to_root(
+        self, own: torch.Tensor, layout: FrameLayout, out: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Concatenates every rank's frames (leading dim) on rank 0, in rank order; None elsewhere."""
+        if self.world_size == 1:
+            if out is None:
+                return own
+            out.copy_(own)
+            return out
+        if self.rank != 0:
+            dist.send(own.contiguous(), 0, group=self.group)
+            return None
+        if out is None:
+            out = own.new_empty((layout.total, *own.shape[1:]))
+        out[: layout.counts[0]].copy_(own)
+        for sender in range(1, self.world_size):
+            start, end = layout.span(sender)
+            buffer = own.new_empty((end - start, *own.shape[1:]))
+            dist.recv(buffer, sender, group=self.group)
+            out[start:end].copy_(buffer)
+        return out

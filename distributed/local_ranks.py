@@ -1,0 +1,134 @@
+"""Runs a function on N local ranks (gloo on CPU), each a real process: for tests, benchmarks, scripts.
+
+The worker pool is the long-lived way to run jobs; this is the short-lived one: start, run, exit.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .comm import Communicator
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_on_local_ranks(
+    world_size: int,
+    target: Callable[..., Any],
+    kwargs: dict[str, Any] | None = None,
+    timeout: float = 300.0,
+    threads_per_rank: int = 1,
+) -> list[Any]:
+    """Calls target(comm, **kwargs) on every rank; returns the results in rank order.
+
+    target must be a module-level function (it is imported by name in each process). A rank that
+    raises makes this raise RuntimeError with that rank's traceback.
+    """
+    context = mp.get_context("spawn")
+    results: Any = context.Queue()
+    port = free_port()
+    processes = [
+        context.Process(
+            target=_rank_main,
+            args=(rank, world_size, port, target, kwargs or {}, results, threads_per_rank, timeout),
+            daemon=True,
+        )
+        for rank in range(world_size)
+    ]
+    for process in processes:
+        process.start()
+    collected: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(collected) < world_size:
+            try:
+                rank, ok, payload = results.get(timeout=0.5)
+            except queue.Empty:
+                dead = [r for r, p in enumerate(processes) if p.exitcode is not None and r not in collected]
+                if dead:
+                    raise RuntimeError(f"rank {dead[0]} exited with code {processes[dead[0]].exitcode} and no result") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"local ranks gave no result within {timeout:.0f} s") from None
+                continue
+            if not ok:
+                raise RuntimeError(f"rank {rank} failed:\n{payload}")
+            collected[rank] = payload
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return [collected[rank] for rank in range(world_size)]
+
+
+def _rank_main(
+    rank: int,
+    world_size: int,
+    port: int,
+    target: Callable[..., Any],
+    kwargs: dict[str, Any],
+    results: Any,
+    threads: int,
+    timeout: float,
+) -> None:
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        if world_size > 1:
+            dist.init_process_group(
+                "gloo",
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=rank,
+                world_size=world_size,
+                timeout=timedelta(seconds=timeout),
+            )
+        comm = Communicator(rank, world_size, torch.device("cpu"))
+        results.put((rank, True, _plain(target(comm, **kwargs))))
+    except BaseException:
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _plain(value: Any) -> Any:
+    """Tensors leave as numpy arrays: a torch tensor put on a queue is shared through a handle that
+    dies with this process, which exits right after."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+def run_job(comm: Communicator, job: dict[str, Any]) -> dict[str, Any]:
+    """A target for run_on_local_ranks: one engine job; frames and latents come back from rank 0."""
+    from .engine import Engine
+
+    engine = Engine(comm)
+    frames = engine.run(job)
+    stats = engine.last_stats
+    return {
+        "frames": frames,
+        "latents": stats.latents,
+        "bytes_sent_per_step": stats.bytes_sent_per_step,
+        "bytes_received_per_step": stats.bytes_received_per_step,
+        "frames_per_rank": stats.frames_per_rank,
+    }

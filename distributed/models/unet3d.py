@@ -1,0 +1,136 @@
+"""The diffusers UNet3D family (ModelScope, Zeroscope) and VideoCrafter2's port of it.
+
+VideoCrafter2's diffusers port is a `UNet3DConditionModel` with an extra fps embedding added to
+the time embedding. `run_unet3d` replaces `UNet3DConditionModel.forward` so that every frame can
+carry its own text conditioning (prompt schedules), which the stock forward cannot express.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet3DConditionModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+VIDEOCRAFTER_CLASS_NAME = "UNet3DVideoCrafterConditionModel"
+SUPPORTED_UNET_CLASSES = ("UNet3DConditionModel", VIDEOCRAFTER_CLASS_NAME)
+
+
+class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
+    """`UNet3DConditionModel` plus VideoCrafter2's optional fps conditioning."""
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | None = None,
+        in_channels: int = 4,
+        out_channels: int = 4,
+        down_block_types: tuple[str, ...] = (
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "DownBlock3D",
+        ),
+        up_block_types: tuple[str, ...] = ("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        downsample_padding: int = 1,
+        mid_block_scale_factor: float = 1,
+        act_fn: str = "silu",
+        norm_num_groups: int | None = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 1024,
+        attention_head_dim: int | tuple[int] = 64,
+        num_attention_heads: int | tuple[int] | None = None,
+        time_cond_proj_dim: int | None = None,
+        fps_cond: bool = False,
+    ):
+        # The parent's config registration is skipped here: ours (with fps_cond) is the one saved.
+        UNet3DConditionModel.__init__.__wrapped__(
+            self,
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            downsample_padding=downsample_padding,
+            mid_block_scale_factor=mid_block_scale_factor,
+            act_fn=act_fn,
+            norm_num_groups=norm_num_groups,
+            norm_eps=norm_eps,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            num_attention_heads=num_attention_heads,
+            time_cond_proj_dim=time_cond_proj_dim,
+        )
+        self.fps_cond = fps_cond
+        if fps_cond:
+            channels = self.config.block_out_channels[0]
+            self.fps_proj = Timesteps(channels, True, 0)
+            self.fps_embedding = TimestepEmbedding(channels, channels * 4, act_fn=act_fn)
+
+
+def run_unet3d(
+    unet: UNet3DConditionModel,
+    sample: torch.Tensor,
+    timestep: torch.Tensor | float | int,
+    frame_text: torch.Tensor,
+    fps: float | None = None,
+) -> torch.Tensor:
+    """Denoiser call with per-frame text conditioning.
+
+    sample: (B, C, F, H, W). frame_text: (B, F, L, D), one text embedding per frame.
+    Returns the model output with the sample's shape.
+    """
+    batch, _, num_frames, height, width = sample.shape
+    if frame_text.shape[:2] != (batch, num_frames):
+        raise ValueError(
+            f"frame_text has shape {tuple(frame_text.shape)}; expected (batch={batch}, frames={num_frames}, L, D)"
+        )
+    up_factor = 2**unet.num_upsamplers
+    forward_upsample_size = height % up_factor != 0 or width % up_factor != 0
+
+    timesteps = torch.as_tensor(timestep, device=sample.device)
+    if timesteps.ndim == 0:
+        timesteps = timesteps[None]
+    timesteps = timesteps.expand(batch)
+    emb = unet.time_embedding(unet.time_proj(timesteps).to(dtype=unet.dtype))
+    if getattr(unet, "fps_cond", False):
+        fps_value = torch.full((batch,), 24.0 if fps is None else float(fps), device=sample.device)
+        emb = emb + unet.fps_embedding(unet.fps_proj(fps_value).to(dtype=unet.dtype))
+    emb = emb.repeat_interleave(num_frames, dim=0)
+    text = frame_text.reshape(batch * num_frames, *frame_text.shape[2:]).to(unet.dtype)
+
+    hidden = sample.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, -1, height, width)
+    hidden = unet.conv_in(hidden)
+    hidden = unet.transformer_in(hidden, num_frames=num_frames, return_dict=False)[0]
+
+    skips: tuple[torch.Tensor, ...] = (hidden,)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            hidden, res = block(hidden_states=hidden, temb=emb, encoder_hidden_states=text, num_frames=num_frames)
+        else:
+            hidden, res = block(hidden_states=hidden, temb=emb, num_frames=num_frames)
+        skips += res
+
+    if unet.mid_block is not None:
+        hidden = unet.mid_block(hidden, emb, encoder_hidden_states=text, num_frames=num_frames)
+
+    upsample_size = None
+    for index, block in enumerate(unet.up_blocks):
+        res = skips[-len(block.resnets) :]
+        skips = skips[: -len(block.resnets)]
+        if index < len(unet.up_blocks) - 1 and forward_upsample_size:
+            upsample_size = skips[-1].shape[2:]
+        kwargs = dict(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res, upsample_size=upsample_size)
+        if getattr(block, "has_cross_attention", False):
+            hidden = block(**kwargs, encoder_hidden_states=text, num_frames=num_frames)
+        else:
+            hidden = block(**kwargs, num_frames=num_frames)
+
+    if unet.conv_norm_out is not None:
+        hidden = unet.conv_act(unet.conv_norm_out(hidden))
+    hidden = unet.conv_out(hidden)
+    return hidden.reshape(batch, num_frames, *hidden.shape[1:]).permute(0, 2, 1, 3, 4)

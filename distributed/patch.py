@@ -1,0 +1,62 @@
+"""Installs dual-scope attention, halo temporal convolutions and frame GroupNorms into a UNet3D."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffusers.models.resnet import TemporalConvLayer
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from torch import nn
+
+from .attention import DualScopeAttnProcessor
+from .context import TemporalContext
+from .temporal_conv import FrameGroupNorm, HaloTemporalConv
+
+
+@dataclass(frozen=True)
+class PatchReport:
+    temporal_transformers: int
+    temporal_attentions: int
+    temporal_convs: int
+    frame_groupnorms: int
+
+
+def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
+    """Patches in place. Behaviour is then driven by `ctx` (settings, layout, timestep), so one patched
+    model serves every job; with ctx.layout None it computes exactly what the unpatched model does."""
+    if getattr(unet, "_video_infinity_patched", False):
+        raise RuntimeError("this UNet is already patched")
+    transformers = attentions = convs = norms = 0
+    processor = DualScopeAttnProcessor(ctx)
+    targets = list(unet.named_modules())
+    for name, module in targets:
+        if isinstance(module, TransformerTemporalModel):
+            transformers += 1
+            if isinstance(module.norm, nn.GroupNorm):
+                module.norm = FrameGroupNorm(module.norm, ctx)
+                norms += 1
+            for block in module.transformer_blocks:
+                for attn in (block.attn1, block.attn2):
+                    if attn is not None:
+                        attn.set_processor(processor)
+                        attentions += 1
+        elif isinstance(module, TemporalConvLayer):
+            wrapped = []
+            for stage in (module.conv1, module.conv2, module.conv3, module.conv4):
+                frame_norm = FrameGroupNorm(stage[0], ctx)
+                stage[0] = frame_norm
+                wrapped.append(frame_norm)
+            norms += len(wrapped)
+            _replace(unet, name, HaloTemporalConv(module, wrapped, ctx))
+            convs += 1
+    unet._video_infinity_patched = True
+    return PatchReport(transformers, attentions, convs, norms)
+
+
+def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    if isinstance(parent, (nn.ModuleList, nn.Sequential)):
+        parent[int(child)] = new
+    else:
+        setattr(parent, child, new)

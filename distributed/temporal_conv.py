@@ -1,0 +1,83 @@
+"""Temporal convolutions across rank borders, and GroupNorms whose statistics span the whole video."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.resnet import TemporalConvLayer
+from torch import nn
+
+from .context import TemporalContext
+
+
+class FrameGroupNorm(nn.Module):
+    """A GroupNorm over (B, C, F, H, W) that normalises across frames.
+
+    Exact mode: statistics come from the own frames of every rank (halo frames excluded), summed over
+    ranks in two passes (mean, then squared deviations) so they match one device's GroupNorm. Other
+    modes: the original per-rank GroupNorm (the reference code's behaviour).
+    """
+
+    def __init__(self, norm: nn.GroupNorm, ctx: TemporalContext):
+        super().__init__()
+        self.norm = norm
+        self.ctx = ctx
+        self.own: tuple[int, int] | None = None  # own frames of the input when it carries a halo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctx = self.ctx
+        if not ctx.active or ctx.settings.mode != "exact":
+            return self.norm(x)
+        norm = self.norm
+        groups = norm.num_groups
+        batch, channels = x.shape[:2]
+        lo, hi = self.own if self.own is not None else (0, x.shape[2])
+        compute = torch.float32 if x.element_size() < 4 else x.dtype  # half precision: statistics in fp32
+        own = x[:, :, lo:hi].to(compute).reshape(batch, groups, -1)
+        comm = ctx.comm
+        stats = torch.stack([own.sum(-1), torch.full_like(own[..., 0], own.shape[-1])]).double()
+        comm.all_reduce_(stats)
+        mean = (stats[0] / stats[1]).to(compute)
+        deviation = (own - mean.unsqueeze(-1)).square().sum(-1).double()
+        comm.all_reduce_(deviation)
+        var = (deviation / stats[1]).to(compute)
+        grouped = x.to(compute).reshape(batch, groups, -1)
+        normed = (grouped - mean.unsqueeze(-1)) * torch.rsqrt(var.unsqueeze(-1) + norm.eps)
+        normed = normed.reshape(x.shape)
+        if norm.affine:
+            shape = (1, channels) + (1,) * (x.dim() - 2)
+            normed = normed * norm.weight.to(compute).view(shape) + norm.bias.to(compute).view(shape)
+        return normed.to(x.dtype)
+
+
+class HaloTemporalConv(nn.Module):
+    """Runs a TemporalConvLayer on [left halo ; own ; right halo] and keeps the own frames.
+
+    The layer's receptive field is +-4 frames (four Conv3d(3,1,1) stages), so a halo of 4 makes the own
+    frames exact. At the video ends there is no neighbour: exact mode pads nothing there, so the
+    layer's own zero padding applies as on one device; reference mode feeds zero frames.
+    """
+
+    def __init__(self, layer: TemporalConvLayer, norms: list[FrameGroupNorm], ctx: TemporalContext):
+        super().__init__()
+        self.layer = layer
+        self.norms = norms
+        self.ctx = ctx
+
+    def forward(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        ctx = self.ctx
+        width = ctx.settings.conv_halo
+        if not ctx.active or width == 0:
+            return self._run(hidden_states, num_frames, None)
+        batch = hidden_states.shape[0] // num_frames
+        frames = hidden_states.view(batch, num_frames, *hidden_states.shape[1:])
+        left, right = ctx.borrow(frames, dim=1, width=width, pad_ends=ctx.settings.mode == "reference")
+        extended = torch.cat([left, frames, right], dim=1)
+        total = extended.shape[1]
+        out = self._run(extended.reshape(batch * total, *hidden_states.shape[1:]), total, (left.shape[1], left.shape[1] + num_frames))
+        out = out.view(batch, total, *out.shape[1:])[:, left.shape[1] : left.shape[1] + num_frames]
+        return out.reshape(batch * num_frames, *out.shape[2:])
+
+    def _run(self, hidden_states: torch.Tensor, num_frames: int, own: tuple[int, int] | None) -> torch.Tensor:
+        for norm in self.norms:
+            norm.own = own
+        return self.layer(hidden_states, num_frames=num_frames)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: sets up everything it needs from nothing, then runs the whole suite.
+# Extra arguments go to pytest (e.g. -m "not browser").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

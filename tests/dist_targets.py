@@ -1,0 +1,67 @@
+"""Functions that run inside each local rank (imported by name in the spawned processes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from distributed.comm import Communicator
+from distributed.context import TemporalContext
+from distributed.layout import FrameLayout
+from distributed.models.tiny import tiny_unet_config
+from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
+from distributed.patch import patch_unet
+from distributed.settings import DualScopeSettings
+
+
+def random_unet(seed: int, dtype: torch.dtype, fps_cond: bool = True) -> UNet3DVideoCrafterConditionModel:
+    torch.manual_seed(seed)
+    unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config(fps_cond=fps_cond))
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.05)
+    return unet.to(dtype).eval()
+
+
+def unet_call(comm: Communicator, frames: int, settings: dict[str, Any], timestep: float, dtype: str) -> dict:
+    """One patched UNet call on this rank's clip of a fixed random input; returns the own output."""
+    torch_dtype = getattr(torch, dtype)
+    unet = random_unet(0, torch_dtype)
+    ctx = TemporalContext(comm)
+    patch_unet(unet, ctx)
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 4, frames, 8, 8, generator=generator, dtype=torch_dtype)
+    text = torch.randn(2, frames, 16, 32, generator=generator, dtype=torch_dtype)
+    layout = FrameLayout(frames, comm.world_size)
+    start, end = layout.span(comm.rank)
+    ctx.begin_job(layout, DualScopeSettings(**settings))
+    ctx.timestep = timestep
+    with torch.no_grad():
+        out = run_unet3d(unet, sample[:, :, start:end], timestep, text[:, start:end], fps=8)
+    return {"start": start, "out": out}
+
+
+def temporal_conv_call(comm: Communicator, frames: int, mode: str) -> dict:
+    """A lone TemporalConvLayer (GroupNorms included) on this rank's clip, float64."""
+    from diffusers.models.resnet import TemporalConvLayer
+
+    torch.manual_seed(3)
+    layer = TemporalConvLayer(16, 16, norm_num_groups=4).double().eval()
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.normal_(0.0, 0.3)
+    ctx = TemporalContext(comm)
+    holder = torch.nn.Module()
+    holder.conv = layer
+    patch_unet(holder, ctx)
+    x = torch.randn(2 * frames, 16, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = x.view(2, frames, 16, 4, 4) * 3 + 1  # a non-zero mean makes the statistics matter
+    layout = FrameLayout(frames, comm.world_size)
+    start, end = layout.span(comm.rank)
+    ctx.begin_job(layout, DualScopeSettings(mode=mode))
+    own = x[:, start:end].reshape(-1, 16, 4, 4)
+    with torch.no_grad():
+        out = holder.conv(own, num_frames=end - start)
+    return {"out": out.view(2, end - start, 16, 4, 4), "bytes": comm.bytes_sent}

@@ -1,0 +1,186 @@
+"""Single-process checks of the engine's pieces: semantics, reference rules, layout and input errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from diffusers import UNet3DConditionModel
+
+from distributed.attention import band_plan
+from distributed.comm import Communicator
+from distributed.context import TemporalContext
+from distributed.engine import Engine
+from distributed.errors import InvalidSettingsError, ModelLoadError
+from distributed.job import JobSpec
+from distributed.layout import FrameLayout, global_indices_exact, global_indices_reference
+from distributed.models.tiny import tiny_text_encoder
+from distributed.models.unet3d import run_unet3d
+from distributed.patch import patch_unet
+from distributed.settings import DualScopeSettings
+
+from .dist_targets import random_unet
+
+
+def test_real_videocrafter_config_patches_every_temporal_layer():
+    with torch.device("meta"):
+        unet = UNet3DConditionModel()  # the full-size ModelScope / VideoCrafter2 layout, no memory used
+    report = patch_unet(unet, TemporalContext(Communicator.single()))
+    assert (report.temporal_transformers, report.temporal_attentions, report.temporal_convs) == (17, 34, 22)
+    assert report.frame_groupnorms == 17 + 4 * 22
+
+
+def test_full_window_without_globals_equals_the_unpatched_model():
+    unet = random_unet(0, torch.float64, fps_cond=False)  # the stock forward knows no fps embedding
+    plain = copy.deepcopy(unet)
+    ctx = TemporalContext(Communicator.single())
+    patch_unet(unet, ctx)
+    frames = 10
+    sample = torch.randn(2, 4, frames, 8, 8, dtype=torch.float64)
+    text = torch.randn(2, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = plain(sample, 500, text).sample  # the stock diffusers forward
+        ctx.begin_job(FrameLayout(frames, 1), DualScopeSettings(local_window=frames, global_frames=0, phase_bias=False))
+        ctx.timestep = 500.0
+        got = run_unet3d(unet, sample, 500, text[:, None].expand(2, frames, 7, 32))
+    assert (got - expected).abs().max().item() < 1e-12
+    ctx.begin_job(FrameLayout(frames, 1), DualScopeSettings(local_window=2, global_frames=0, phase_bias=False))
+    with torch.no_grad():
+        banded = run_unet3d(unet, sample, 500, text[:, None].expand(2, frames, 7, 32))
+    assert (banded - expected).abs().max().item() > 1e-4  # a narrow window really is local
+
+
+def test_exact_global_frames_are_spread_over_the_timeline_independent_of_ranks():
+    assert global_indices_exact(64, 4) == [8, 24, 40, 56]
+    assert global_indices_exact(5, 5) == [0, 1, 2, 3, 4]
+
+
+def test_reference_global_frames_follow_the_per_rank_rule():
+    # N=2, G=4: m=2 per rank, stride 8//2=4: local 0,4 on each rank.
+    assert global_indices_reference(FrameLayout(16, 2), 4) == [0, 4, 8, 12]
+    # N=3 does not divide G=16: m=5, F=11,11,10 -> strides 2,2,2 -> 6,6,5 frames, cut to 16.
+    indices = global_indices_reference(FrameLayout(32, 3), 16)
+    assert indices == [0, 2, 4, 6, 8, 10, 11, 13, 15, 17, 19, 21, 22, 24, 26, 28]
+    # m = 0 (more ranks than global frames): only local index 0 of each rank.
+    assert global_indices_reference(FrameLayout(12, 4), 2) == [0, 3]
+
+
+def plan(mode_exact: bool, timestep_global: bool, start: int = 0, frames: int = 6, total: int = 12):
+    return band_plan(frames, start, total, 2, 3, mode_exact, 0.0 if timestep_global else 10.0,
+                     10.0 if timestep_global else 0.0, 1.0, False, torch.device("cpu"), torch.float64)
+
+
+def visible_local_frames(p, frames: int, start: int, query: int) -> list[int]:
+    block, row = divmod(query, p.block)
+    local = p.bias[block, row, : p.block + 2 * p.width]
+    return [start - p.width + block * p.block + w for w in range(local.shape[0]) if local[w] > float("-inf")]
+
+
+def test_visibility_is_the_window_of_half_width_p_and_ends_are_masked_in_exact_mode():
+    p = plan(mode_exact=True, timestep_global=True)
+    assert visible_local_frames(p, 6, 0, 0) == [0, 1, 2]  # frames -2, -1 do not exist: masked
+    assert visible_local_frames(p, 6, 0, 3) == [1, 2, 3, 4, 5]
+    assert visible_local_frames(p, 6, 0, 5) == [3, 4, 5, 6, 7]  # 6, 7 come from the right neighbour
+
+
+def test_reference_mode_leaves_missing_end_frames_visible():
+    p = plan(mode_exact=False, timestep_global=True)
+    assert visible_local_frames(p, 6, 0, 0) == [-2, -1, 0, 1, 2]
+
+
+def test_phase_bias_favours_global_keys_early_and_local_keys_late():
+    early = plan(True, timestep_global=True)
+    late = plan(True, timestep_global=False)
+    block_len = early.block + 2 * early.width
+    assert torch.all(early.bias[0, 0, block_len:] == 10.0)
+    assert torch.all(late.bias[0, 0, block_len:] == 0.0)
+    finite = late.bias[0, 0, :block_len][late.bias[0, 0, :block_len] > float("-inf")]
+    assert torch.all(finite == 10.0)
+
+
+def test_uneven_layout_and_multi_rank_halos():
+    layout = FrameLayout(10, 4)
+    assert layout.counts == (3, 3, 2, 2)
+    assert layout.halo(3, 4) == ((4, 8), (10, 10))
+    senders = {(s, lo, hi) for s, r, lo, hi in layout.transfers(4) if r == 3}
+    assert senders == {(1, 4, 6), (2, 6, 8)}  # the halo spans two ranks
+
+
+BAD_JOBS = [
+    ({"frames": 2, "attention": {"global_frames": 0}}, "every worker needs at least one frame"),
+    ({"attention": {"local_window": -1}}, "local_window"),
+    ({"attention": {"global_frames": 40}}, "larger than the video"),
+    ({"height": 60}, "multiple of 8"),
+    ({"steps": 0}, "steps is 0"),
+    ({"prompts": [{"start": 0, "end": 9, "prompt": "a"}, {"start": 8, "end": 15, "prompt": "b"}]}, "overlaps"),
+    ({"prompts": [{"start": 0, "end": 5, "prompt": "a"}, {"start": 8, "end": 15, "prompt": "b"}]}, "without a prompt"),
+    ({"sampler": "euler"}, "sampler"),
+    ({"model": {"base": "/x", "dtype": "fp8"}}, "dtype"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_JOBS)
+def test_bad_jobs_name_the_problem(change, message):
+    job = {"model": {"base": "/x"}, "prompt": "a ball", "frames": 16}
+    job.update(change)
+    if "prompts" in change:
+        job.pop("prompt")
+    with pytest.raises(InvalidSettingsError, match=message):
+        JobSpec.from_dict(job).validate(world_size=4)
+
+
+def run_engine(base, **job):
+    spec = {"model": {"base": str(base)}, "prompt": "a red ball", "frames": 16, "height": 16, "width": 16, "steps": 1}
+    spec.update(job)
+    return Engine(Communicator.single()).run(spec)
+
+
+def test_unknown_model_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        run_engine(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "unet").mkdir()
+    with pytest.raises(ModelLoadError, match="lacks vae/, text_encoder/"):
+        run_engine(tmp_path / "half")
+
+
+def test_corrupt_safetensors_names_the_file(tiny_pipeline, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipeline, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="diffusion_pytorch_model.safetensors"):
+        run_engine(broken)
+    override = tmp_path / "override.safetensors"
+    override.write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="override.safetensors is not a readable safetensors file"):
+        run_engine(tiny_pipeline, model={"base": str(tiny_pipeline), "unet": str(override)})
+
+
+def test_mismatched_unet_and_text_encoder(tiny_pipeline, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_pipeline, mixed)
+    vocab_size = json.loads((mixed / "text_encoder" / "config.json").read_text())["vocab_size"]
+    shutil.rmtree(mixed / "text_encoder")
+    tiny_text_encoder(vocab_size, hidden_size=48).save_pretrained(mixed / "text_encoder")  # another model's
+    with pytest.raises(ModelLoadError, match="different models"):
+        run_engine(mixed)
+
+
+def test_single_file_unet_override_with_fps_weights(tiny_pipeline, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_pipeline / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(key.startswith("fps_embedding.") for key in state)
+    save_file(state, str(tmp_path / "videocrafter2.safetensors"))
+    engine = Engine(Communicator.single())
+    job = {"model": {"base": str(tiny_pipeline), "unet": str(tmp_path / "videocrafter2.safetensors")},
+           "prompt": "red", "frames": 16, "height": 16, "width": 16, "steps": 1, "sampler": "ddim"}
+    frames = engine.run(job)
+    assert frames.shape == (16, 16, 16, 3)
+    assert engine.pipeline(JobSpec.from_dict(job).model).unet.fps_cond
+    engine.run(job)
+    assert engine.loads == 1  # warm: same files, same dtype
