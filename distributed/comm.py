@@ -81,6 +81,18 @@ class Communicator:
             self.bytes_received += moved
         return tensor
 
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's equally shaped tensor, in rank order. Counted as a ring: N-1 pieces each way."""
+        if self.world_size == 1:
+            return [tensor]
+        tensor = tensor.contiguous()
+        pieces = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(pieces, tensor, group=self.group)
+        moved = (self.world_size - 1) * tensor.numel() * tensor.element_size()
+        self.bytes_sent += moved
+        self.bytes_received += moved
+        return pieces
+
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size > 1:
             dist.broadcast(tensor, src, group=self.group)
