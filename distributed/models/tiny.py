@@ -40,7 +40,8 @@ def write_word_tokenizer(folder: Path, words: list[str] | None = None, max_lengt
             pieces = [merged] + pieces[2:]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    lines = ["#version: 0.2", *dict.fromkeys(merges)]  # no blank lines: the BPE reader rejects them
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
     tokenizer.save_pretrained(folder)
     return len(vocab)

@@ -1,0 +1,222 @@
+"""Command line: generate a video without ComfyUI, or join a pool on another machine as a node agent.
+
+    python -m distributed.cli generate --model FOLDER --prompt "a red ball" --frames 48 --out video.mp4
+    python -m distributed.cli join HOST:PORT --token SECRET --devices cuda:all
+
+Run from the pack folder (the engine is the `distributed` package there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import JobCancelled, VideoInfinityError
+from .pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
+from .pool.agent import run_agent
+
+TOKEN_ENV = "VIDEO_INFINITY_TOKEN"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except VideoInfinityError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, WorkerError) and error.traceback_text and args.verbose:
+            print(error.traceback_text, file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m distributed.cli", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="generate a video and write it as mp4")
+    gen.set_defaults(command=generate)
+    gen.add_argument("--model", required=True, help="diffusers text-to-video pipeline folder")
+    gen.add_argument("--unet", help="UNet override: a diffusers folder or a .safetensors file")
+    gen.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    text = gen.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", help="one prompt for the whole video")
+    text.add_argument("--schedule", type=Path, help="a file of 'first-last: prompt' lines")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--frames", type=int, required=True)
+    gen.add_argument("--width", type=int, default=512)
+    gen.add_argument("--height", type=int, default=320)
+    gen.add_argument("--steps", type=int, default=30)
+    gen.add_argument("--cfg", type=float, default=12.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--sampler", default="sde_dpmpp", choices=("ddim", "dpmpp_2m", "sde_dpmpp"))
+    gen.add_argument("--local-window", type=int, help="dual-scope attention: local half window P (frames)")
+    gen.add_argument("--global-frames", type=int, help="dual-scope attention: global frames G")
+    where = gen.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="N workers: the first N GPUs, or N CPU workers without CUDA")
+    where.add_argument("--devices", help="'cuda:all', 'cuda:0,1', 'cpu:2', ... (default: cuda:all, else cpu:1)")
+    gen.add_argument("--remote-workers", type=int, default=0, help="also wait for N ranks from node agents")
+    gen.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV), help=f"shared secret for node agents (or ${TOKEN_ENV})"
+    )
+    gen.add_argument("--host", default="127.0.0.1", help="address to listen on for node agents (default loopback)")
+    gen.add_argument("--join-port", type=int, default=0, help="port for node agents (default: a free one)")
+    gen.add_argument("--network-interface", help="network interface for gloo/NCCL traffic between machines")
+    gen.add_argument("--out", type=Path, default=Path("video.mp4"))
+    gen.add_argument("--fps", type=float, default=8.0, help="frame rate of the file (and the model's fps input)")
+    gen.add_argument("--verbose", action="store_true", help="print a failing worker's traceback")
+
+    join = commands.add_parser("join", help="contribute this machine's devices to a pool (node agent)")
+    join.set_defaults(command=join_pool, verbose=False)
+    join.add_argument("address", help="HOST:PORT the pool prints as its join address")
+    join.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"the pool's shared secret (or ${TOKEN_ENV})")
+    join.add_argument("--devices", default=None, help="devices to contribute (default: cuda:all, else cpu:1)")
+    join.add_argument(
+        "--once", action="store_true", help="exit when the coordinator closes the connection instead of rejoining"
+    )
+    join.add_argument("--wait", type=float, default=60.0, help="seconds to keep trying to reach the pool")
+    join.add_argument("--network-interface", help="network interface for gloo/NCCL traffic on this machine")
+    return parser
+
+
+def generate(args: argparse.Namespace) -> int:
+    job = _job_from_args(args)
+    config = PoolConfig(
+        devices=args.devices or _default_devices(args.workers),
+        workers=args.workers,
+        remote_workers=args.remote_workers,
+        token=args.token,
+        host=args.host,
+        join_port=args.join_port,
+        network_interface=args.network_interface,
+    )
+    pool = WorkerPool(config)
+    try:
+        if pool.join_address:
+            print(f"waiting for {args.remote_workers} remote worker(s) at {pool.join_address}", file=sys.stderr)
+        bar = ProgressBar(sys.stderr)
+        bar.note("starting workers")
+        handle = pool.submit(job)
+        try:
+            while not handle.wait(0.1):
+                bar.update(handle.poll_events())
+        except KeyboardInterrupt:
+            bar.note("cancelling")
+            handle.cancel()
+            handle.wait(60)
+            bar.finish()
+            print("cancelled", file=sys.stderr)
+            return 130
+        bar.update(handle.poll_events())
+        bar.finish()
+        try:
+            frames = handle.result()
+        except JobCancelled as cancelled:
+            print(f"error: {cancelled}", file=sys.stderr)
+            return 130
+        write_video(frames, args.out, args.fps)
+        print(f"wrote {frames.shape[0]} frames ({frames.shape[2]}x{frames.shape[1]}) to {args.out}", file=sys.stderr)
+        return 0
+    finally:
+        pool.shutdown()
+
+
+def join_pool(args: argparse.Namespace) -> int:
+    if not args.token:
+        print(f"error: give the pool's token with --token or ${TOKEN_ENV}", file=sys.stderr)
+        return 2
+    devices = args.devices or _default_devices(None)
+    return run_agent(
+        args.address,
+        args.token,
+        devices,
+        once=args.once,
+        connect_timeout_s=args.wait,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        network_interface=args.network_interface,
+    )
+
+
+def write_video(frames: Any, path: Path, fps: float) -> None:
+    """Writes uint8 (T, H, W, 3) frames one at a time (no float copy of the video) as H.264 mp4."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(str(path), fps=fps, codec="libx264", macro_block_size=8, quality=8) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+
+
+def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    prompt = args.schedule.read_text() if args.schedule else args.prompt
+    job: dict[str, Any] = {
+        "model": {
+            "base": str(Path(args.model).resolve()),
+            "unet": args.unet and str(Path(args.unet).resolve()),
+            "dtype": args.dtype,
+        },
+        "prompt": prompt,
+        "negative_prompt": args.negative_prompt,
+        "frames": args.frames,
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "seed": args.seed,
+        "sampler": args.sampler,
+        "fps": args.fps,
+    }
+    attention = {"local_window": args.local_window, "global_frames": args.global_frames}
+    attention = {k: v for k, v in attention.items() if v is not None}
+    if attention:
+        job["attention"] = attention
+    return job
+
+
+def _default_devices(workers: int | None) -> str:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return "cuda:all"
+    return f"cpu:{workers or 1}"
+
+
+class ProgressBar:
+    """One terminal line: phase, a bar for the denoising steps, and elapsed time."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.began = time.monotonic()
+        self.text = ""
+        self.denoised = 0.0  # the bar shows the denoising steps, the longest phase
+
+    def note(self, text: str) -> None:
+        self._draw(text)
+
+    def update(self, events: list[ProgressEvent]) -> None:
+        for event in events:  # every event is drawn, so each step shows even when several arrive at once
+            if event.phase == "denoising" and event.total:
+                self.denoised = event.step / event.total
+            filled = int(round(self.WIDTH * self.denoised))
+            self._draw(f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] {event.phase} {event.step}/{event.total}")
+
+    def finish(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def _draw(self, text: str) -> None:
+        elapsed = time.monotonic() - self.began
+        line = f"{text}  {elapsed:5.1f}s"
+        pad = max(0, len(self.text) - len(line))
+        self.stream.write("\r" + line + " " * pad)
+        self.stream.flush()
+        self.text = line
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The node agent: runs on another machine and contributes its devices as extra ranks of a pool.
+
+It connects to the coordinator's join address, authenticates with the shared token, and then starts
+and stops workers whenever the coordinator starts or ends a process group, relaying their events. When
+the connection drops (the coordinator died or shut down) its workers are killed. It reconnects for the
+next pool unless told to join only once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import parse_devices
+from .join import PROTOCOL_VERSION, send_line
+from .launch import kill_all, spawn_context, start_worker
+from .netutil import parse_address
+
+REFUSED = 2
+UNREACHABLE = 1
+
+
+def run_agent(
+    address: str,
+    token: str,
+    devices: str | list[str],
+    once: bool = False,
+    connect_timeout_s: float = 60.0,
+    log: Callable[[str], None] = print,
+    network_interface: str | None = None,
+) -> int:
+    """Serves pools at `address` until the coordinator goes away (or forever, unless `once`). Returns an exit code."""
+    host, port = parse_address(address)
+    local = parse_devices(devices, _cuda_count())
+    while True:
+        sock = _connect(host, port, time.monotonic() + connect_timeout_s)
+        if sock is None:
+            log(f"node agent: could not reach a pool at {address} within {connect_timeout_s:.0f} s")
+            return UNREACHABLE
+        lock = threading.Lock()
+        reader = sock.makefile("r", encoding="utf-8")
+        hello = {"token": token, "devices": local, "host": socket.gethostname(), "version": PROTOCOL_VERSION}
+        try:
+            send_line(sock, lock, hello)
+            reply = json.loads(reader.readline() or "{}")
+        except (OSError, ValueError):
+            reply = {}
+        if not reply.get("ok"):
+            sock.close()
+            log(f"node agent: join refused by {address}: {reply.get('error', 'the connection was closed')}")
+            return REFUSED
+        log(f"node agent: joined {address} with {len(local)} device(s) ({', '.join(local)})")
+        _serve(sock, reader, lock, log, {"host": host, "network_interface": network_interface})
+        sock.close()
+        if once:
+            return 0
+        log("node agent: the pool went away; waiting to join the next one")
+
+
+def _serve(
+    sock: socket.socket, reader: Any, lock: threading.Lock, log: Callable[[str], None], here: dict[str, Any]
+) -> None:
+    workers: AgentWorkers | None = None
+    try:
+        for line in reader:
+            message = json.loads(line)
+            if message.get("op") == "start":
+                if workers is not None:
+                    workers.stop()
+                workers = AgentWorkers(sock, lock, _localise(message, here))
+                log(f"node agent: started ranks {message['ranks']}")
+            elif message.get("op") == "stop" and workers is not None:
+                workers.stop()
+                workers = None
+    except (OSError, ValueError):
+        pass
+    if workers is not None:
+        workers.stop()
+
+
+class AgentWorkers:
+    """This machine's workers of one process group, with their events relayed to the coordinator."""
+
+    def __init__(self, sock: socket.socket, lock: threading.Lock, start: dict[str, Any]):
+        self._sock, self._lock = sock, lock
+        self._stopping = threading.Event()
+        ctx = spawn_context()
+        self._events = ctx.Queue()
+        common = {k: v for k, v in start.items() if k not in ("op", "ranks", "devices")}
+        self._processes: dict[int, Any] = {}
+        for rank, device in zip(start["ranks"], start["devices"], strict=True):
+            args = dict(common, rank=rank, device=device, events=self._events, parent_pid=os.getpid())
+            self._processes[rank] = start_worker(ctx, args)
+        threading.Thread(target=self._relay, name="agent-relay", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        kill_all(list(self._processes.values()), grace_s=2.0)
+        self._events.close()
+        self._events.cancel_join_thread()
+
+    def _relay(self) -> None:
+        reported: set[int] = set()
+        while not self._stopping.is_set():
+            try:
+                self._send(self._events.get(timeout=0.1))
+            except queue.Empty:
+                pass
+            except (OSError, ValueError, EOFError):
+                return
+            for rank, process in self._processes.items():
+                if process.exitcode is not None and rank not in reported and not self._stopping.is_set():
+                    reported.add(rank)
+                    self._send({"type": "died", "rank": rank, "exitcode": process.exitcode, "time": time.time()})
+
+    def _send(self, event: dict[str, Any]) -> None:
+        try:
+            send_line(self._sock, self._lock, event)
+        except OSError:
+            self._stopping.set()
+
+
+def _localise(start: dict[str, Any], here: dict[str, Any]) -> dict[str, Any]:
+    """The coordinator's start message, with what only this machine knows: the store is reached through the
+    address the agent joined through, and this machine's own network interface (if given) is used."""
+    start = dict(start)
+    if start["store"].get("kind") == "tcp":
+        start["store"] = dict(start["store"], host=here["host"])
+    if here.get("network_interface"):
+        start["network_interface"] = here["network_interface"]
+    return start
+
+
+def _connect(host: str, port: int, deadline: float) -> socket.socket | None:
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.settimeout(None)  # the connection then idles for as long as the pool lives
+            return sock
+        except OSError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -1,0 +1,81 @@
+"""What the caller holds while a job runs: progress events, cancel, and the result (or the error)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .pool import WorkerPool
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int
+    total: int
+    phase: str  # "loading", "denoising", "decoding" or "gathering"
+    time: float  # seconds since the epoch, when the worker reported it
+
+
+class JobHandle:
+    def __init__(self, pool: WorkerPool, job_id: int, job: dict[str, Any]):
+        self.id = job_id
+        self.job = job
+        self.submitted_at = time.monotonic()
+        self.finished_at: float | None = None
+        self.cancel_requested_at: float | None = None
+        self.latest: ProgressEvent | None = None
+        self._pool = pool
+        self._events: deque[ProgressEvent] = deque()
+        self._done = threading.Event()
+        self._frames: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def poll_events(self) -> list[ProgressEvent]:
+        """Progress events since the last call; never blocks."""
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        return events
+
+    def cancel(self) -> None:
+        """Asks every rank to stop at the next denoising step; result() then raises JobCancelled."""
+        if not self._done.is_set():
+            self.cancel_requested_at = time.monotonic()
+            self._pool._cancel(self.id)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames. Raises JobCancelled, WorkerError, PoolError, or TimeoutError."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._frames is not None
+        return self._frames
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        return self._error
+
+    def _push(self, event: ProgressEvent) -> None:
+        self.latest = event
+        self._events.append(event)
+
+    def _finish(self, frames: np.ndarray | None = None, error: BaseException | None = None) -> None:
+        if self._done.is_set():
+            return
+        self._frames, self._error = frames, error
+        self.finished_at = time.monotonic()
+        self._done.set()

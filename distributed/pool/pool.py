@@ -1,0 +1,450 @@
+"""The coordinator: starts the workers, hands them jobs, streams their events, and cleans up after faults.
+
+A pool keeps its workers (and their loaded models) between jobs. Any fault (a worker error, a dead worker,
+a lost node agent) tears the whole process group down; the next submit starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from ..errors import JobCancelled, VideoInfinityError
+from ..job import JobSpec
+from .config import PoolConfig
+from .errors import PoolError, WorkerError
+from .handle import JobHandle, ProgressEvent
+from .join import JoinListener
+from .launch import describe_exit, kill_all, spawn_context, start_worker
+from .netutil import is_loopback, loopback_interface
+from .session import RankInfo, Session
+from .shm import take_frames, unlink_quietly
+
+FAULT_GRACE_S = 0.3  # after the first sign of a fault, wait this long for the root cause to arrive
+STOP_GRACE_S = 5.0
+
+
+class WorkerPool:
+    def __init__(self, config: PoolConfig | None = None):
+        self.config = config or PoolConfig()
+        self.devices, self.backend = self.config.validate()  # raises before any process starts
+        self.world_size = len(self.devices) + self.config.remote_workers
+        self.starts = 0
+        self.start_seconds: float | None = None
+        self._session: Session | None = None
+        self._job: JobHandle | None = None
+        self._next_id = 0
+        self._model: dict[str, Any] | None = None
+        self._loads: int | None = None
+        self._jobs_done = 0
+        self._last_error: str | None = None
+        self._closed = False
+        self._lock = threading.RLock()  # short state changes only
+        self._submit_lock = threading.Lock()  # one submit / shutdown at a time
+        self._start_lock = threading.Lock()  # one start at a time
+        self._listener = (
+            JoinListener(self.config.host, self.config.join_port, self.config.token or "")
+            if self.config.multi_machine
+            else None
+        )
+
+    # ---- public API ----
+
+    @property
+    def join_address(self) -> str | None:
+        """HOST:PORT that node agents join, for pools with remote workers."""
+        return self._listener.address if self._listener else None
+
+    @property
+    def running(self) -> bool:
+        session = self._session
+        return session is not None and session.ready.is_set() and not session.finished.is_set()
+
+    def start(self) -> None:
+        """Starts the workers and waits until every rank passed the collective self-test (no-op when warm)."""
+        with self._start_lock:
+            if self._closed:
+                raise PoolError("the pool was shut down; create a new one")
+            if not self.running:
+                self._start_session()
+
+    def submit(self, job: dict[str, Any] | JobSpec) -> JobHandle:
+        """Validates the job, starts the pool if needed, and hands the job to rank 0."""
+        job = _plain_job(job)
+        JobSpec.from_dict(job).validate(self.world_size)
+        with self._submit_lock:
+            current = self._job
+            if current is not None and not current.done():
+                raise PoolError(f"job {current.id} is still running; wait for it or cancel it first")
+            self.start()
+            session = self._session
+            if session is None:
+                raise PoolError(f"the pool stopped while starting: {self._last_error}")
+            with self._lock:
+                self._next_id += 1
+                handle = JobHandle(self, self._next_id, job)
+                self._job = handle
+            session.jobs.put({"op": "job", "id": handle.id, "job": job})
+            if session.finished.is_set():  # it failed in the meantime: the monitor may have missed this job
+                handle._finish(error=session.failure or PoolError("the pool stopped"))
+        return handle
+
+    def run(self, job: dict[str, Any] | JobSpec, timeout: float | None = None) -> Any:
+        """submit() and result() in one call."""
+        return self.submit(job).result(timeout)
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stops every worker (cancelling a running job) and closes the join listener. Idempotent."""
+        with self._submit_lock:
+            self._closed = True
+            self._stop_session(timeout_s)
+            if self._listener is not None:
+                self._listener.close()
+
+    def restart(self) -> None:
+        """Stops the workers and starts fresh ones (e.g. to free every model)."""
+        with self._submit_lock:
+            self._stop_session(STOP_GRACE_S)
+        self.start()
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: state, workers (pid, device, alive, memory), the loaded model, the last error."""
+        with self._lock:
+            session, job = self._session, self._job
+            workers = [self._worker_status(info, session) for info in (session.ranks.values() if session else [])]
+            running_job = None
+            if job is not None and not job.done():
+                latest = job.latest
+                running_job = {
+                    "id": job.id,
+                    "phase": latest.phase if latest else "queued",
+                    "step": latest.step if latest else 0,
+                    "total": latest.total if latest else 0,
+                }
+            return {
+                "state": self._state(session, job),
+                "world_size": self.world_size,
+                "backend": self.backend,
+                "devices": list(self.devices),
+                "remote_workers": self.config.remote_workers,
+                "join_address": self.join_address,
+                "refused_joins": self._listener.refused if self._listener else 0,
+                "workers": sorted(workers, key=lambda w: w["rank"]),
+                "model": self._model,
+                "loads": self._loads,
+                "job": running_job,
+                "jobs_done": self._jobs_done,
+                "starts": self.starts,
+                "start_seconds": self.start_seconds,
+                "last_error": self._last_error,
+            }
+
+    def worker_pids(self) -> list[int]:
+        session = self._session
+        return [p.pid for p in session.processes.values()] if session else []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ---- start and stop ----
+
+    def _start_session(self) -> None:
+        began = time.monotonic()
+        deadline = began + self.config.start_timeout_s
+        session = Session(spawn_context(), self.world_size)
+        with self._lock:
+            self._session = session
+            self.starts += 1
+            self._model, self._loads = None, None  # fresh workers hold no model
+        try:
+            store = self._make_store(session)
+            common = self._worker_common(store)
+            for rank, device in enumerate(self.devices):
+                session.ranks[rank] = RankInfo(rank, device, host="local")
+                args = dict(common, rank=rank, device=device, events=session.events)
+                if rank == 0:
+                    args.update(jobs=session.jobs, cancel=session.cancel)
+                session.processes[rank] = start_worker(session.ctx, args)
+                session.ranks[rank].pid = session.processes[rank].pid
+            session.monitor = threading.Thread(target=self._monitor, args=(session,), name="pool-monitor", daemon=True)
+            session.monitor.start()
+            if self._listener is not None:
+                self._assign_agents(session, common, deadline)
+            while not session.ready.is_set() and not session.finished.is_set():
+                if time.monotonic() > deadline:
+                    waiting = sorted(r for r, info in session.ranks.items() if not info.ready)
+                    raise PoolError(
+                        f"the worker pool did not start within {self.config.start_timeout_s:.0f} s; "
+                        f"ranks {waiting} never became ready (see their output above)"
+                    )
+                time.sleep(0.01)
+        except BaseException as error:
+            self._teardown(session, error if isinstance(error, Exception) else None)
+            raise
+        if session.failure is not None:
+            raise session.failure
+        self.start_seconds = time.monotonic() - began
+
+    def _make_store(self, session: Session) -> dict[str, Any]:
+        if not self.config.multi_machine:
+            return session.file_store()
+        import torch.distributed as dist  # the coordinator hosts the rendezvous store; no rank owns the port
+
+        session.store = dist.TCPStore(
+            self.config.host,
+            self.config.port,
+            self.world_size,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=_seconds(self.config.start_timeout_s),
+        )
+        # Local workers reach a store listening on every interface through loopback; agents use the address
+        # they joined through (see agent.py).
+        wildcard = self.config.host in ("", "0.0.0.0", "::")
+        return {"kind": "tcp", "host": "127.0.0.1" if wildcard else self.config.host, "port": session.store.port}
+
+    def _worker_common(self, store: dict[str, Any]) -> dict[str, Any]:
+        config = self.config
+        interface = config.network_interface
+        if interface is None and (not config.multi_machine or is_loopback(config.host)):
+            interface = loopback_interface()  # every rank is on this machine: keep all traffic on loopback
+        return {
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "store": store,
+            "start_timeout_s": config.start_timeout_s,
+            "collective_timeout_s": config.collective_timeout_s,
+            "idle_ping_s": min(30.0, config.collective_timeout_s / 4),
+            "threads": config.threads_per_worker,
+            "network_interface": interface,
+            "engine_factory": config.engine_factory,
+            "parent_pid": os.getpid(),
+        }
+
+    def _assign_agents(self, session: Session, common: dict[str, Any], deadline: float) -> None:
+        assert self._listener is not None
+        agents = self._listener.take(self.config.remote_workers, deadline, abort=session.finished.is_set)
+        next_rank = len(self.devices)
+        for agent in agents:
+            count = min(len(agent.devices), self.world_size - next_rank)
+            ranks = list(range(next_rank, next_rank + count))
+            for rank, device in zip(ranks, agent.devices, strict=False):
+                session.ranks[rank] = RankInfo(rank, device, host=agent.host, local=False)
+            start = {k: v for k, v in common.items() if k != "parent_pid"}
+            if not is_loopback(self.config.host):
+                start["network_interface"] = None  # interface names differ between machines: the agent picks
+            agent.assign(ranks, session.inbox.put, start)
+            session.agents.append(agent)
+            next_rank += count
+
+    def _stop_session(self, timeout_s: float) -> None:
+        session = self._session
+        if session is None:
+            return
+        job = self._job
+        if job is not None and not job.done():
+            job.cancel()
+            job.wait(timeout_s / 2)
+        session.stopping = True
+        if session.ready.is_set() and not session.finished.is_set():
+            session.jobs.put({"op": "stop"})
+            deadline = time.monotonic() + timeout_s / 2
+            for process in session.processes.values():
+                process.join(max(0.0, deadline - time.monotonic()))
+        self._teardown(session, None)
+        if job is not None and not job.done():
+            job._finish(error=PoolError("the pool was shut down while the job ran"))
+
+    def _teardown(self, session: Session, error: BaseException | None) -> None:
+        """Ends every process of the session (no orphans), frees its store, and forgets it."""
+        with self._lock:
+            if session.finished.is_set():
+                return
+            session.stopping = True
+            if error is not None and session.failure is None:
+                session.failure = error
+            session.finished.set()
+            if self._session is session:
+                self._session = None
+        kill_all(list(session.processes.values()))
+        for agent in session.agents:
+            if self._listener is not None:
+                self._listener.give_back(agent)
+        if session.monitor is not None and session.monitor is not threading.current_thread():
+            session.monitor.join(5)
+        session.close_resources()
+
+    # ---- events ----
+
+    def _monitor(self, session: Session) -> None:
+        try:
+            self._watch(session)
+        except Exception as error:  # a bug here must not leave a job waiting forever
+            self._fail(session, PoolError(f"the pool's monitor failed: {error!r}"))
+
+    def _watch(self, session: Session) -> None:
+        while not session.finished.is_set():
+            for event in self._drain(session):
+                self._handle(session, event)
+            if not session.stopping:
+                for rank, process in session.processes.items():
+                    if process.exitcode is not None and rank not in session.deaths:
+                        session.deaths[rank] = process.exitcode
+                        session.fault_at = session.fault_at or time.monotonic()
+            if session.fault_at is not None and time.monotonic() - session.fault_at >= FAULT_GRACE_S:
+                if not session.stopping:
+                    self._fail(session, self._root_cause(session))
+                return
+
+    def _drain(self, session: Session) -> list[dict[str, Any]]:
+        events = []
+        try:
+            events.append(session.events.get(timeout=0.05))
+            while True:
+                events.append(session.events.get_nowait())
+        except queue.Empty:
+            pass
+        except (EOFError, OSError, ValueError):  # the queue was closed by a teardown
+            return events
+        while True:
+            try:
+                events.append(session.inbox.get_nowait())
+            except queue.Empty:
+                return events
+
+    def _handle(self, session: Session, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        rank = event.get("rank")
+        info = session.ranks.get(rank) if isinstance(rank, int) else None
+        job = self._job
+        current = job is not None and event.get("job") == job.id and not job.done()
+        if kind == "ready" and info is not None:
+            info.ready, info.pid, info.device = True, event["pid"], event["device"]
+            info.host = event.get("host", info.host) if not info.local else "local"
+            if all(r.ready for r in session.ranks.values()) and len(session.ranks) == session.world_size:
+                session.ready.set()
+        elif kind == "stats" and info is not None:
+            info.stats.update({k: v for k, v in event.items() if k not in ("type", "rank", "time")})
+        elif kind == "progress" and current:
+            assert job is not None
+            job._push(ProgressEvent(event["step"], event["total"], event["phase"], event["time"]))
+        elif kind == "result":
+            if not current:
+                unlink_quietly(event["shm"])
+                return
+            assert job is not None
+            frames = take_frames(event["shm"], tuple(event["shape"]))
+            with self._lock:
+                self._model = dict(job.job.get("model", {}))
+                self._loads = event.get("loads")
+                self._jobs_done += 1
+            job._finish(frames=frames)
+        elif kind == "cancelled" and current:
+            assert job is not None
+            job._finish(error=JobCancelled(event["step"]))
+        elif kind == "error":
+            session.errors.append(event)
+            session.fault_at = session.fault_at or time.monotonic()
+        elif kind == "died":
+            session.deaths[event["rank"]] = event.get("exitcode")
+            session.fault_at = session.fault_at or time.monotonic()
+        elif kind == "agent_lost":
+            for lost in event["ranks"]:
+                session.deaths.setdefault(lost, None)
+                session.lost_hosts[lost] = event.get("host", "?")
+            session.fault_at = session.fault_at or time.monotonic()
+
+    def _root_cause(self, session: Session) -> WorkerError:
+        """A rank that died without a word is the cause; the others only saw their peer vanish."""
+        reported = {e.get("rank") for e in session.errors}
+        for rank in sorted(session.deaths):
+            if rank in reported:
+                continue
+            info = session.ranks.get(rank)
+            device, pid = (info.device, info.pid) if info else ("", None)
+            if rank in session.lost_hosts:
+                message = f"the node agent on {session.lost_hosts[rank]} disconnected"
+            else:
+                message = f"the worker process died unexpectedly ({describe_exit(session.deaths[rank])})"
+            return WorkerError(rank, message, "WorkerDied", device=device, pid=pid)
+        first = session.errors[0]
+        return WorkerError(
+            first["rank"],
+            first.get("message", ""),
+            first.get("kind", "Error"),
+            first.get("traceback", ""),
+            device=first.get("device", ""),
+            pid=first.get("pid"),
+        )
+
+    def _fail(self, session: Session, error: VideoInfinityError) -> None:
+        with self._lock:
+            self._last_error = str(error)
+            job = self._job
+        self._teardown(session, error)
+        if job is not None and not job.done():
+            job._finish(error=error)
+
+    # ---- helpers ----
+
+    def _cancel(self, job_id: int) -> None:
+        session = self._session
+        if session is not None:
+            session.cancel.value = job_id
+
+    def _state(self, session: Session | None, job: JobHandle | None) -> str:
+        if self._closed:
+            return "closed"
+        if session is None or session.finished.is_set():
+            return "stopped"
+        if not session.ready.is_set():
+            return "starting"
+        return "busy" if job is not None and not job.done() else "ready"
+
+    @staticmethod
+    def _worker_status(info: RankInfo, session: Session | None) -> dict[str, Any]:
+        alive = info.ready and info.rank not in (session.deaths if session else {})
+        rss = info.stats.get("rss")
+        if info.local and info.pid:
+            try:
+                rss = psutil.Process(info.pid).memory_info().rss
+                alive = alive and psutil.pid_exists(info.pid)
+            except psutil.Error:
+                alive = False
+        return {
+            "rank": info.rank,
+            "device": info.device,
+            "host": info.host,
+            "pid": info.pid,
+            "local": info.local,
+            "alive": bool(alive),
+            "rss_bytes": rss,
+            "cuda_allocated_bytes": info.stats.get("cuda_allocated"),
+            "cuda_reserved_bytes": info.stats.get("cuda_reserved"),
+        }
+
+
+def _plain_job(job: dict[str, Any] | JobSpec) -> dict[str, Any]:
+    """Only plain JSON data crosses to the workers (it is broadcast as JSON to remote ranks too)."""
+    data = job.to_dict() if isinstance(job, JobSpec) else job
+    try:
+        return json.loads(json.dumps(data))
+    except (TypeError, ValueError) as error:
+        from ..errors import InvalidSettingsError
+
+        raise InvalidSettingsError(f"the job must be plain data (str, numbers, lists, dicts): {error}") from error
+
+
+def _seconds(value: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=value)

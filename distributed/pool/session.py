@@ -1,0 +1,62 @@
+"""One started process group: its processes, queues, store, and what the ranks have reported."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .join import AgentLink
+
+
+@dataclass
+class RankInfo:
+    rank: int
+    device: str
+    host: str = ""
+    pid: int | None = None
+    local: bool = True
+    ready: bool = False
+    exitcode: int | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Session:
+    def __init__(self, ctx: Any, world_size: int):
+        self.ctx = ctx
+        self.world_size = world_size
+        self.events = ctx.Queue()  # every local worker -> coordinator
+        self.jobs = ctx.Queue()  # coordinator -> rank 0
+        self.cancel = ctx.Value("q", -1)  # the id of the job rank 0 should stop
+        self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # events relayed by node agents
+        self.processes: dict[int, Any] = {}
+        self.agents: list[AgentLink] = []
+        self.ranks: dict[int, RankInfo] = {}
+        self.store: Any = None  # a TCPStore kept alive here for multi-machine pools
+        self.store_dir: str | None = None
+        self.stopping = False
+        self.finished = threading.Event()
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.deaths: dict[int, int | None] = {}
+        self.lost_hosts: dict[int, str] = {}
+        self.fault_at: float | None = None
+        self.monitor: threading.Thread | None = None
+
+    def file_store(self) -> dict[str, Any]:
+        """A store in a private folder: a one-machine pool needs no listening port for rendezvous."""
+        self.store_dir = tempfile.mkdtemp(prefix="video-infinity-pool-")
+        return {"kind": "file", "path": f"{self.store_dir}/store"}
+
+    def close_resources(self) -> None:
+        self.store = None
+        if self.store_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+            self.store_dir = None
+        for q in (self.events, self.jobs):
+            q.close()
+            q.cancel_join_thread()

@@ -1,0 +1,230 @@
+"""The worker process: joins the process group, then runs jobs with one engine until told to stop.
+
+Rank 0 takes commands from the coordinator's queue and broadcasts each to the other ranks, so every rank
+enters the same job at the same time. Events (ready, progress, result, errors) go back on a queue.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import psutil
+import torch
+import torch.distributed as dist
+
+from ..errors import JobCancelled, VideoInfinityError
+from .collectives import broadcast_json, self_test
+from .shm import OutputBuffer
+
+PARENT_POLL_S = 0.25
+
+
+def main(args: dict[str, Any]) -> None:
+    worker = Worker(args)
+    worker.run()
+
+
+class Worker:
+    def __init__(self, args: dict[str, Any]):
+        self.args = args
+        self.rank: int = args["rank"]
+        self.world_size: int = args["world_size"]
+        self.events = args["events"]
+        self.jobs = args.get("jobs")  # rank 0 only
+        self.cancel = args.get("cancel")  # rank 0 only: the id of the job to cancel
+        self.device = torch.device("cpu")
+        self.engine: Any = None
+        self.job_id: int | None = None
+
+    def run(self) -> None:
+        _watch_parent(self.args["parent_pid"])
+        torch.set_num_threads(self.args["threads"])
+        try:
+            self._start()
+        except BaseException as error:  # noqa: BLE001 - every start failure must reach the coordinator
+            self._report(error, "start")
+            self._linger()
+            return
+        self._send(
+            type="ready",
+            pid=os.getpid(),
+            device=str(self.device),
+            host=socket.gethostname(),
+            backend=self.args["backend"],
+        )
+        self._send_stats()
+        self._loop()
+
+    def _start(self) -> None:
+        _set_network_environment(self.args)
+        device = torch.device(self.args["device"])
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.world_size > 1:
+            dist.init_process_group(
+                self.args["backend"],
+                store=_make_store(self.args),
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=timedelta(seconds=self.args["collective_timeout_s"]),
+                device_id=device if device.type == "cuda" else None,
+            )
+            self_test(self.rank, self.world_size, device)
+        self.engine = _build_engine(self.args.get("engine_factory"), self.rank, self.world_size, device)
+
+    def _loop(self) -> None:
+        while True:
+            command = broadcast_json(self._next_command(), self.rank, self.world_size, self.device)
+            op = command["op"]
+            if op == "stop":
+                break
+            if op == "job":
+                if not self._run_job(command):
+                    self._linger()
+                    return
+        self._stop()
+
+    def _next_command(self) -> dict[str, Any] | None:
+        if self.rank != 0:
+            return None
+        try:
+            # An idle pool still talks now and then, so the other ranks' wait never hits the collective timeout.
+            return self.jobs.get(timeout=self.args["idle_ping_s"])
+        except queue.Empty:
+            return {"op": "ping"}
+
+    def _run_job(self, command: dict[str, Any]) -> bool:
+        """Runs one job on this rank. False after an error: the group may be out of step, so stop using it."""
+        self.job_id = job_id = command["id"]
+        root = self.rank == 0
+        output = OutputBuffer()
+        try:
+            frames = self.engine.run(
+                command["job"],
+                on_progress=self._progress if root else None,
+                should_cancel=(lambda: self.cancel.value == job_id) if root else None,
+                allocate_output=output.allocate if root else None,
+            )
+            if root:
+                name, shape = output.hand_over(frames)
+                del frames
+                output.release()
+                self._send(type="result", job=job_id, shm=name, shape=list(shape), loads=self._loads())
+        except JobCancelled as cancelled:
+            output.discard()
+            if root:
+                self._send(type="cancelled", job=job_id, step=cancelled.step)
+        except BaseException as error:  # noqa: BLE001 - the job's real error goes to the caller
+            output.discard()
+            self._report(error, "job")
+            return False
+        finally:
+            self.job_id = None
+        self._send_stats()
+        return True
+
+    def _progress(self, step: int, total: int, phase: str) -> None:
+        self._send(type="progress", job=self.job_id, step=int(step), total=int(total), phase=str(phase))
+
+    def _stop(self) -> None:
+        if self.engine is not None and hasattr(self.engine, "release"):
+            self.engine.release()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self._send(type="stopped")
+        self.events.close()
+        self.events.join_thread()
+        # Everything is flushed; skipping interpreter finalisation saves seconds with torch and diffusers loaded.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def _send(self, **event: Any) -> None:
+        event["rank"] = self.rank
+        event["time"] = time.time()
+        self.events.put(event)
+
+    def _send_stats(self) -> None:
+        stats: dict[str, Any] = {"rss": psutil.Process().memory_info().rss, "loads": self._loads()}
+        if self.device.type == "cuda":
+            stats["cuda_allocated"] = torch.cuda.memory_allocated(self.device)
+            stats["cuda_reserved"] = torch.cuda.memory_reserved(self.device)
+        self._send(type="stats", **stats)
+
+    def _loads(self) -> int | None:
+        return getattr(self.engine, "loads", None)
+
+    def _report(self, error: BaseException, phase: str) -> None:
+        self._send(
+            type="error",
+            job=self.job_id,
+            phase=phase,
+            kind=type(error).__name__,
+            message=str(error) or repr(error),
+            traceback="".join(traceback.format_exception(error)),
+            user_error=isinstance(error, VideoInfinityError),
+            pid=os.getpid(),
+            device=str(self.device),
+        )
+
+    def _linger(self) -> None:
+        """After reporting an error, stay until the coordinator ends the pool: exiting now would make the other
+        ranks fail with 'connection closed' and bury the real cause."""
+        while True:
+            time.sleep(3600)
+
+
+def _make_store(args: dict[str, Any]) -> dist.Store:
+    store = args["store"]
+    timeout = timedelta(seconds=args["start_timeout_s"])
+    if store["kind"] == "file":
+        file_store = dist.FileStore(store["path"], args["world_size"])
+        file_store.set_timeout(timeout)
+        return file_store
+    return dist.TCPStore(store["host"], store["port"], args["world_size"], is_master=False, timeout=timeout)
+
+
+def _set_network_environment(args: dict[str, Any]) -> None:
+    interface = args.get("network_interface")
+    if interface:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
+    # A rank that times out in an NCCL collective must fail (and be seen to fail), not hang.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+
+
+def _build_engine(factory: str | None, rank: int, world_size: int, device: torch.device) -> Any:
+    if not factory:
+        from ..comm import Communicator
+        from ..engine import Engine
+
+        return Engine(Communicator(rank, world_size, device))
+    path, _, name = factory.rpartition(":")
+    spec = importlib.util.spec_from_file_location("video_infinity_engine_factory", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the engine factory file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)(rank, world_size, device)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the process that started us is gone, so a killed coordinator leaves no workers behind."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -1,0 +1,55 @@
+"""The standalone CLI, run as a real command (gloo/CPU workers, the tiny random model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import pytest
+
+pytestmark = [pytest.mark.pool, pytest.mark.timeout(240)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distributed.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_generate_writes_an_mp4_with_the_requested_frames(tiny_pipeline: Path, tmp_path: Path) -> None:
+    schedule = tmp_path / "schedule.txt"
+    schedule.write_text("0-3: a red ball\n4-5: a ball\n")
+    out = tmp_path / "out" / "video.mp4"
+    done = cli(
+        "generate", "--model", str(tiny_pipeline), "--schedule", str(schedule), "--frames", "6",
+        "--width", "32", "--height", "32", "--steps", "2", "--cfg", "7", "--sampler", "ddim", "--seed", "3",
+        "--global-frames", "4", "--local-window", "2", "--workers", "2", "--out", str(out), "--fps", "8",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "denoising 2/2" in done.stderr and f"wrote 6 frames (32x32) to {out}" in done.stderr
+    reader = imageio.get_reader(str(out))
+    try:
+        frames = [frame for frame in reader]
+        assert reader.get_meta_data()["fps"] == pytest.approx(8)
+    finally:
+        reader.close()
+    assert len(frames) == 6
+    assert frames[0].shape == (32, 32, 3)
+
+
+def test_generate_reports_a_bad_setting_without_starting_workers(tiny_pipeline: Path, tmp_path: Path) -> None:
+    done = cli(
+        "generate", "--model", str(tiny_pipeline), "--prompt", "a red ball", "--frames", "4", "--width", "30",
+        "--height", "32", "--out", str(tmp_path / "v.mp4"), "--devices", "cpu:1",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "error: width is 30; it must be a multiple of 8" in done.stderr
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_join_without_a_token_is_refused() -> None:
+    done = cli("join", "127.0.0.1:1", "--devices", "cpu:1", timeout=60)
+    assert done.returncode == 2 and "token" in done.stderr

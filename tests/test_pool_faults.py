@@ -1,0 +1,124 @@
+"""Faults with real worker processes: a worker that raises, a worker killed with SIGKILL, a killed coordinator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distributed.pool import PoolConfig, WorkerError, WorkerPool
+from tests.pool_fixtures import STANDIN_ENGINE, alive, first_denoising_step, tiny_job, wait_for
+
+pytestmark = [pytest.mark.pool, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pool() -> WorkerPool:
+    with WorkerPool(PoolConfig(devices="cpu:2")) as private:
+        yield private
+
+
+def test_worker_exception_reaches_the_caller_with_its_message(
+    pool: WorkerPool, tiny_pipeline: Path, tmp_path: Path
+) -> None:
+    broken = Path(shutil.copytree(tiny_pipeline, tmp_path / "broken-model"))
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(WorkerError) as failed:
+        pool.submit(tiny_job(broken)).result(120)
+    error = failed.value
+    assert error.kind == "ModelLoadError"
+    assert f"could not load the UNet from {broken / 'unet'}" in error.message
+    assert str(weights) in error.message
+    assert error.rank in (0, 1) and f"worker rank {error.rank}" in str(error)
+    assert "Traceback" in error.traceback_text and "load_pipeline" in error.traceback_text
+    assert pool.status()["last_error"] == str(error)
+
+
+def test_sigkilled_worker_fails_the_job_naming_its_rank_and_a_fresh_pool_runs_the_next(
+    pool: WorkerPool, tiny_pipeline: Path
+) -> None:
+    pool.start()
+    old = pool.worker_pids()
+    starts = pool.status()["starts"]
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=500))
+    first_denoising_step(handle, 120)
+    victim = pool.status()["workers"][1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    with pytest.raises(WorkerError) as failed:
+        handle.result(10)
+    detected = handle.finished_at - killed_at
+    assert failed.value.rank == 1 and "SIGKILL" in str(failed.value), str(failed.value)
+    assert detected < 10
+    assert wait_for(lambda: not alive(old), 5), f"workers {alive(old)} of the failed pool are still running"
+    assert pool.status()["state"] == "stopped"
+
+    frames = pool.submit(tiny_job(tiny_pipeline)).result(180)
+    assert frames.shape == (4, 32, 32, 3)
+    assert pool.status()["starts"] == starts + 1
+    assert not set(pool.worker_pids()) & set(old)
+
+
+COORDINATOR = """
+import json, sys, time
+from distributed.pool import PoolConfig, WorkerPool
+pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=sys.argv[1]))
+pool.start()
+print(json.dumps(pool.worker_pids()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_exit_when_the_coordinator_is_killed() -> None:
+    # The stand-in engine keeps the start short; what is tested is the workers' parent-death watch.
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", COORDINATOR, STANDIN_ENGINE], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pids = json.loads(coordinator.stdout.readline())
+        assert len(pids) == 2 and len(alive(pids)) == 2
+        coordinator.kill()
+        coordinator.wait(10)
+        assert wait_for(lambda: not alive(pids), 10), f"workers {alive(pids)} outlived their coordinator"
+    finally:
+        coordinator.kill()
+        coordinator.wait()
+
+
+def test_a_worker_that_cannot_start_reports_why(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_engine.py"
+    broken.write_text("def make_engine(rank, world_size, device):\n    raise RuntimeError('no engine on this box')\n")
+    pool = WorkerPool(PoolConfig(devices="cpu:1", engine_factory=f"{broken}:make_engine"))
+    try:
+        with pytest.raises(WorkerError, match="worker rank 0 .*failed: RuntimeError: no engine on this box"):
+            pool.start()
+        assert pool.status()["state"] == "stopped" and not pool.worker_pids()
+    finally:
+        pool.shutdown()
+
+
+def test_a_hung_rank_cannot_hang_the_caller_past_the_collective_timeout() -> None:
+    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, collective_timeout_s=3))
+    try:
+        pool.start()
+        pids = pool.worker_pids()
+        job = {"model": {"base": "stand-in"}, "prompt": "a red ball", "frames": 2, "height": 16, "width": 16,
+               "steps": 2, "negative_prompt": "stand-in: hang rank 1",
+               "attention": {"global_frames": 1, "local_window": 1}}  # fmt: skip
+        began = time.monotonic()
+        with pytest.raises(WorkerError) as failed:
+            pool.submit(job).result(30)
+        assert time.monotonic() - began < 15
+        assert failed.value.rank == 0 and "timed out" in failed.value.message.lower(), str(failed.value)
+        assert wait_for(lambda: not alive(pids), 5), "the hung rank was left running"
+    finally:
+        pool.shutdown()

@@ -1,0 +1,121 @@
+"""A warm pool of two gloo/CPU workers (real processes, the real engine, a tiny random model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distributed.errors import InvalidSettingsError, JobCancelled
+from distributed.pool import PoolConfig, WorkerPool, shared_pool
+from tests.pool_fixtures import first_denoising_step, tiny_job
+
+pytestmark = [pytest.mark.pool, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def pool() -> WorkerPool:
+    # The process-wide pool, as the nodes use it; other pool test modules reuse it while warm.
+    return shared_pool(PoolConfig(devices="cpu:2"))
+
+
+@pytest.fixture(scope="module")
+def own_model(tiny_pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy at a new path: its first job must load it, whatever ran on the pool before."""
+    return Path(shutil.copytree(tiny_pipeline, tmp_path_factory.mktemp("pool-jobs") / "model"))
+
+
+def test_second_job_on_a_warm_pool_reuses_the_model_and_is_faster(pool: WorkerPool, own_model: Path) -> None:
+    pool.start()
+    began = time.monotonic()
+    first = pool.submit(tiny_job(own_model)).result(120)
+    cold = time.monotonic() - began
+    loads_after_first = pool.status()["loads"]
+
+    began = time.monotonic()
+    second = pool.submit(tiny_job(own_model)).result(120)
+    warm = time.monotonic() - began
+
+    assert pool.status()["loads"] == loads_after_first, "the second job reloaded the model"
+    assert warm < cold, f"warm job took {warm:.2f} s, cold {cold:.2f} s"
+    assert first.shape == (4, 32, 32, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, second), "the same job and seed gave different frames"
+
+
+def test_changed_model_key_reloads(pool: WorkerPool, own_model: Path, tiny_pipeline: Path) -> None:
+    pool.submit(tiny_job(own_model)).result(120)
+    before = pool.status()["loads"]
+    pool.submit(tiny_job(tiny_pipeline)).result(120)
+    assert pool.status()["loads"] == before + 1
+
+
+def test_progress_events_cover_every_phase(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=3))
+    handle.result(120)
+    events = handle.poll_events()
+    phases = [e.phase for e in events]
+    assert {"loading", "denoising", "decoding", "gathering"} <= set(phases)
+    denoising = [(e.step, e.total) for e in events if e.phase == "denoising"]
+    assert denoising == [(1, 3), (2, 3), (3, 3)]
+    assert handle.poll_events() == [], "poll_events returned old events twice"
+
+
+def test_cancel_stops_within_one_step_and_the_pool_stays_warm(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    pids = pool.worker_pids()
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=200))
+    seen = first_denoising_step(handle, 120)
+    steps_seen = max(e.step for e in seen if e.phase == "denoising")
+    handle.cancel()
+    with pytest.raises(JobCancelled) as cancelled:
+        handle.result(60)
+    latency = handle.finished_at - handle.cancel_requested_at
+    later = [e for e in handle.poll_events() if e.phase == "denoising"]
+    step_times = np.diff([e.time for e in seen + later if e.phase == "denoising"])
+    one_step = float(np.median(step_times)) if len(step_times) else 1.0
+    # Rank 0 checks the flag at the start of each step: at most the step in flight (and an event still
+    # in transit) completes after the request.
+    assert cancelled.value.step <= steps_seen + 2
+    assert latency < one_step * 2 + 1.0, f"cancel took {latency:.2f} s; one step takes {one_step:.2f} s"
+    status = pool.status()
+    assert status["state"] == "ready"
+    assert all(w["alive"] for w in status["workers"]) and pool.worker_pids() == pids
+    frames = pool.submit(tiny_job(tiny_pipeline)).result(120)
+    assert frames.shape == (4, 32, 32, 3)
+    assert pool.worker_pids() == pids, "the pool restarted after a cancel"
+
+
+def test_invalid_job_is_refused_before_it_reaches_the_workers(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    jobs_done = pool.status()["jobs_done"]
+    with pytest.raises(InvalidSettingsError, match="multiple of 8"):
+        pool.submit(tiny_job(tiny_pipeline, height=30))
+    with pytest.raises(InvalidSettingsError, match="every worker needs at least one frame"):
+        pool.submit(tiny_job(tiny_pipeline, frames=1, attention={"global_frames": 1, "local_window": 1}))
+    assert pool.status()["jobs_done"] == jobs_done
+    assert pool.status()["state"] == "ready"
+
+
+def test_status_is_json_and_describes_the_workers(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    pool.submit(tiny_job(tiny_pipeline)).result(120)
+    status = json.loads(json.dumps(pool.status()))
+    assert status["state"] == "ready" and status["backend"] == "gloo" and status["world_size"] == 2
+    assert [w["rank"] for w in status["workers"]] == [0, 1]
+    assert all(w["alive"] and w["pid"] and w["rss_bytes"] > 0 for w in status["workers"])
+    assert status["model"]["base"] == str(tiny_pipeline)
+    assert status["loads"] >= 1 and status["last_error"] is None
+
+
+def test_a_second_submit_while_busy_is_refused(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    from distributed.pool import PoolError
+
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=200))
+    try:
+        with pytest.raises(PoolError, match="still running"):
+            pool.submit(tiny_job(tiny_pipeline))
+    finally:
+        handle.cancel()
+        with pytest.raises(JobCancelled):
+            handle.result(60)

@@ -1,0 +1,70 @@
+"""Multi-machine pools, tested as two launches on one machine over loopback (no second machine here):
+the coordinator and a node agent started with `python -m distributed.cli join`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distributed.pool import PoolConfig, WorkerPool, shared_pool
+from tests.pool_fixtures import tiny_job, wait_for
+
+pytestmark = [pytest.mark.pool, pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "correct horse battery staple"
+
+
+def join_command(address: str, token: str) -> list[str]:
+    return [sys.executable, "-m", "distributed.cli", "join", address, "--token", token, "--devices", "cpu:1", "--once"]
+
+
+def test_agent_with_the_right_token_contributes_a_rank_and_a_wrong_token_is_refused(tiny_pipeline: Path) -> None:
+    job = tiny_job(tiny_pipeline, frames=6, attention={"global_frames": 4, "local_window": 2})
+    pool = WorkerPool(PoolConfig(devices="cpu:1", remote_workers=1, token=TOKEN, start_timeout_s=180))
+    agent = None
+    try:
+        host, _, port = pool.join_address.rpartition(":")
+        assert host == "127.0.0.1" and int(port) > 0, "the join listener must default to loopback"
+        starting = threading.Thread(target=pool.start, daemon=True)
+        starting.start()
+
+        refused = subprocess.run(
+            join_command(pool.join_address, "wrong token"), cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2
+        assert "join refused" in refused.stderr and "token was refused" in refused.stderr
+        assert pool.status()["refused_joins"] == 1
+        assert pool.status()["state"] == "starting", "a refused agent must not count as a rank"
+
+        agent = subprocess.Popen(join_command(pool.join_address, TOKEN), cwd=REPO, stderr=subprocess.PIPE, text=True)
+        starting.join(180)
+        assert not starting.is_alive() and pool.running
+        workers = pool.status()["workers"]
+        assert [(w["rank"], w["local"]) for w in workers] == [(0, True), (1, False)]
+        assert workers[1]["alive"] and workers[1]["pid"] not in pool.worker_pids()
+
+        joined = pool.submit(job).result(120)
+    finally:
+        pool.shutdown()
+    assert agent.wait(30) == 0, "the agent (--once) should exit when its pool shuts down"
+
+    # The same job on one launch with the same world size gives the same video.
+    single = shared_pool(PoolConfig(devices="cpu:2")).submit(job).result(180)
+    assert joined.shape == (6, 32, 32, 3)
+    assert np.array_equal(joined, single)
+
+
+def test_pool_waiting_for_agents_times_out_with_instructions(tiny_pipeline: Path) -> None:
+    pool = WorkerPool(PoolConfig(devices="cpu:1", remote_workers=1, token=TOKEN, start_timeout_s=3))
+    try:
+        with pytest.raises(Exception, match="only 0 joined in time.*distributed.cli join"):
+            pool.start()
+        assert wait_for(lambda: not pool.worker_pids(), 5)
+        assert pool.status()["state"] == "stopped"
+    finally:
+        pool.shutdown()
