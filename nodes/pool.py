@@ -1,0 +1,94 @@
+"""Worker Pool and Unload nodes."""
+
+from __future__ import annotations
+
+from . import devices, pool_access
+from .api import CATEGORY, Pool, io, ui
+from .values import PoolChoice
+
+
+class WorkerPool(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoInfinityWorkerPool",
+            display_name="Worker Pool (Video-Infinity)",
+            category=CATEGORY,
+            description="Where the clips are computed: one worker process per device, each denoising its own "
+            "contiguous range of frames. Workers stay warm between queue items.",
+            inputs=[
+                io.String.Input(
+                    "devices",
+                    default="auto",
+                    tooltip="'auto' (every GPU, else 2 CPU workers), 'cuda:all', a list such as 'cuda:0,cuda:1', "
+                    "or 'cpu:N' for N CPU workers. One worker per GPU.",
+                ),
+                io.Boolean.Input(
+                    "keep_warm",
+                    default=True,
+                    tooltip="Keep workers and the loaded model in memory after the job (fast next run). "
+                    "Off: stop the workers after each video and free their memory.",
+                ),
+                io.Float.Input(
+                    "timeout_s",
+                    default=600.0,
+                    min=10.0,
+                    max=86400.0,
+                    step=10.0,
+                    tooltip="Seconds a worker may stay silent (no step finished) before the job is failed and "
+                    "the pool torn down, so a hung worker cannot block ComfyUI forever.",
+                ),
+            ],
+            outputs=[Pool.Output(display_name="pool", tooltip="The device layout, for the Clip-Parallel Sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, devices: str) -> bool | str:
+        if devices is None:
+            return True  # fed by a link: checked when it runs
+        try:
+            _resolve(devices)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, devices: str, keep_warm: bool, timeout_s: float) -> io.NodeOutput:
+        _resolve(devices)
+        return io.NodeOutput(PoolChoice(devices=devices, keep_warm=keep_warm, timeout_s=timeout_s))
+
+
+def _resolve(text: str) -> list[str]:
+    return devices.resolve(text)
+
+
+class UnloadPool(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoInfinityUnload",
+            display_name="Unload Workers (Video-Infinity)",
+            category=CATEGORY,
+            description="Stops the worker pool and frees the memory its workers and models hold.",
+            inputs=[
+                io.AnyType.Input(
+                    "after",
+                    optional=True,
+                    tooltip="Optional: connect any output to unload only after that node has run "
+                    "(for example the saved video).",
+                ),
+            ],
+            outputs=[],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, after=None) -> float:
+        return float("nan")  # never cached: unloading is an action, not a value
+
+    @classmethod
+    def execute(cls, after=None) -> io.NodeOutput:
+        result = pool_access.unload()
+        text = "workers stopped, memory freed" if result["stopped"] else "no workers were running"
+        return io.NodeOutput(ui=ui.PreviewText(text))

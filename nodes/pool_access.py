@@ -1,0 +1,81 @@
+"""The pack's handle on the engine's shared worker pool: start it on demand, report and stop it.
+
+The engine is imported late so that loading the pack (and ComfyUI's start) stays fast.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from . import devices
+from .values import PoolChoice
+
+_keep_warm: dict[str, bool] = {}  # what the panel shows next to the engine's own status
+
+
+def get_pool(choice: PoolChoice):
+    """The shared pool for this choice: the warm one while the devices stay the same, else a fresh one."""
+    from ..distributed.pool import PoolConfig, shared_pool
+
+    config = PoolConfig(devices=devices.resolve(choice.devices), collective_timeout_s=choice.timeout_s)
+    pool = shared_pool(config)
+    _keep_warm["value"] = choice.keep_warm
+    return pool
+
+
+def release_if_cold(choice: PoolChoice) -> None:
+    if not choice.keep_warm:
+        unload()
+
+
+def unload() -> dict[str, Any]:
+    """Stops the workers (they free their GPU memory as they exit) and empties ComfyUI's own caches."""
+    from ..distributed.pool import current_shared_pool, shutdown_shared_pool
+
+    pool = current_shared_pool()
+    was_running = pool is not None and pool.status()["state"] not in ("stopped", "closed")
+    shutdown_shared_pool()
+    gc.collect()
+    try:
+        import comfy.model_management as mm
+
+        mm.soft_empty_cache()
+    except Exception:  # noqa: BLE001 - freeing memory is best effort outside a ComfyUI process
+        pass
+    return {"stopped": was_running}
+
+
+def status() -> dict[str, Any]:
+    """JSON-able pool state for the web panel; never starts a pool."""
+    from ..distributed.pool import current_shared_pool
+
+    pool = current_shared_pool()
+    info: dict[str, Any] = {"state": "stopped", "workers": [], "devices": []}
+    if pool is not None:
+        try:
+            info.update(pool.status())
+            info["keep_warm"] = _keep_warm.get("value", True)
+        except Exception as error:  # noqa: BLE001 - the panel shows what went wrong instead of failing
+            info.update(state="error", error=str(error))
+    info["machine"] = machine_memory()
+    return info
+
+
+def machine_memory() -> dict[str, Any]:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    result: dict[str, Any] = {"ram_total": memory.total, "ram_available": memory.available, "gpus": []}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(index)
+                result["gpus"].append(
+                    {"device": f"cuda:{index}", "name": torch.cuda.get_device_name(index), "free": free, "total": total}
+                )
+    except Exception:  # noqa: BLE001 - memory figures are informative only
+        pass
+    return result

@@ -1,0 +1,95 @@
+"""Waits for a pool job in the node's own thread: ComfyUI progress bar, phase text, Cancel, worker errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+POLL_S = 0.1
+_PHASES = {"loading": "loading the model", "denoising": "denoising", "decoding": "decoding", "gathering": "gathering"}
+
+
+class WorkerFailed(RuntimeError):
+    """A worker's own error text, shown as the node's error."""
+
+
+class JobProgress:
+    """Maps pool events onto one bar: steps 1..n of denoising, then one more tick for decode and gather."""
+
+    def __init__(self, steps: int, node_id: str | None, workers: int):
+        import comfy.utils
+
+        self.steps = steps
+        self.node_id = node_id
+        self.workers = workers
+        self.bar = comfy.utils.ProgressBar(steps + 1, node_id=node_id)
+        self.last_text = ""
+        self.last_value = -1
+
+    def on_event(self, event: Any) -> None:
+        phase = getattr(event, "phase", "denoising")
+        step = int(getattr(event, "step", 0) or 0)
+        total = int(getattr(event, "total", 0) or 0)
+        if phase == "denoising":
+            self._text(f"denoising step {step}/{total or self.steps} on {self.workers} worker(s)")
+            self._bar(min(step, self.steps))
+        elif phase in ("decoding", "gathering"):
+            self._text(_PHASES[phase] + (f" {step}/{total}" if total else ""))
+            self._bar(self.steps)
+        else:
+            self._text(_PHASES.get(phase, str(phase)))
+
+    def finish(self, frames: int) -> None:
+        self._bar(self.steps + 1)
+        self._text(f"{frames} frames done")
+
+    def _bar(self, value: int) -> None:
+        if value > self.last_value:  # every rank reports its steps: send each value once, never backwards
+            self.last_value = value
+            self.bar.update_absolute(value, self.steps + 1)
+
+    def _text(self, text: str) -> None:
+        if text == self.last_text or self.node_id is None:
+            return
+        self.last_text = text
+        try:
+            from server import PromptServer
+
+            PromptServer.instance.send_progress_text(text, self.node_id)
+        except Exception:  # noqa: BLE001 - the text is a nicety; the bar carries the progress
+            pass
+
+
+def wait_for(handle: Any, progress: JobProgress, timeout_s: float) -> np.ndarray:
+    """Polls events, forwards Cancel, and returns the uint8 frames; raises ComfyUI's interrupt on Cancel."""
+    import comfy.model_management as mm
+
+    from ..distributed.errors import JobCancelled
+    from ..distributed.pool import PoolError, WorkerError
+
+    while not handle.done():
+        if mm.processing_interrupted():  # only reads the flag; it is cleared below, in this thread
+            handle.cancel()
+            try:
+                handle.result(timeout=timeout_s)
+            except (JobCancelled, WorkerError, PoolError, TimeoutError):
+                pass  # the user asked to stop: how the workers ended does not matter here
+            mm.throw_exception_if_processing_interrupted()
+        for event in handle.poll_events():
+            progress.on_event(event)
+        time.sleep(POLL_S)
+    for event in handle.poll_events():
+        progress.on_event(event)
+    try:
+        frames = handle.result(timeout=timeout_s)
+    except JobCancelled:
+        mm.interrupt_current_processing(True)  # cancelled from elsewhere (e.g. the panel): end like Cancel
+        mm.throw_exception_if_processing_interrupted()
+        raise
+    except (WorkerError, PoolError) as error:
+        # The worker's own text (rank, device, error kind and message) becomes the node's error.
+        raise WorkerFailed(f"Video-Infinity {error}") from error
+    progress.finish(int(frames.shape[0]))
+    return frames

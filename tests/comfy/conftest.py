@@ -1,0 +1,85 @@
+"""One real ComfyUI server per test session, with the pack copied into a hyphenated, dotted folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import comfy_host  # noqa: E402
+from comfy_client import ComfyClient  # noqa: E402
+
+TEST_BASE = comfy_host.HOST_DIR / "test-base"
+EXTRA_MODELS = comfy_host.HOST_DIR / "test-extra-models"
+TINY_MODEL = "tiny-random"
+EXTRA_MODEL = "tiny-extra"
+UNET_FILE = "tiny-unet.safetensors"  # a UNet override given as one file (config: the base pipeline's)
+BROKEN_MODEL = "tiny-broken"  # its UNet weights file is not safetensors: the workers fail to load it
+WORDS = ["red", "blue", "green", "yellow", "circle", "square", "moving", "left", "right", "up", "down"]
+WORKFLOWS = REPO / "workflows"
+TIMINGS: dict[str, float] = {}
+
+
+def _build_model(folder: Path, seed: int) -> None:
+    if (folder / "model_index.json").exists():
+        return
+    from distributed.models.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline(folder, seed=seed, words=WORDS)
+
+
+@pytest.fixture(scope="session")
+def host():
+    """Installs the host if needed, prepares the base directory and starts the server once."""
+    started = time.monotonic()
+    comfy_host.install()
+    base = comfy_host.prepare_base(TEST_BASE)
+    _build_model(base / "models" / "video_infinity" / TINY_MODEL, seed=0)
+    _build_model(EXTRA_MODELS / EXTRA_MODEL, seed=1)
+    unet_file = base / "models" / "video_infinity" / UNET_FILE
+    if not unet_file.exists():
+        shutil.copy2(base / "models" / "video_infinity" / TINY_MODEL / "unet" / "diffusion_pytorch_model.safetensors", unet_file)
+    broken = base / "models" / "video_infinity" / BROKEN_MODEL
+    if not broken.exists():
+        shutil.copytree(base / "models" / "video_infinity" / TINY_MODEL, broken)
+        (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"this is not a safetensors file")
+    extra = comfy_host.HOST_DIR / "test-extra_model_paths.yaml"
+    extra.write_text(f"video-infinity-tests:\n    video_infinity: {EXTRA_MODELS}\n")
+    server = comfy_host.start_server(base, extra_args=("--extra-model-paths-config", str(extra)))
+    try:
+        TIMINGS["server_ready_s"] = server.wait_ready()
+        TIMINGS["setup_s"] = time.monotonic() - started
+        yield server
+    finally:
+        server.stop()
+        print(f"\n[comfy tests] timings: {json.dumps({k: round(v, 1) for k, v in TIMINGS.items()})}")
+
+
+@pytest.fixture
+def client(host):
+    assert host.alive(), host.log_text()[-3000:]
+    c = ComfyClient(host.url)
+    yield c
+    c.close()
+
+
+def api_workflow(name: str = "text_to_video") -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+
+
+def tiny_job(seed: int = 1, frames: int = 8, steps: int = 2, **sampler_inputs) -> dict:
+    """The API example workflow, made tiny: the random test model, 2 CPU workers, 64x64, few steps."""
+    prompt = copy.deepcopy(api_workflow())
+    prompt["1"]["inputs"]["model_name"] = TINY_MODEL
+    prompt["2"]["inputs"].update(local_window=2, global_frames=min(4, frames))
+    prompt["3"]["inputs"]["devices"] = "cpu:2"
+    prompt["4"]["inputs"].update(frames=frames, width=64, height=64, steps=steps, seed=seed, **sampler_inputs)
+    return prompt

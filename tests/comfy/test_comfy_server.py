@@ -1,0 +1,223 @@
+"""The pack inside a real ComfyUI server, driven through the API queue (POST /prompt + websocket)."""
+
+from __future__ import annotations
+
+import time
+
+import av
+import pytest
+import requests
+from conftest import BROKEN_MODEL, EXTRA_MODEL, TIMINGS, TINY_MODEL, UNET_FILE, api_workflow, comfy_host, tiny_job
+
+pytestmark = pytest.mark.comfy
+
+NODES = {
+    "VideoInfinityLoadModel": {"model_name", "unet_override", "dtype"},
+    "VideoInfinityDualScopeAttention": {
+        "local_window", "global_frames", "conv_halo", "phase_bias", "phase_threshold", "global_bias", "local_bias",
+        "attn_scale", "token_num_scale", "mode",
+    },
+    "VideoInfinityWorkerPool": {"devices", "keep_warm", "timeout_s"},
+    "VideoInfinityClipParallelSampler": {
+        "model", "prompt", "negative_prompt", "frames", "width", "height", "steps", "cfg", "sampler", "seed", "fps",
+        "blend", "return_images", "attention", "pool",
+    },
+    "VideoInfinitySaveVideo": {"video_frames", "images", "fps", "filename_prefix", "crf"},
+    "VideoInfinityUnload": {"after"},
+}
+
+
+def _inputs(info: dict) -> dict:
+    return {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+
+
+def _mp4_frames(path) -> tuple[int, int, int]:
+    with av.open(str(path)) as container:
+        frames = [f for f in container.decode(video=0)]
+    return len(frames), frames[0].height, frames[0].width
+
+
+def test_pack_loads_from_a_hyphenated_dotted_folder(host):
+    folder = comfy_host.PACK_FOLDER
+    assert "-" in folder and "." in folder
+    log = host.log_text()
+    pack = host.base / "custom_nodes" / folder
+    assert f"seconds: {pack}" in log and f"(IMPORT FAILED): {pack}" not in log
+    info = host.get_json("/object_info")
+    for node in NODES:
+        assert node in info, f"{node} missing from /object_info"
+        assert info[node]["python_module"] == f"custom_nodes.{folder}"
+
+
+def test_object_info_lists_every_node_with_its_inputs(host):
+    info = host.get_json("/object_info")
+    for node, expected in NODES.items():
+        declared = _inputs(info[node])
+        assert set(declared) == expected, node
+        assert info[node]["category"] == "video/Video-Infinity"
+        for name, (_kind, options) in declared.items():
+            assert options.get("tooltip"), f"{node}.{name} has no tooltip"
+    sampler = info["VideoInfinityClipParallelSampler"]
+    assert sampler["output"] == ["IMAGE", "VIDEO_INFINITY_FRAMES", "FLOAT"]
+    assert set(_inputs(sampler)) - set(sampler["input"]["required"]) == {"attention", "pool"}
+
+
+def test_models_are_found_through_folder_paths_and_extra_model_paths(host):
+    options = _inputs(host.get_json("/object_info/VideoInfinityLoadModel")["VideoInfinityLoadModel"])["model_name"][1]
+    # models/video_infinity of the base directory, and an extra_model_paths.yaml entry
+    assert {TINY_MODEL, EXTRA_MODEL} <= set(options["options"])
+    unets = _inputs(host.get_json("/object_info/VideoInfinityLoadModel")["VideoInfinityLoadModel"])["unet_override"]
+    assert UNET_FILE in unets[1]["options"] and TINY_MODEL not in unets[1]["options"]
+
+
+def test_unet_override_file_runs(host, client):
+    prompt = tiny_job(seed=61)
+    prompt["1"]["inputs"]["unet_override"] = UNET_FILE
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_success", run.events
+
+
+def test_example_workflow_through_the_api_queue(host, client):
+    prompt = tiny_job(seed=11)
+    started = time.monotonic()
+    run = client.wait(client.queue(prompt), timeout=400)
+    TIMINGS["first_workflow_s"] = time.monotonic() - started
+    assert run.outcome == "execution_success", run.events
+    progress = [e for e in run.of_type("progress") if e["data"]["node"] == "4"]
+    steps = prompt["4"]["inputs"]["steps"]
+    values = [e["data"]["value"] for e in progress]
+    assert values == sorted(values) and set(range(1, steps + 2)) <= set(values)  # every step, then decode
+    assert all(e["data"]["max"] == steps + 1 for e in progress)
+    # progress came while the sampler ran: after it started executing, before the save node started
+    executing = {e["data"]["node"]: e["t"] for e in run.of_type("executing")}
+    assert executing["4"] < progress[0]["t"] < progress[-1]["t"] < executing["5"]
+    saved = client.history(run.prompt_id)["outputs"]["5"]["images"][0]
+    assert saved["filename"].endswith(".mp4")
+    path = host.base / "output" / saved["subfolder"] / saved["filename"]
+    assert _mp4_frames(path) == (8, 64, 64)
+
+    started = time.monotonic()  # the same graph again with another seed: the warm pool answers faster
+    run = client.wait(client.queue(tiny_job(seed=12)), timeout=300)
+    TIMINGS["warm_workflow_s"] = time.monotonic() - started
+    assert run.outcome == "execution_success", run.events
+    second = client.history(run.prompt_id)["outputs"]["5"]["images"][0]
+    assert second["filename"] != saved["filename"] and path.exists()  # a new file, the first one kept
+
+
+def test_multi_prompt_workflow_validates_and_runs(host, client):
+    prompt = tiny_job(seed=5)
+    schedule = api_workflow("multi_prompt")["4"]["inputs"]["prompt"]
+    assert schedule.count("\n") >= 1 and ":" in schedule
+    frames = api_workflow("multi_prompt")["4"]["inputs"]["frames"]
+    # return_images off: IMAGE carries one frame, the whole video goes to the save node as uint8
+    prompt["4"]["inputs"].update(prompt=schedule, frames=frames, blend=2, return_images=False)
+    prompt["2"]["inputs"]["global_frames"] = 4
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_success", run.events
+    saved = client.history(run.prompt_id)["outputs"]["5"]["images"][0]
+    assert _mp4_frames(host.base / "output" / saved["subfolder"] / saved["filename"]) == (frames, 64, 64)
+
+
+def test_interrupt_during_sampling_then_next_prompt_succeeds(host, client):
+    prompt_id = client.queue(tiny_job(seed=21, steps=400))
+    client.wait_for_event(
+        prompt_id, lambda e: e["type"] == "progress" and e["data"]["node"] == "4" and e["data"]["value"] >= 1, 300
+    )
+    asked = time.monotonic()
+    assert requests.post(f"{host.url}/interrupt", timeout=10).status_code == 200
+    run = client.wait(prompt_id, timeout=60)
+    assert run.outcome == "execution_interrupted", run.events
+    TIMINGS["interrupt_s"] = run.of_type("execution_interrupted")[0]["t"] - asked
+    assert TIMINGS["interrupt_s"] < 15
+    last_step = max(e["data"]["value"] for e in run.of_type("progress") if e["data"]["node"] == "4")
+    assert last_step < 400
+    run = client.wait(client.queue(tiny_job(seed=22)), timeout=300)
+    assert run.outcome == "execution_success", run.events
+
+
+def _validation_error(client, prompt) -> str:
+    response = client.post_prompt(prompt)
+    assert response.status_code == 400, response.text
+    errors = response.json()["node_errors"]
+    return " ".join(e["details"] for node in errors.values() for e in node["errors"])
+
+
+@pytest.mark.parametrize(
+    ("node", "inputs", "expected"),
+    [
+        ("1", {"model_name": "no-such-model"}, ["'no-such-model' was not found", "video_infinity"]),
+        ("4", {"steps": 0}, ["steps is 0", "at least 1"]),
+        ("4", {"prompt": "0-5: a red circle moving right\n4-7: a blue square moving up"}, ["overlaps", "start it at frame 6"]),
+        ("4", {"prompt": "0-3: a red circle moving right\n5-7: a blue square moving up"}, ["frames 4-4 without a prompt"]),
+        ("4", {"width": 60}, ["multiple of 8"]),
+        ("3", {"devices": "cuda:7"}, ["cuda:7"]),
+        ("3", {"devices": "tpu"}, ["unknown device"]),
+    ],
+)
+def test_bad_inputs_are_refused_before_running(host, client, node, inputs, expected):
+    prompt = tiny_job()
+    prompt[node]["inputs"].update(inputs)
+    message = _validation_error(client, prompt)
+    for part in expected:
+        assert part in message, message
+    assert host.get_json("/system_stats")["system"]  # still serving
+
+
+def test_fewer_frames_than_workers_is_an_execution_error(host, client):
+    prompt = tiny_job(frames=1)
+    prompt["2"]["inputs"]["global_frames"] = 1
+    run = client.wait(client.queue(prompt), timeout=120)
+    assert run.outcome == "execution_error", run.events
+    error = run.of_type("execution_error")[0]["data"]
+    assert error["node_id"] == "4"
+    assert "1 frames but the pool has 2 workers" in error["exception_message"]
+    assert host.get_json("/system_stats")["system"]
+
+
+def test_worker_error_is_the_node_error_and_the_next_prompt_succeeds(host, client):
+    prompt = tiny_job(seed=51)
+    prompt["1"]["inputs"]["model_name"] = BROKEN_MODEL
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_error", run.events
+    error = run.of_type("execution_error")[0]["data"]
+    assert error["node_id"] == "4"
+    message = error["exception_message"]
+    assert "worker rank" in message and "diffusion_pytorch_model.safetensors" in message, message
+    run = client.wait(client.queue(tiny_job(seed=52)), timeout=300)
+    assert run.outcome == "execution_success", run.events
+
+
+def test_pool_panel_routes(host, client):
+    run = client.wait(client.queue(tiny_job(seed=31)), timeout=300)
+    assert run.outcome == "execution_success"
+    status = requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()
+    assert status["state"] != "stopped" and status["devices"] == ["cpu", "cpu"]
+    assert status["machine"]["ram_total"] > 0
+    assert requests.post(f"{host.url}/video_infinity/unload", timeout=120).json() == {"stopped": True}
+    assert requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()["state"] == "stopped"
+    run = client.wait(client.queue(tiny_job(seed=32)), timeout=300)  # a fresh pool starts on demand
+    assert run.outcome == "execution_success", run.events
+    # The Unload node does the same from a graph
+    run = client.wait(client.queue({"9": {"class_type": "VideoInfinityUnload", "inputs": {}}}), timeout=120)
+    assert run.outcome == "execution_success", run.events
+    assert client.history(run.prompt_id)["outputs"]["9"]["text"] == ["workers stopped, memory freed"]
+    assert requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()["state"] == "stopped"
+
+
+def test_help_pages_at_the_url_the_front_end_asks(host):
+    # The front end cuts the module path at dots: custom_nodes.Video-Infinity.Clip-Parallel-Pack -> "Video-Infinity"
+    prefix = comfy_host.PACK_FOLDER.split(".")[0]
+    for node in NODES:
+        response = requests.get(f"{host.url}/extensions/{prefix}/docs/{node}.md", timeout=10)
+        assert response.status_code == 200, node
+        assert response.text.startswith("# ")
+    assert requests.get(f"{host.url}/extensions/{prefix}/docs/..%2F..%2F__init__.py", timeout=10).status_code == 404
+
+
+def test_example_workflows_are_templates(host):
+    templates = requests.get(f"{host.url}/workflow_templates", timeout=10).json()
+    assert set(templates[comfy_host.PACK_FOLDER]) == {"text_to_video", "multi_prompt"}
+    thumbnail = requests.get(
+        f"{host.url}/api/workflow_templates/{comfy_host.PACK_FOLDER}/text_to_video.jpg", timeout=10
+    )  # this front end asks for <template>.jpg
+    assert thumbnail.status_code == 200 and thumbnail.content[:3] == b"\xff\xd8\xff"
