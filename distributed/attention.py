@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from .context import TemporalContext
 
 # Upper bound on elements of the key/value blocks materialised per chunk of the B*H*W axis.
-CHUNK_ELEMENTS = 1 << 25
+CHUNK_ELEMENTS = 1 << 23
 
 
 class DualScopeAttnProcessor:

@@ -1,0 +1,495 @@
+"""Video-Infinity against sliding context windows, full-sequence generation and independent clips, on the
+same random UNet3D and machine: cost of one denoising step as the video grows.
+
+Every measurement runs in fresh processes (real gloo ranks for the 2-rank case), one CPU thread per
+process, so a rank stands for one device. Per step = one CFG-batched (uncond + cond) UNet evaluation
+of the whole video.
+
+    python -m benchmarks.scaling            # 32 .. 1024 frames (several minutes on 2 cores)
+    python -m benchmarks.scaling --quick    # 32 and 64 frames (about a minute)
+
+Writes artifacts/bench/scaling.md, scaling.json and scaling.png (--quick: under artifacts/bench/quick/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distributed.layout import FrameLayout
+from distributed.local_ranks import run_on_local_ranks
+from distributed.models.tiny import tiny_unet_config
+from distributed.models.unet3d import UNet3DVideoCrafterConditionModel
+from distributed.settings import DualScopeSettings
+
+from .bench_targets import TEXT_TOKENS, step_target
+from .common import (
+    MIB,
+    TemporalShapes,
+    capture_temporal_shapes,
+    human_bytes,
+    machine_line,
+    markdown_table,
+    traffic_model,
+    verdict,
+)
+
+OUT = Path(__file__).resolve().parent.parent / "artifacts" / "bench"
+WINDOW = 16
+FULL_SCORE_LIMIT = 3 * 1024**3  # skip the full-sequence pass when one dense score tensor would exceed this
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    label: str
+    method: str
+    world: int = 1
+    stride: int = 4
+
+
+METHODS = (
+    Method("vi1", "Video-Infinity, 1 rank", "vi", 1),
+    Method("vi2", "Video-Infinity, 2 ranks", "vi", 2),
+    Method("solo2", "ceiling: 2 processes, 1-rank model on F/2 each, no exchange", "solo", 2),
+    Method("win4", "sliding windows 16, stride 4 (4x)", "windows", 1, 4),
+    Method("win12", "sliding windows 16, overlap 4 (stride 12)", "windows", 1, 12),
+    Method("full", "full sequence, one pass", "full", 1),
+    Method("clips", "independent 16-frame clips", "clips", 1),
+)
+
+
+def reps_for(frames: int) -> int:
+    """Timed steps per measurement (the median is reported): the machine is shared, so repeat what is cheap."""
+    return 3 if frames <= 256 else 2
+
+
+def full_fits(frames: int, latent: int, config: dict[str, Any]) -> bool:
+    """Whether the unpatched model's dense temporal attention at the first level stays under the limit."""
+    heads = config["block_out_channels"][0] // config["attention_head_dim"]
+    scores = 2 * latent * latent * heads * frames * frames * 4
+    return scores <= FULL_SCORE_LIMIT
+
+
+def measure(method: Method, frame_counts: list[int], latent: int, timeout: float) -> list[dict[str, Any]]:
+    """One set of fresh processes per method; it runs every frame count, smallest first."""
+    kwargs = dict(
+        method=method.method,
+        frame_counts=frame_counts,
+        latent=latent,
+        reps={f: reps_for(f) for f in frame_counts},
+        window=WINDOW,
+        stride=method.stride,
+    )
+    ranks = run_on_local_ranks(method.world, step_target, kwargs, timeout=timeout, threads_per_rank=1)
+    load = os.getloadavg()[0]
+    rows = []
+    for per_rank in zip(*ranks, strict=True):
+        rows.append(
+            {
+                "key": method.key,
+                "label": method.label,
+                "frames": per_rank[0]["frames"],
+                "world": method.world,
+                # Ranks start each step at a barrier, so the step takes as long as the slowest rank.
+                "time": max(rank["time"] for rank in per_rank),
+                "evaluations": sum(rank["evaluations"] for rank in per_rank),
+                "peak_rss": max(rank["peak_rss"] for rank in per_rank),
+                "working": max(rank["peak_rss"] - rank["rss_before"] for rank in per_rank),
+                "bytes_sent": max(rank["bytes_sent"] for rank in per_rank),
+                "bytes_received": max(rank["bytes_received"] for rank in per_rank),
+                "bytes_steady": all(rank["bytes_steady"] for rank in per_rank),
+                "load": load,
+            }
+        )
+    return rows
+
+
+def tiny_shapes(latent: int) -> TemporalShapes:
+    with torch.device("meta"):
+        unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config())
+    return capture_temporal_shapes(unet, 2, latent, latent, (TEXT_TOKENS, unet.config.cross_attention_dim))
+
+
+def run(frame_counts: list[int], latent: int, interior_frames: list[int], timeout: float) -> dict[str, Any]:
+    config = tiny_unet_config()
+    results: list[dict[str, Any]] = []
+    for method in METHODS:
+        counts = [f for f in frame_counts if method.method != "full" or full_fits(f, latent, config)]
+        began = time.perf_counter()
+        rows = measure(method, counts, latent, timeout)
+        results += rows
+        steps = ", ".join(f"{row['frames']}: {row['time']:.2f} s" for row in rows)
+        print(
+            f"  {method.label:<45} {steps}  ({time.perf_counter() - began:.0f} s, load {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
+    results.sort(key=lambda row: (row["frames"], [m.key for m in METHODS].index(row["key"])))
+    interior: list[dict[str, Any]] = []
+    if interior_frames:
+        # Bytes only: 4 processes on 2 cores say nothing about time, but ranks 1 and 2 are interior ranks.
+        interior = measure(Method("vi4", "Video-Infinity, 4 ranks", "vi", 4), interior_frames, latent, timeout)
+        sent = ", ".join(f"{row['frames']}: {human_bytes(row['bytes_sent'])}" for row in interior)
+        print(f"  Video-Infinity, 4 ranks (bytes sent, worst rank) {sent}", flush=True)
+    return {"results": results, "interior": interior}
+
+
+def analytic_traffic(shapes: TemporalShapes, frames: int, world: int, scheme: str) -> tuple[int, int]:
+    """Max over ranks of (sent, received) bytes per step, fp32, default settings."""
+    settings = DualScopeSettings()
+    layout = FrameLayout(frames, world)
+    worst_sent = worst_received = 0
+    for rank in range(world):
+        sent, received = traffic_model(
+            shapes, layout, rank, settings.local_window, settings.global_frames, settings.conv_halo, 4, scheme
+        )
+        worst_sent, worst_received = max(worst_sent, sent.total), max(worst_received, received.total)
+    return worst_sent, worst_received
+
+
+def pick(results: list[dict[str, Any]], key: str, frames: int) -> dict[str, Any] | None:
+    return next((row for row in results if row["key"] == key and row["frames"] == frames), None)
+
+
+def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple[str, str, str, bool | None]]:
+    results = data["results"]
+    frames_done = sorted({row["frames"] for row in results})
+    checks: list[tuple[str, str, str, bool | None]] = []
+
+    # 1. Cost per frame-step against sliding windows 16/4, at the longest video both ran.
+    both = [f for f in frames_done if pick(results, "vi1", f) and pick(results, "win4", f)]
+    if both:
+        f = both[-1]
+        ratios = {g: pick(results, "vi1", g)["time"] / pick(results, "win4", g)["time"] for g in both}  # type: ignore[index]
+        detail = ", ".join(f"{g}: {r:.2f}x" for g, r in ratios.items())
+        checks.append(
+            (
+                "VI cost per frame-step vs sliding windows 16/4 (1 rank each)",
+                f"{ratios[f]:.2f}x at {f} frames ({detail})",
+                "<= 0.30x",
+                ratios[f] <= 0.3,
+            )
+        )
+        if pick(results, "win12", f):
+            r12 = pick(results, "vi1", f)["time"] / pick(results, "win12", f)["time"]  # type: ignore[index]
+            checks.append(
+                (
+                    "(info) same against windows 16 with overlap 4 (stride 12)",
+                    f"{r12:.2f}x at {f} frames",
+                    "<= 0.30x",
+                    r12 <= 0.3,
+                )
+            )
+
+    # 2. Two ranks against one, same total frames.
+    both = [f for f in frames_done if pick(results, "vi1", f) and pick(results, "vi2", f)]
+    if both:
+        f = both[-1]
+        speedups = {g: pick(results, "vi1", g)["time"] / pick(results, "vi2", g)["time"] for g in both}  # type: ignore[index]
+        detail = ", ".join(f"{g}: {s:.2f}x" for g, s in speedups.items())
+        checks.append(
+            (
+                "2 ranks vs 1 rank, same frames",
+                f"{speedups[f]:.2f}x at {f} frames ({detail})",
+                ">= 1.80x",
+                speedups[f] >= 1.8,
+            )
+        )
+        if pick(results, "solo2", f):
+            ceiling = pick(results, "vi1", f)["time"] / pick(results, "solo2", f)["time"]  # type: ignore[index]
+            exchange = pick(results, "solo2", f)["time"] / pick(results, "vi2", f)["time"]  # type: ignore[index]
+            checks.append(
+                (
+                    "(info) this machine's ceiling: 2 processes with no exchange vs 1 rank",
+                    f"{ceiling:.2f}x at {f} frames",
+                    ">= 1.80x",
+                    ceiling >= 1.8,
+                )
+            )
+            checks.append(
+                ("(info) 2 ranks vs that ceiling (cost of the exchange)", f"{exchange:.2f} at {f} frames", "-", None)
+            )
+
+    # 3. Peak memory per rank when frames and ranks double together (1 rank at F vs 2 ranks at 2F).
+    pairs = [f for f in frames_done if pick(results, "vi1", f) and pick(results, "vi2", 2 * f)]
+    if pairs:
+        ratios = [pick(results, "vi2", 2 * f)["peak_rss"] / pick(results, "vi1", f)["peak_rss"] for f in pairs]  # type: ignore[index]
+        worst = max(ratios, key=lambda r: abs(r - 1))
+        detail = ", ".join(f"{f}->{2 * f}: {r:.3f}" for f, r in zip(pairs, ratios, strict=True))
+        checks.append(
+            (
+                "peak RSS per rank, frames and ranks doubled (2 ranks at 2F / 1 rank at F)",
+                f"worst {worst:.3f} ({detail})",
+                "within 1 +- 0.10",
+                abs(worst - 1) <= 0.1,
+            )
+        )
+        working = [pick(results, "vi2", 2 * f)["working"] / max(1, pick(results, "vi1", f)["working"]) for f in pairs]  # type: ignore[index]
+        worst_w = max(working, key=lambda r: abs(r - 1))
+        detail = ", ".join(f"{f}->{2 * f}: {r:.2f}" for f, r in zip(pairs, working, strict=True))
+        checks.append(
+            (
+                "(info) same on working memory only (peak minus RSS before the step)",
+                f"worst {worst_w:.2f} ({detail})",
+                "within 1 +- 0.10",
+                abs(worst_w - 1) <= 0.1,
+            )
+        )
+
+    # 4. Bytes per rank per step: flat in frames per rank, and at most half the reference scheme's.
+    vi2 = [row for row in results if row["key"] == "vi2"]
+    if len(vi2) >= 2:
+        sent = [row["bytes_sent"] for row in vi2]
+        flat = max(sent) == min(sent) and all(row["bytes_steady"] for row in vi2)
+        detail = ", ".join(f"{row['frames'] // 2}/rank: {human_bytes(row['bytes_sent'])}" for row in vi2)
+        checks.append(("bytes sent per rank per step as frames per rank grow (2 ranks)", detail, "constant", flat))
+    for label, rows, world in (("2 ranks", vi2, 2), ("4 ranks, interior", data["interior"], 4)):
+        if rows:
+            row = rows[-1]
+            ref_sent, _ = analytic_traffic(shapes, row["frames"], world, "reference")
+            ratio = row["bytes_sent"] / ref_sent
+            checks.append(
+                (
+                    f"bytes per rank vs the reference scheme ({label})",
+                    f"{human_bytes(row['bytes_sent'])} / {human_bytes(ref_sent)} = {ratio:.3f}x",
+                    "<= 0.50x",
+                    ratio <= 0.5,
+                )
+            )
+    if len(data["interior"]) >= 2:
+        sent = [row["bytes_sent"] for row in data["interior"]]
+        checks.append(
+            (
+                "bytes sent per rank per step as frames grow (4 ranks)",
+                ", ".join(human_bytes(s) for s in sent),
+                "constant",
+                max(sent) == min(sent),
+            )
+        )
+    return checks
+
+
+def tables(data: dict[str, Any], shapes: TemporalShapes, latent: int) -> str:
+    results = data["results"]
+    headers = [
+        "frames",
+        "method",
+        "ranks",
+        "s / step",
+        "ms / frame-step",
+        "frame-evals / frame",
+        "peak RSS / process (MiB)",
+        "working (MiB)",
+        "sent / rank",
+        "received / rank",
+        "load (1 min)",
+    ]
+    rows = []
+    for row in results:
+        rows.append(
+            [
+                row["frames"],
+                row["label"],
+                row["world"],
+                f"{row['time']:.3f}",
+                f"{1000 * row['time'] / row['frames']:.2f}",
+                f"{row['evaluations'] / row['frames']:.2f}",
+                f"{row['peak_rss'] / MIB:.0f}",
+                f"{row['working'] / MIB:.1f}",
+                human_bytes(row["bytes_sent"]) if row["world"] > 1 else "-",
+                human_bytes(row["bytes_received"]) if row["world"] > 1 else "-",
+                f"{row['load']:.1f}",
+            ]
+        )
+    text = [markdown_table(headers, rows)]
+
+    traffic_rows = []
+    for row in [r for r in results if r["key"] == "vi2"] + data["interior"]:
+        ours_sent, ours_received = analytic_traffic(shapes, row["frames"], row["world"], "ours")
+        ref_sent, ref_received = analytic_traffic(shapes, row["frames"], row["world"], "reference")
+        traffic_rows.append(
+            [
+                row["frames"],
+                row["world"],
+                human_bytes(row["bytes_sent"]),
+                human_bytes(ours_sent),
+                human_bytes(ref_sent),
+                f"{row['bytes_sent'] / ref_sent:.3f}",
+                human_bytes(row["bytes_received"]),
+                human_bytes(ref_received),
+            ]
+        )
+    if traffic_rows:
+        text.append(
+            "Traffic per step, worst rank, fp32 (reference scheme: K and V halos, K/V global gather, conv halos; analytic on the same shapes):\n\n"
+            + markdown_table(
+                [
+                    "frames",
+                    "ranks",
+                    "sent, measured",
+                    "sent, our model",
+                    "sent, reference",
+                    "measured / reference",
+                    "received, measured",
+                    "received, reference",
+                ],
+                traffic_rows,
+            )
+        )
+    text.append(
+        f"Temporal layer sizes per frame (CFG batch 2, {latent}x{latent} latents): attention inputs {shapes.attention_elements} elements over "
+        f"{len(shapes.attention_inputs)} temporal attentions, temporal-conv inputs {shapes.conv_elements} elements over {len(shapes.conv_inputs)} layers."
+    )
+    return "\n\n".join(text)
+
+
+def pivot(results: list[dict[str, Any]]) -> str:
+    """Seconds per step, one row per method, one column per frame count."""
+    frames = sorted({row["frames"] for row in results})
+    rows = []
+    for method in METHODS:
+        cells = [pick(results, method.key, f) for f in frames]
+        if any(cells):
+            rows.append([method.label] + [f"{cell['time']:.2f}" if cell else "-" for cell in cells])
+    return markdown_table(["s / step"] + [str(f) for f in frames], rows)
+
+
+def report(data: dict[str, Any], shapes: TemporalShapes, latent: int, machine: str, duration: float) -> str:
+    checks = evaluate_targets(data, shapes)
+    settings = DualScopeSettings()
+    config = tiny_unet_config()
+    with torch.device("meta"):
+        params = sum(p.numel() for p in UNet3DVideoCrafterConditionModel(**config).parameters())
+    header = (
+        f"Random tiny UNet3D ({params / 1e6:.2f} M parameters, channels {config['block_out_channels']}), {latent}x{latent} latents, "
+        f"fp32, CFG batch 2, P={settings.local_window}, G={settings.global_frames}, exact mode; one CPU thread per process.\n"
+        f"Machine: {machine} (at the end of the run). Run took {duration:.0f} s."
+    )
+    target_table = markdown_table(
+        ["target", "measured", "target", "result"],
+        [[name, value, goal, verdict(ok)] for name, value, goal, ok in checks],
+    )
+    return f"{header}\n\n{pivot(data['results'])}\n\n{tables(data, shapes, latent)}\n\nTargets:\n\n{target_table}\n"
+
+
+def plot(data: dict[str, Any], path: Path, shapes: TemporalShapes, machine: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = data["results"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 10))
+    keys = [m.key for m in METHODS]
+    labels = {m.key: m.label for m in METHODS}
+    for key in keys:
+        rows = sorted((r for r in results if r["key"] == key), key=lambda r: r["frames"])
+        if not rows:
+            continue
+        frames = [r["frames"] for r in rows]
+        axes[0, 0].plot(frames, [r["time"] for r in rows], marker="o", label=labels[key])
+        axes[0, 1].plot(frames, [1000 * r["time"] / r["frames"] for r in rows], marker="o", label=labels[key])
+        axes[1, 0].plot(frames, [r["working"] / MIB for r in rows], marker="o", label=labels[key])
+    vi2 = sorted((r for r in results if r["key"] == "vi2"), key=lambda r: r["frames"])
+    if vi2:
+        frames = [r["frames"] for r in vi2]
+        axes[1, 1].plot(frames, [r["bytes_sent"] / 1e6 for r in vi2], marker="o", label="ours, measured (2 ranks)")
+        axes[1, 1].plot(
+            frames,
+            [analytic_traffic(shapes, f, 2, "reference")[0] / 1e6 for f in frames],
+            marker="s",
+            linestyle="--",
+            label="reference scheme, analytic (2 ranks)",
+        )
+    if data["interior"]:
+        frames = [r["frames"] for r in data["interior"]]
+        axes[1, 1].plot(
+            frames,
+            [r["bytes_sent"] / 1e6 for r in data["interior"]],
+            marker="^",
+            label="ours, measured (4 ranks, interior)",
+        )
+        axes[1, 1].plot(
+            frames,
+            [analytic_traffic(shapes, f, 4, "reference")[0] / 1e6 for f in frames],
+            marker="v",
+            linestyle="--",
+            label="reference scheme, analytic (4 ranks)",
+        )
+    titles = [
+        ("wall time per step (s)", True),
+        ("time per frame-step (ms)", True),
+        ("peak working memory per process (MiB above the RSS before the step)", True),
+        ("bytes sent per rank per step (MB)", False),
+    ]
+    for ax, (title, logy) in zip(axes.flat, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("frames (latent)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1, 1].legend(fontsize=7, loc="center right")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle(f"One denoising step, random tiny UNet3D, CPU, one thread per process ({machine})", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="32 and 64 frames only (about a minute)")
+    parser.add_argument("--frames", type=int, nargs="*", help="frame counts (default 32 64 128 256 512 1024)")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="rewrite scaling.md and the plot from the saved scaling.json (no measuring)",
+    )
+    parser.add_argument("--latent", type=int, default=8, help="latent height and width (8 = 64x64 pixels)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/bench)")
+    args = parser.parse_args()
+    frame_counts = args.frames or ([32, 64] if args.quick else [32, 64, 128, 256, 512, 1024])
+    interior_frames = [] if args.quick else [64, 256]
+    out = args.out or (OUT / "quick" if args.quick else OUT)
+    if args.replot:
+        saved = json.loads((out / "scaling.json").read_text())
+        shapes = tiny_shapes(args.latent)
+        (out / "scaling.md").write_text(
+            report(saved["data"], shapes, args.latent, saved["machine"], saved["duration_s"])
+        )
+        plot(saved["data"], out / "scaling.png", shapes, saved["machine"])
+        print(f"wrote {out / 'scaling.md'}, {out / 'scaling.png'}")
+        return
+    began = time.perf_counter()
+    print(f"machine: {machine_line()}", flush=True)
+    shapes = tiny_shapes(args.latent)
+    data = run(frame_counts, args.latent, interior_frames, timeout=900)
+    duration = time.perf_counter() - began
+    machine = machine_line()
+    body = report(data, shapes, args.latent, machine, duration)
+    print()
+    print(body)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.md").write_text(body)
+    (out / "scaling.json").write_text(
+        json.dumps(
+            {"data": data, "checks": evaluate_targets(data, shapes), "machine": machine, "duration_s": duration},
+            indent=1,
+        )
+    )
+    plot(data, out / "scaling.png", shapes, machine)
+    print(f"wrote {out / 'scaling.md'}, {out / 'scaling.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The benchmark scripts' core functions on their quick paths: sanity, not timings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from benchmarks.attention_memory import memory_target, score_counts
+from benchmarks.bench_targets import bench_unet, step_target
+from benchmarks.common import (
+    pyramid_weights,
+    sliding_window_step,
+    traffic_model,
+    window_evaluations,
+    window_starts,
+)
+from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
+from benchmarks.scaling import analytic_traffic, tiny_shapes
+from distributed.comm import Communicator
+from distributed.layout import FrameLayout
+from distributed.local_ranks import run_on_local_ranks
+from distributed.models.unet3d import run_unet3d
+from distributed.settings import DualScopeSettings
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One thread, as in the benchmark processes: several threads on 2 busy cores are many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_window_schedule_covers_every_frame_and_costs_context_over_stride() -> None:
+    for frames in (16, 40, 100, 1024):
+        covered = set()
+        for start in window_starts(frames, 16, 4):
+            assert 0 <= start <= frames - min(frames, 16)
+            covered.update(range(start, start + 16))
+        assert covered >= set(range(frames))
+    # 16/4 evaluates every frame 16/4 = 4 times in the limit; Video-Infinity once.
+    assert 3.9 <= window_evaluations(4096, 16, 4) / 4096 <= 4.0
+    assert 1.3 <= window_evaluations(4096, 16, 12) / 4096 <= 1.34
+    assert pyramid_weights(16).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 8, 7, 6, 5, 4, 3, 2, 1]
+
+
+def test_sliding_windows_equal_one_pass_when_the_video_fits_one_window() -> None:
+    unet = bench_unet()
+    sample = torch.randn(2, 4, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 1, 16, 32).expand(2, 16, 16, 32)
+    with torch.no_grad():
+        direct = run_unet3d(unet, sample, 500.0, text)
+    fused = sliding_window_step(unet, sample, 500.0, text, 16, 4)
+    torch.testing.assert_close(fused, direct)
+
+
+def test_video_infinity_evaluates_each_frame_once_and_windows_about_four_times() -> None:
+    single = Communicator.single()
+    vi = step_target(single, "vi", [64])[0]
+    windows = step_target(single, "windows", [64], stride=4)[0]
+    assert vi["evaluations"] == 64
+    assert windows["evaluations"] == window_evaluations(64, 16, 4) == 13 * 16
+    assert vi["bytes_sent"] == 0 and vi["peak_rss"] >= vi["rss_before"] > 0
+
+
+@pytest.mark.distributed
+def test_bytes_per_rank_do_not_grow_with_frames_and_match_the_traffic_model() -> None:
+    ranks = run_on_local_ranks(
+        2, step_target, dict(method="vi", frame_counts=[32, 64]), timeout=300, threads_per_rank=1
+    )
+    shapes = tiny_shapes(8)
+    for rank, rows in enumerate(ranks):
+        assert [row["frames"] for row in rows] == [32, 64]
+        assert rows[0]["bytes_sent"] == rows[1]["bytes_sent"] > 0
+        for row in rows:
+            settings = DualScopeSettings()
+            sent, received = traffic_model(
+                shapes,
+                FrameLayout(row["frames"], 2),
+                rank,
+                settings.local_window,
+                settings.global_frames,
+                settings.conv_halo,
+                4,
+                "ours",
+            )
+            assert row["bytes_sent"] == sent.total
+            assert row["bytes_received"] == received.total
+    # The attention part of our traffic is half the reference scheme's; conv halos are the same.
+    ours, _ = analytic_traffic(shapes, 64, 2, "ours")
+    reference, _ = analytic_traffic(shapes, 64, 2, "reference")
+    assert 0.5 < ours / reference < 0.6
+
+
+def test_banded_attention_peak_is_below_explicit_dense_attention() -> None:
+    kwargs = dict(cases=[(16, 576)], width=8, globals_count=16)
+    banded = memory_target(None, "banded", **kwargs)[0]
+    dense = memory_target(None, "math", **kwargs)[0]
+    assert abs(banded["checksum"] - dense["checksum"]) < 1e-2
+    assert banded["peak"] < dense["peak"]
+    counts = score_counts(288, 8, 16)
+    assert counts["ideal"] == 288 * 33 and counts["dense"] == 288 * 320
+    assert counts["ideal"] <= counts["ours"] < counts["dense"]
+
+
+def test_videocrafter2_traffic_matches_the_cost_model() -> None:
+    from benchmarks.common import capture_temporal_shapes
+
+    shapes = capture_temporal_shapes(videocrafter2_unet(), 2, 40, 64, TEXT)
+    assert len(shapes.attention_inputs) == 34 and len(shapes.conv_inputs) == 22
+    settings = DualScopeSettings()
+    ours, _ = interior_traffic(shapes, 8, 288, settings, 2, "ours")
+    reference, _ = interior_traffic(shapes, 8, 288, settings, 2, "reference")
+    assert 4.1e9 < reference.total < 4.5e9  # algorithm.md section 8: about 4.3 GB
+    assert ours.attention_halo * 2 == reference.attention_halo
+    assert ours.attention_global * 2 == reference.attention_global
+    assert ours.conv_halo == reference.conv_halo
