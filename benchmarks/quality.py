@@ -1,0 +1,325 @@
+"""Generation quality of the embedded tiny model (assets/tiny-shapes-t2v), measured with a shape tracker.
+
+1. Prompt fidelity: 16-frame clips, one rank; the share whose tracked colour, shape kind and
+   direction of motion match the prompt.
+2. Long videos split over several ranks (real gloo processes), for
+   (a) independent clips, (b) local context only (G = 0), (c) full dual-scope attention (exact mode),
+   (d) the same in reference mode:
+   - seam ratio: median frame difference across rank borders / median frame difference elsewhere
+     (1 = borders invisible);
+   - velocity jump: change of the tracked centroid velocity at borders vs elsewhere (pixels/frame);
+   - colour drift: distance between the shape's mean colour in the first and the last frame (0-255 RGB);
+   - on-prompt: share of frames where the tracker finds the prompted colour.
+
+Writes a contact sheet (frames around every rank border) and an mp4 per case under
+artifacts/quality/, and prints Markdown tables.
+
+    python -m benchmarks.quality            # the full run (several minutes on 2 CPU cores)
+    python -m benchmarks.quality --short    # the CI version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+
+from distributed.comm import Communicator
+from distributed.engine import Engine
+from distributed.layout import FrameLayout
+from distributed.local_ranks import run_on_local_ranks
+from training import shapes_data as shapes
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "assets" / "tiny-shapes-t2v"
+OUT = REPO / "artifacts" / "quality"
+
+# name -> attention settings on top of the defaults (P = 8, conv halo 4, phase bias on).
+CASES: dict[str, dict[str, Any]] = {
+    "a_independent": {"mode": "independent", "global_frames": 0},
+    "b_local_only": {"mode": "exact", "global_frames": 0},
+    "c_dual_scope": {"mode": "exact", "global_frames": 16},
+    "d_reference": {"mode": "reference", "global_frames": 16},
+}
+CASE_LABELS = {
+    "a_independent": "(a) independent clips",
+    "b_local_only": "(b) local only, G=0",
+    "c_dual_scope": "(c) dual-scope, exact",
+    "d_reference": "(d) dual-scope, reference",
+}
+
+
+def make_job(model: Path, prompt: str, frames: int, seed: int, args: argparse.Namespace, **attention: Any) -> dict:
+    return {
+        "model": {"base": str(model), "unet": None, "dtype": "fp32"},
+        "prompt": prompt,
+        "frames": frames,
+        "height": shapes.SIZE,
+        "width": shapes.SIZE,
+        "steps": args.steps,
+        "cfg": args.cfg,
+        "sampler": args.sampler,
+        "seed": seed,
+        "fps": shapes.FPS,
+        "negative_prompt": "",
+        "attention": attention,
+    }
+
+
+# --- prompt fidelity ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FidelityResult:
+    clips: int
+    colour: float
+    shape: float
+    direction: float
+    all_three: float
+    seconds_per_clip: float
+
+
+def prompt_fidelity(model: Path, prompts: list[str], seeds: list[int], args: argparse.Namespace) -> FidelityResult:
+    engine = Engine(Communicator.single("cpu"))
+    hits = np.zeros(4)
+    started = time.time()
+    total = 0
+    for seed in seeds:
+        for prompt in prompts:
+            video = engine.run(make_job(model, prompt, 16, seed, args))
+            track = shapes.track_clip(video)
+            want = shapes.parse_caption(prompt)
+            got = (track.colour, track.shape, track.direction)
+            matches = [g == w for g, w in zip(got, want, strict=True)]
+            hits += [*matches, all(matches)]
+            total += 1
+            if args.verbose:
+                print(f"  seed {seed} {prompt!r}: tracked {got} v={track.velocity}", flush=True)
+    rates = hits / max(total, 1)
+    return FidelityResult(total, *rates.tolist(), (time.time() - started) / max(total, 1))
+
+
+def tracker_accuracy(count: int = 64) -> float:
+    """The same measurement on real training clips: how often the tracker itself is right."""
+    specs, clips = shapes.sample_clips(seed=123, count=count, frames=16)
+    hits = 0
+    for spec, clip in zip(specs, clips, strict=True):
+        track = shapes.track_clip((clip * 255).round().astype(np.uint8))
+        hits += (track.colour, track.shape, track.direction) == (spec.colour, spec.shape, spec.direction)
+    return hits / count
+
+
+# --- long videos ---------------------------------------------------------------------------------------
+
+
+def run_jobs_on_rank(comm: Communicator, jobs: list[dict[str, Any]]) -> list[np.ndarray | None]:
+    """Target for run_on_local_ranks: one engine per rank, every job in order; rank 0 gets the videos."""
+    engine = Engine(comm)
+    return [engine.run(job) for job in jobs]
+
+
+def frame_differences(video: np.ndarray) -> np.ndarray:
+    """Mean absolute difference between consecutive frames, (T-1,), in 0-255 units."""
+    frames = video.astype(np.float32)
+    return np.abs(frames[1:] - frames[:-1]).mean(axis=(1, 2, 3))
+
+
+def shape_colour(frame: np.ndarray, track: shapes.FrameTrack) -> np.ndarray | None:
+    """Mean RGB (0-255) of the pixels the tracker assigned to the shape."""
+    if track.colour is None:
+        return None
+    labels = shapes.classify_pixels(frame.astype(np.float32) / 255.0)
+    mask = labels == list(shapes.COLOURS).index(track.colour) + 1
+    return frame[mask].astype(np.float32).mean(axis=0)
+
+
+def seam_metrics(video: np.ndarray, borders: list[int], prompt: str) -> dict[str, float]:
+    """borders: first global frame index of every rank after the first."""
+    diffs = frame_differences(video)
+    at_border = np.zeros(len(diffs), dtype=bool)
+    for border in borders:
+        at_border[border - 1] = True  # the difference between frames border-1 and border
+    tracks = [shapes.track_frame(frame) for frame in video]
+    colour = shapes.parse_caption(prompt)[0]
+    velocities = np.array(
+        [
+            (shapes.wrapped_step(a.x, b.x), shapes.wrapped_step(a.y, b.y))
+            if a.colour is not None and b.colour is not None
+            else (np.nan, np.nan)
+            for a, b in zip(tracks[:-1], tracks[1:], strict=True)
+        ]
+    )
+    # jump[i] = |v[i+1] - v[i]|; a border step takes part in two of them.
+    jumps = np.linalg.norm(velocities[1:] - velocities[:-1], axis=1)
+    jump_at_border = np.zeros(len(jumps), dtype=bool)
+    for border in borders:
+        jump_at_border[max(border - 2, 0) : border] = True
+    first = shape_colour(video[0], tracks[0])
+    last = shape_colour(video[-1], tracks[-1])
+    drift = float(np.linalg.norm(first - last)) if first is not None and last is not None else float("nan")
+    return {
+        "seam_ratio": float(np.median(diffs[at_border]) / max(np.median(diffs[~at_border]), 1e-6)),
+        "jump_border": float(np.nanmean(jumps[jump_at_border])) if np.isfinite(jumps[jump_at_border]).any() else np.nan,
+        "jump_elsewhere": float(np.nanmean(jumps[~jump_at_border]))
+        if np.isfinite(jumps[~jump_at_border]).any()
+        else np.nan,
+        "colour_drift": drift,
+        "on_prompt": float(np.mean([t.colour == colour for t in tracks])),
+        "speed": float(np.nanmedian(np.linalg.norm(velocities, axis=1))) if np.isfinite(velocities).any() else np.nan,
+    }
+
+
+def upscale(frame: np.ndarray, factor: int) -> np.ndarray:
+    return frame.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def contact_sheet(video: np.ndarray, borders: list[int], path: Path, span: int = 4, factor: int = 2) -> None:
+    """One row per rank border: `span` frames before it, a red bar, `span` frames after it."""
+    size = video.shape[1] * factor
+    gap, bar = 2, 4
+    rows = []
+    for border in borders:
+        pieces: list[np.ndarray] = []
+        for index in range(border - span, border + span):
+            if index == border:
+                pieces.append(np.tile(np.array([220, 30, 30], np.uint8), (size, bar, 1)))
+            elif pieces:
+                pieces.append(np.full((size, gap, 3), 255, np.uint8))
+            pieces.append(upscale(video[index % len(video)], factor))
+        rows.append(np.concatenate(pieces, axis=1))
+        rows.append(np.full((gap * 2, rows[-1].shape[1], 3), 255, np.uint8))
+    imageio.imwrite(path, np.concatenate(rows[:-1], axis=0))
+
+
+def write_mp4(video: np.ndarray, path: Path, fps: int = shapes.FPS, factor: int = 4) -> None:
+    frames = [upscale(frame, factor) for frame in video]
+    imageio.mimwrite(path, frames, fps=fps, codec="libx264", quality=8, macro_block_size=16)
+
+
+def long_videos(
+    model: Path, prompts: list[str], seed: int, args: argparse.Namespace, out: Path
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    jobs, keys = [], []
+    for case, attention in CASES.items():
+        for prompt in prompts:
+            jobs.append(make_job(model, prompt, args.frames, seed, args, **attention))
+            keys.append((case, prompt))
+    started = time.time()
+    videos = run_on_local_ranks(args.ranks, run_jobs_on_rank, {"jobs": jobs}, timeout=3600.0)[0]
+    seconds = (time.time() - started) / len(jobs)
+    layout = FrameLayout(args.frames, args.ranks)
+    borders = list(layout.starts[1:])
+    per_case: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
+    by_key = dict(zip(keys, videos, strict=True))
+    for (case, prompt), video in by_key.items():
+        per_case[case].append(seam_metrics(video, borders, prompt))
+        if prompt == prompts[0]:
+            contact_sheet(video, borders, out / f"{case}_border.png")
+            write_mp4(video, out / f"{case}.mp4")
+    # Exact vs reference: how far the reference code's quirks move the very same job.
+    gaps = [
+        float(np.abs(by_key[("c_dual_scope", p)].astype(np.float32) - by_key[("d_reference", p)]).mean())
+        for p in prompts
+    ]
+    summary = {
+        case: {name: float(np.nanmean([m[name] for m in metrics])) for name in metrics[0]}
+        for case, metrics in per_case.items()
+    }
+    # All four cases at the first border, one under the other, for the README.
+    first = borders[0]
+    rows = [
+        np.concatenate([upscale(by_key[(c, prompts[0])][i], 2) for i in range(first - 4, first + 4)], axis=1)
+        for c in CASES
+    ]
+    imageio.imwrite(out / "cases_first_border.png", np.concatenate(rows, axis=0))
+    return summary, {"exact_vs_reference_mean_abs": float(np.mean(gaps)), "seconds_per_video": seconds}
+
+
+# --- report ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(MODEL))
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--short", action="store_true", help="a quick version for CI")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--cfg", type=float, default=12.0)
+    parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "sde_dpmpp"])
+    parser.add_argument("--frames", type=int, default=None, help="long video length (default 64, short 32)")
+    parser.add_argument("--ranks", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per fidelity prompt (default 2, short 1)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.frames is None:
+        args.frames = 32 if args.short else 64
+    if args.seeds is None:
+        args.seeds = 1 if args.short else 2
+    if args.short:
+        args.steps = min(args.steps, 15)
+    return args
+
+
+def fidelity_prompts(short: bool) -> list[str]:
+    captions = shapes.all_captions()
+    if short:
+        # One caption per colour, covering both shapes and all four directions.
+        return [captions[i] for i in (0, 13, 18, 31)]
+    return captions
+
+
+LONG_PROMPTS = ["a red square moving right", "a blue circle moving down", "a yellow circle moving left"]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    model, out = Path(args.model), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    fidelity = prompt_fidelity(model, fidelity_prompts(args.short), list(range(args.seeds)), args)
+    long_prompts = LONG_PROMPTS[:1] if args.short else LONG_PROMPTS
+    cases, extra = long_videos(model, long_prompts, 0, args, out)
+    extra["tracker_accuracy"] = tracker_accuracy(32 if args.short else 64)
+
+    settings = f"{args.sampler}, {args.steps} steps, cfg {args.cfg}, 64x64, fps {shapes.FPS}"
+    print(f"\n### Prompt fidelity (16-frame clips, 1 rank; {settings})\n")
+    print("| clips | colour | shape | direction | all three | s/clip |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {fidelity.clips} | {fidelity.colour:.2f} | {fidelity.shape:.2f} | {fidelity.direction:.2f} "
+        f"| {fidelity.all_three:.2f} | {fidelity.seconds_per_clip:.1f} |"
+    )
+    print(
+        f"\nThe tracker on {32 if args.short else 64} real training clips: {extra['tracker_accuracy']:.2f} all three right."
+    )
+    print(f"\n### Long videos ({args.frames} frames on {args.ranks} ranks, {len(long_prompts)} prompt(s), seed 0)\n")
+    print(
+        "| case | seam ratio | velocity jump at borders | elsewhere | colour drift | on-prompt frames | speed px/frame |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for case, m in cases.items():
+        print(
+            f"| {CASE_LABELS[case]} | {m['seam_ratio']:.2f} | {m['jump_border']:.2f} | {m['jump_elsewhere']:.2f} "
+            f"| {m['colour_drift']:.1f} | {m['on_prompt']:.2f} | {m['speed']:.2f} |"
+        )
+    print(
+        f"\nExact vs reference mode, same job: mean |pixel difference| {extra['exact_vs_reference_mean_abs']:.1f} / 255."
+        f" {extra['seconds_per_video']:.0f} s per long video. Total {time.time() - started:.0f} s."
+    )
+    print(f"Contact sheets and mp4s: {out}/")
+    report = {"fidelity": fidelity.__dict__, "cases": cases, **extra, "args": vars(args)}
+    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

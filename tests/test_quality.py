@@ -1,0 +1,70 @@
+"""The shipped tiny model makes the video it is asked for (a short version of benchmarks/quality.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distributed.comm import Communicator
+from distributed.engine import Engine
+from training import shapes_data as shapes
+
+pytestmark = pytest.mark.quality
+
+MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-shapes-t2v"
+
+
+def generate(engine: Engine, prompt: str, seed: int) -> np.ndarray:
+    job = {
+        "model": {"base": str(MODEL)},
+        "prompt": prompt,
+        "frames": 16,
+        "height": shapes.SIZE,
+        "width": shapes.SIZE,
+        "steps": 15,
+        "cfg": 12.0,
+        "sampler": "ddim",
+        "seed": seed,
+        "fps": shapes.FPS,
+    }
+    return engine.run(job)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    if not (MODEL / "unet").is_dir():
+        pytest.fail(f"the shipped model is missing: {MODEL} (python -m training.train_tiny_model)")
+    return Engine(Communicator.single("cpu"))
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a red square moving right",
+        "a green square moving left",
+        "a blue circle moving up",
+        "a yellow circle moving down",
+    ],
+)
+def test_generates_the_prompted_colour(engine: Engine, prompt: str) -> None:
+    # One prompt per colour, so a model that always draws the same thing (or noise) fails.
+    video = generate(engine, prompt, seed=0)
+    assert video.shape == (16, shapes.SIZE, shapes.SIZE, 3) and video.dtype == np.uint8
+    colour = shapes.parse_caption(prompt)[0]
+    track = shapes.track_clip(video)
+    assert track.colour == colour, f"the clip's dominant colour is {track.colour}, not {colour}"
+    # Red sometimes drifts towards orange for a few frames, so half the frames is the bar.
+    assert track.found >= 0.5, f"the {colour} shape is found in {track.found:.0%} of the frames"
+
+
+def test_frames_are_not_noise(engine: Engine) -> None:
+    video = generate(engine, "a green square moving left", seed=2).astype(np.float32)
+    # A plain background dominates every frame: most pixels sit near the background colour, and
+    # neighbouring pixels agree (noise would make them differ by tens of levels).
+    background = np.asarray(shapes.BACKGROUND, np.float32) * 255
+    near = (np.abs(video - background).max(axis=-1) < 40).mean()
+    assert near > 0.6, f"only {near:.0%} of the pixels look like background"
+    roughness = np.abs(np.diff(video, axis=2)).mean()
+    assert roughness < 12.0, f"neighbouring pixels differ by {roughness:.1f} levels on average"

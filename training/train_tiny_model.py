@@ -1,0 +1,507 @@
+"""Trains the embedded tiny text-to-video model ("tiny-shapes-t2v") on procedural moving-shape clips.
+
+Four stages, each resumable from checkpoints under --work:
+
+1. a per-frame AutoencoderKL (64x64 RGB <-> 4x8x8 latents);
+2. a latent cache: every frame the data can contain (colour x shape x position) encoded once, so a
+   training clip is a lookup, not 16 encoder calls;
+3. the decoder alone, fine-tuned on those cached latents (the encoder, hence the latents, stay fixed);
+4. a UNet3D (VideoCrafter2 variant, fps embedding on) denoising 16-frame latent clips, conditioned
+   per frame through `run_unet3d` -- the exact call the engine makes at inference.
+
+The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
+It stays at its seeded random initialisation: its outputs already differ per caption, and freezing it
+lets all caption embeddings be computed once.
+
+Run from the repository root:
+
+    python -m training.train_tiny_model            # fresh run, writes assets/tiny-shapes-t2v/
+    python -m training.train_tiny_model --resume   # continue after an interruption
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from distributed.models.tiny import (
+    TOKENIZER_MAX_LENGTH,
+    default_scheduler,
+    save_pipeline,
+    tiny_text_encoder,
+    tiny_unet_config,
+    write_word_tokenizer,
+)
+from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
+from training import shapes_data as data
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = REPO / "assets" / "tiny-shapes-t2v"
+DEFAULT_WORK = REPO / "artifacts" / "tiny_train"
+LATENT = data.SIZE // 8
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- model definitions ---------------------------------------------------------------------------
+
+
+def make_vae() -> AutoencoderKL:
+    # Three downsamples: 64x64 -> 8x8. No attention in the mid block: plain shapes don't need it and
+    # it is the most expensive part at this size.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=data.SIZE,
+        mid_block_add_attention=False,
+    )
+
+
+def make_unet() -> UNet3DVideoCrafterConditionModel:
+    # Two levels (8x8, 4x4). Spatial and text cross-attention only at 4x4 and in the mid block, where
+    # 16 tokens make it cheap; the 8x8 level has convolutions, temporal convs and `transformer_in`.
+    config = tiny_unet_config(
+        sample_size=LATENT,
+        down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
+        up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"),
+        block_out_channels=(48, 96),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        fps_cond=True,
+    )
+    return UNet3DVideoCrafterConditionModel(**config)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    # Write then rename, so an interruption never leaves a truncated checkpoint behind.
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+# --- stage 1: VAE ------------------------------------------------------------------------------------
+
+
+def random_frames(rng: np.random.Generator, count: int) -> torch.Tensor:
+    """(count, 3, SIZE, SIZE) in [-1, 1]: random colour, shape and (sub-pixel) position."""
+    frames = []
+    for _ in range(count):
+        colour = str(rng.choice(list(data.COLOURS)))
+        shape = str(rng.choice(data.SHAPES))
+        x, y = rng.uniform(0, data.SIZE, size=2)
+        frames.append(data.render_frame(colour, shape, float(x), float(y)))
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2) * 2 - 1
+
+
+def train_vae(args: argparse.Namespace, work: Path, deadline: float) -> AutoencoderKL:
+    path = work / "vae.pt"
+    torch.manual_seed(args.seed)
+    vae = make_vae()
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step = 0
+    state = load_checkpoint(path) if args.resume else None
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        step = state["step"]
+        log(f"vae: resumed at step {step}")
+    losses: list[float] = []
+    while step < args.vae_steps and time.time() < deadline:
+        rng = np.random.default_rng([args.seed, 1, step])
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        frames = random_frames(rng, args.vae_batch)
+        posterior = vae.encode(frames).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(latents).sample
+        # L1 keeps edges sharp; the tiny KL term only keeps the latent scale in check.
+        loss = F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + args.vae_kl * posterior.kl().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 100 == 0 or step == args.vae_steps:
+            log(f"vae step {step}/{args.vae_steps} loss {np.mean(losses):.4f}")
+            losses.clear()
+            save_checkpoint(path, {"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step})
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+# --- stage 2: latent cache ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def build_latent_cache(vae: AutoencoderKL, work: Path, resume: bool) -> tuple[torch.Tensor, float]:
+    """(colours, shapes, SIZE, SIZE, 4, 8, 8) posterior means for every whole-pixel position, and the
+    scaling factor that brings them to unit standard deviation."""
+    path = work / "latents.pt"
+    if resume and path.exists():
+        state = torch.load(path)
+        return state["latents"], state["scaling_factor"]
+    log("encoding every frame position")
+    cache = torch.empty(len(data.COLOURS), len(data.SHAPES), data.SIZE, data.SIZE, 4, LATENT, LATENT)
+    for ci, colour in enumerate(data.COLOURS):
+        for si, shape in enumerate(data.SHAPES):
+            for y in range(data.SIZE):
+                row = np.stack([data.render_frame(colour, shape, x, y) for x in range(data.SIZE)])
+                pixels = torch.from_numpy(row).permute(0, 3, 1, 2) * 2 - 1
+                cache[ci, si, y] = vae.encode(pixels).latent_dist.mean
+    scaling_factor = float(1.0 / cache.std())
+    save_checkpoint(path, {"latents": cache, "scaling_factor": scaling_factor})
+    log(f"latent cache done, std {cache.std():.4f} -> scaling factor {scaling_factor:.4f}")
+    return cache, scaling_factor
+
+
+# --- stage 3: decoder refinement ------------------------------------------------------------------------
+
+
+def train_decoder(
+    args: argparse.Namespace, work: Path, deadline: float, vae: AutoencoderKL, cache: torch.Tensor
+) -> AutoencoderKL:
+    """Fine-tunes the decoder alone on the cached posterior means (the encoder and the latents stay fixed).
+
+    Stage 1 decodes posterior samples, whose noise swamps the weaker latent channels, so its decoder
+    ignores them and draws soft blobs. The diffusion model produces means, not samples; a decoder
+    trained on means (plus a little noise, for robustness to imperfect denoising) can use every
+    channel, which is what separates a circle from a square.
+    """
+    path = work / "decoder.pt"
+    decoder = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
+    decoder.requires_grad_(True).train()
+    optimiser = torch.optim.AdamW(decoder.parameters(), lr=args.decoder_lr, weight_decay=0.0)
+    step = 0
+    state = load_checkpoint(path) if args.resume else None
+    if state is not None:
+        decoder.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        step = state["step"]
+        log(f"decoder: resumed at step {step}")
+    colours = list(data.COLOURS)
+    losses: list[float] = []
+    while step < args.decoder_steps and time.time() < deadline:
+        rng = np.random.default_rng([args.seed, 4, step])
+        generator = torch.Generator().manual_seed(args.seed * 3_000_017 + step)
+        picks = [
+            (int(rng.integers(len(colours))), int(rng.integers(len(data.SHAPES))), *rng.integers(data.SIZE, size=2))
+            for _ in range(args.vae_batch)
+        ]
+        latents = torch.stack([cache[c, s, int(y), int(x)] for c, s, x, y in picks])
+        latents = latents + args.decoder_noise * latents.std() * torch.randn(latents.shape, generator=generator)
+        target = np.stack([data.render_frame(colours[c], data.SHAPES[s], int(x), int(y)) for c, s, x, y in picks])
+        target = torch.from_numpy(target).permute(0, 3, 1, 2) * 2 - 1
+        recon = vae.decode(latents).sample
+        loss = F.l1_loss(recon, target) + F.mse_loss(recon, target)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 100 == 0 or step == args.decoder_steps:
+            log(f"decoder step {step}/{args.decoder_steps} loss {np.mean(losses):.4f}")
+            losses.clear()
+            save_checkpoint(path, {"model": decoder.state_dict(), "optimiser": optimiser.state_dict(), "step": step})
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+def clip_latents(cache: torch.Tensor, specs: list[data.ClipSpec], frames: int) -> torch.Tensor:
+    """(B, 4, frames, 8, 8) unscaled latents of the given clips."""
+    colours = list(data.COLOURS)
+    clips = []
+    for spec in specs:
+        ci, si = colours.index(spec.colour), data.SHAPES.index(spec.shape)
+        positions = [spec.position(t) for t in range(frames)]
+        clips.append(torch.stack([cache[ci, si, y, x] for x, y in positions], dim=1))
+    return torch.stack(clips)
+
+
+# --- text ---------------------------------------------------------------------------------------------
+
+
+def build_text(work: Path, seed: int) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    folder = work / "tokenizer"
+    if folder.exists():
+        shutil.rmtree(folder)
+    vocab_size = write_word_tokenizer(folder, data.vocabulary())
+    torch.manual_seed(seed + 7)
+    encoder = tiny_text_encoder(vocab_size, hidden_size=32).eval().requires_grad_(False)
+    return CLIPTokenizer.from_pretrained(folder), encoder
+
+
+@torch.no_grad()
+def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
+    # Padded to the full length like diffusers text-to-video pipelines do; (N, L, D).
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
+    return encoder(ids).last_hidden_state
+
+
+# --- stage 4: UNet ---------------------------------------------------------------------------------
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1 - decay)
+
+
+@torch.no_grad()
+def sample_clips(
+    unet: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    frames: int,
+    seed: int,
+    steps: int = 20,
+    cfg: float = 7.0,
+) -> torch.Tensor:
+    """A small DDIM loop for monitoring progress during training only; (B, 4, F, 8, 8) scaled latents."""
+    batch = cond.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 4, frames, LATENT, LATENT, generator=generator)
+    text = torch.cat([uncond.expand_as(cond), cond])[:, None].expand(-1, frames, -1, -1)
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        out = run_unet3d(unet, torch.cat([latents, latents]), t, text, data.FPS)
+        eps_uncond, eps_cond = out.chunk(2)
+        latents = scheduler.step(eps_uncond + cfg * (eps_cond - eps_uncond), t, latents).prev_sample
+    return latents
+
+
+@torch.no_grad()
+def evaluate(
+    unet: torch.nn.Module,
+    vae: AutoencoderKL,
+    scaling_factor: float,
+    tokenizer: CLIPTokenizer,
+    encoder: CLIPTextModel,
+    seed: int,
+    count: int = 8,
+) -> float:
+    """Share of sampled 16-frame clips whose tracked colour, shape and direction match the caption."""
+    rng = np.random.default_rng([seed, 3])
+    captions = [str(c) for c in rng.choice(data.all_captions(), size=count, replace=False)]
+    cond = encode_text(tokenizer, encoder, captions)
+    uncond = encode_text(tokenizer, encoder, [""])
+    latents = sample_clips(unet, default_scheduler(), cond, uncond, 16, seed)
+    hits = 0
+    for caption, clip in zip(captions, latents, strict=True):
+        pixels = vae.decode(clip.permute(1, 0, 2, 3) / scaling_factor).sample
+        video = ((pixels.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        track = data.track_clip(video)
+        hits += (track.colour, track.shape, track.direction) == data.parse_caption(caption)
+    return hits / count
+
+
+def export(
+    output: Path,
+    unet: torch.nn.Module,
+    vae: AutoencoderKL,
+    scaling_factor: float,
+    encoder: CLIPTextModel,
+    tokenizer_folder: Path,
+    info: dict[str, Any],
+) -> None:
+    """Writes the pipeline folder (EMA UNet weights) next to `output`, then swaps it in."""
+    staging = output.with_name(output.name + ".staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(tokenizer_folder, staging / "tokenizer")
+    vae.register_to_config(scaling_factor=scaling_factor)
+    save_pipeline(staging, unet, vae, encoder, default_scheduler())
+    (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    if output.exists():
+        shutil.rmtree(output)
+    staging.replace(output)
+
+
+def train_unet(
+    args: argparse.Namespace,
+    work: Path,
+    deadline: float,
+    vae: AutoencoderKL,
+    cache: torch.Tensor,
+    scaling_factor: float,
+) -> None:
+    path = work / "unet.pt"
+    tokenizer, encoder = build_text(work, args.seed)
+    captions = data.all_captions()
+    caption_embeddings = encode_text(tokenizer, encoder, captions)
+    empty_embedding = encode_text(tokenizer, encoder, [""])[0]
+    scheduler = default_scheduler()
+    alphas = scheduler.alphas_cumprod
+
+    torch.manual_seed(args.seed + 11)
+    unet = make_unet()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
+    step = 0
+    history: list[dict[str, float]] = []
+    state = load_checkpoint(path) if args.resume else None
+    if state is not None:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        step, history = state["step"], state["history"]
+        log(f"unet: resumed at step {step}")
+    log(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            path,
+            {
+                "model": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "step": step,
+                "history": history,
+            },
+        )
+
+    def ship(fidelity: float | None) -> None:
+        info = {
+            "seed": args.seed,
+            "unet_steps": step,
+            "vae_steps": args.vae_steps,
+            "decoder_steps": args.decoder_steps,
+            "batch": args.batch,
+            "frames": args.frames,
+            "monitor_fidelity": fidelity,
+            "command": "python -m training.train_tiny_model",
+        }
+        export(Path(args.output), ema, vae, scaling_factor, encoder, work / "tokenizer", info)
+        log(f"exported {args.output} at step {step}")
+
+    losses: list[float] = []
+    started = time.time()
+    while step < args.steps and time.time() < deadline:
+        rng = np.random.default_rng([args.seed, 2, step])
+        generator = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
+        specs = [data.sample_spec(rng) for _ in range(args.batch)]
+        latents = clip_latents(cache, specs, args.frames) * scaling_factor
+        text = caption_embeddings[[captions.index(s.caption) for s in specs]].clone()
+        dropped = torch.from_numpy(rng.random(args.batch) < args.uncond_prob)
+        text[dropped] = empty_embedding  # the unconditional branch that classifier-free guidance needs
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        frame_text = text[:, None].expand(-1, args.frames, -1, -1)
+        prediction = run_unet3d(unet, noisy, timesteps, frame_text, data.FPS)
+        # Min-SNR weighting (gamma 5): stops the easy low-noise steps from dominating the gradient.
+        snr = alphas[timesteps] / (1 - alphas[timesteps])
+        weight = torch.clamp(snr, max=5.0) / snr
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3, 4))
+        loss = (weight * per_sample).mean()
+        warmup = min(1.0, (step + 1) / args.warmup)
+        for group in optimiser.param_groups:
+            group["lr"] = args.lr * warmup
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        ema_update(ema, unet, min(args.ema, (1 + step) / (10 + step)))
+        losses.append(per_sample.mean().item())
+        if step % 50 == 0:
+            rate = (time.time() - started) / max(len(losses), 1)
+            history.append({"step": step, "loss": float(np.mean(losses))})
+            log(f"unet step {step}/{args.steps} loss {np.mean(losses):.4f} ({rate:.2f} s/step)")
+            losses.clear()
+            started = time.time()
+        if step % args.checkpoint_every == 0:
+            checkpoint()
+        if step % args.export_every == 0:
+            fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed)
+            history.append({"step": step, "monitor_fidelity": fidelity})
+            log(f"monitor: prompt fidelity of the EMA model {fidelity:.2f}")
+            ship(fidelity)
+            started = time.time()
+    checkpoint()
+    fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed)
+    history.append({"step": step, "monitor_fidelity": fidelity})
+    log(f"final monitor fidelity {fidelity:.2f} at step {step}")
+    ship(fidelity)
+    (work / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="pipeline folder to write")
+    parser.add_argument("--work", default=str(DEFAULT_WORK), help="checkpoints and caches")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=150.0, help="wall-time budget for this invocation")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--vae-kl", type=float, default=1e-5)
+    parser.add_argument("--decoder-steps", type=int, default=1000)
+    parser.add_argument("--decoder-lr", type=float, default=1e-3)
+    parser.add_argument("--decoder-noise", type=float, default=0.05, help="latent noise, relative to their std")
+    parser.add_argument("--only-decoder", action="store_true", help="stop after the decoder refinement")
+    parser.add_argument("--steps", type=int, default=2485, help="UNet optimiser steps")
+    parser.add_argument("--batch", type=int, default=8, help="clips per UNet step")
+    parser.add_argument("--frames", type=int, default=16, help="frames per training clip")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for guidance")
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--export-every", type=int, default=500)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    deadline = time.time() + args.minutes * 60
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    vae = train_vae(args, work, deadline)
+    if time.time() >= deadline:
+        log("time budget spent during the VAE stage; run again with --resume")
+        return
+    cache, scaling_factor = build_latent_cache(vae, work, args.resume)
+    vae = train_decoder(args, work, deadline, vae, cache)
+    if args.only_decoder or time.time() >= deadline:
+        log("stopping after the decoder stage")
+        return
+    train_unet(args, work, deadline, vae, cache, scaling_factor)
+    log("done" if math.isfinite(scaling_factor) else "done (check the scaling factor)")
+
+
+if __name__ == "__main__":
+    main()
