@@ -108,6 +108,11 @@ class ClipParallelSampler(io.ComfyNode):
                 Frames.Output(display_name="video_frames",
                               tooltip="The frames as uint8 plus fps, for Save Video (Video-Infinity)."),
                 io.Float.Output(display_name="fps", tooltip="The frame rate, for core Create Video."),
+                io.Latent.Output(
+                    display_name="latent",
+                    tooltip="The final latents of the whole video, (1, C, frames, H/8, W/8), in the model's scaled "
+                    "latent space (as ComfyUI's LATENT), e.g. to refine or decode elsewhere.",
+                ),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -146,9 +151,10 @@ class ClipParallelSampler(io.ComfyNode):
             video = wait_for(handle, JobProgress(steps, cls.hidden.unique_id, workers), pool.timeout_s)
         finally:
             pool_access.release_if_cold(pool)
+        latent = {"samples": to_latent(handle.latents(0))}  # the engine always gathers the final latents
         result = VideoFrames(frames=video, fps=fps, info={"workers": workers, "model": model.name, "seed": seed})
         images = to_image(video if return_images else video[:1])
-        return io.NodeOutput(images, result, fps)
+        return io.NodeOutput(images, result, fps, latent)
 
 
 def to_image(frames: np.ndarray):
@@ -157,3 +163,10 @@ def to_image(frames: np.ndarray):
 
     out = torch.from_numpy(np.ascontiguousarray(frames)).to(torch.float32)
     return out.div_(255.0)
+
+
+def to_latent(latents: np.ndarray):
+    """(C, T, h, w) float32 -> ComfyUI video LATENT samples (1, C, T, h, w)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(latents)).unsqueeze(0)

@@ -32,7 +32,8 @@ def own_model(tiny_pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_second_job_on_a_warm_pool_reuses_the_model_and_is_faster(pool: WorkerPool, own_model: Path) -> None:
     pool.start()
     began = time.monotonic()
-    first = pool.submit(tiny_job(own_model)).result(120)
+    first_handle = pool.submit(tiny_job(own_model))
+    first = first_handle.result(120)
     cold = time.monotonic() - began
     loads_after_first = pool.status()["loads"]
 
@@ -43,6 +44,9 @@ def test_second_job_on_a_warm_pool_reuses_the_model_and_is_faster(pool: WorkerPo
     assert pool.status()["loads"] == loads_after_first, "the second job reloaded the model"
     assert warm < cold, f"warm job took {warm:.2f} s, cold {cold:.2f} s"
     assert first.shape == (4, 32, 32, 3) and first.dtype == np.uint8
+    latents = first_handle.latents(0)
+    assert latents is not None and latents.shape == (4, 4, 4, 4)  # (C, T, h, w): every frame, gathered
+    assert np.isfinite(latents).all() and latents.std() > 0
     assert np.array_equal(first, second), "the same job and seed gave different frames"
 
 

@@ -34,6 +34,7 @@ class JobHandle:
         self._events: deque[ProgressEvent] = deque()
         self._done = threading.Event()
         self._frames: np.ndarray | None = None
+        self._latents: np.ndarray | None = None
         self._error: BaseException | None = None
 
     def poll_events(self) -> list[ProgressEvent]:
@@ -64,6 +65,12 @@ class JobHandle:
         assert self._frames is not None
         return self._frames
 
+    def latents(self, timeout: float | None = None) -> np.ndarray | None:
+        """Final latents (C, T, h, w) float32 of a finished job, before the VAE's scaling; None if failed."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        return self._latents
+
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {self.id} is still running after {timeout} s")
@@ -73,9 +80,11 @@ class JobHandle:
         self.latest = event
         self._events.append(event)
 
-    def _finish(self, frames: np.ndarray | None = None, error: BaseException | None = None) -> None:
+    def _finish(
+        self, frames: np.ndarray | None = None, error: BaseException | None = None, latents: np.ndarray | None = None
+    ) -> None:
         if self._done.is_set():
             return
-        self._frames, self._error = frames, error
+        self._frames, self._latents, self._error = frames, latents, error
         self.finished_at = time.monotonic()
         self._done.set()

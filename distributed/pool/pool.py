@@ -347,7 +347,7 @@ class WorkerPool:
                 self._model = dict(job.job.get("model", {}))
                 self._loads = event.get("loads")
                 self._jobs_done += 1
-            job._finish(frames=frames)
+            job._finish(frames=frames, latents=event.get("latents"))
         elif kind == "cancelled" and current:
             assert job is not None
             job._finish(error=JobCancelled(event["step"]))

@@ -119,7 +119,16 @@ class Worker:
                 name, shape = output.hand_over(frames)
                 del frames
                 output.release()
-                self._send(type="result", job=job_id, shm=name, shape=list(shape), loads=self._loads())
+                latents = self.engine.last_stats.latents
+                self._send(
+                    type="result",
+                    job=job_id,
+                    shm=name,
+                    shape=list(shape),
+                    loads=self._loads(),
+                    # Final latents are small next to the frames (1/48 of them as float32), so they ride the queue.
+                    latents=None if latents is None else latents.numpy(),
+                )
         except JobCancelled as cancelled:
             output.discard()
             if root:

@@ -58,7 +58,7 @@ def test_object_info_lists_every_node_with_its_inputs(host):
         for name, (_kind, options) in declared.items():
             assert options.get("tooltip"), f"{node}.{name} has no tooltip"
     sampler = info["VideoInfinityClipParallelSampler"]
-    assert sampler["output"] == ["IMAGE", "VIDEO_INFINITY_FRAMES", "FLOAT"]
+    assert sampler["output"] == ["IMAGE", "VIDEO_INFINITY_FRAMES", "FLOAT", "LATENT"]
     assert set(_inputs(sampler)) - set(sampler["input"]["required"]) == {"attention", "pool"}
 
 
