@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ class StandInEngine:
     def __init__(self, rank: int, world_size: int, device: torch.device):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.loads = 0
+        # The worker reads the final latents from here, as from the real engine; the stand-in makes none.
+        self.last_stats = SimpleNamespace(latents=None)
         self._key: Any = None
         # The worker catches the engine's own JobCancelled, registered under the workers' module name.
         self._cancelled = importlib.import_module("video_infinity_engine.errors").JobCancelled
