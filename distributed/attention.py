@@ -44,13 +44,14 @@ class DualScopeAttnProcessor:
         width = settings.local_window
         x = hidden_states
         left, right = ctx.borrow(x, dim=1, width=width, pad_ends=True)
-        extended = torch.cat([left, x, right], dim=1)
         glb = ctx.gather_global(x, dim=1) if ctx.global_indices else x[:, :0]
+        # One copy of every key frame, [left ; own ; right ; globals], shared by to_k and to_v.
+        key_frames = torch.cat([left, x, right, glb], dim=1)
 
         heads = attn.heads
         query = _split_heads(attn.to_q(x), heads)
-        key = _split_heads(attn.to_k(torch.cat([extended, glb], dim=1)), heads)
-        value = _split_heads(attn.to_v(torch.cat([extended, glb], dim=1)), heads)
+        key = _split_heads(attn.to_k(key_frames), heads)
+        value = _split_heads(attn.to_v(key_frames), heads)
         start, _ = ctx.span
         plan = band_plan(
             frames=x.shape[1],
