@@ -1,7 +1,7 @@
 """Communication between ranks over torch.distributed (NCCL on CUDA, gloo on CPU).
 
 Only collectives both backends implement are used: batched point-to-point, all_reduce and broadcast.
-A single rank never communicates. Bytes are counted so the cost model can be checked.
+A single rank never communicates. Bytes and calls are counted so the cost model can be checked.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class Communicator:
         self.group = group
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.calls = 0  # communication calls (a batch of point-to-point transfers counts once)
 
     @classmethod
     def single(cls, device: torch.device | str = "cpu") -> Communicator:
@@ -32,6 +33,7 @@ class Communicator:
     def reset_counters(self) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.calls = 0
 
     def borrow_frames(
         self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
@@ -65,6 +67,7 @@ class Communicator:
                 self.bytes_received += buffer.numel() * buffer.element_size()
         p2p = [op[0] if isinstance(op, tuple) else op for op in ops]
         if p2p:
+            self.calls += 1
             for request in dist.batch_isend_irecv(p2p):
                 request.wait()
         for op in ops:
@@ -76,6 +79,7 @@ class Communicator:
         """Sum over ranks in place. Counted as a ring all-reduce: 2 (N-1)/N of the tensor each way."""
         if self.world_size > 1:
             dist.all_reduce(tensor, group=self.group)
+            self.calls += 1
             moved = 2 * (self.world_size - 1) * tensor.numel() * tensor.element_size() // self.world_size
             self.bytes_sent += moved
             self.bytes_received += moved
@@ -88,6 +92,7 @@ class Communicator:
         tensor = tensor.contiguous()
         pieces = [torch.empty_like(tensor) for _ in range(self.world_size)]
         dist.all_gather(pieces, tensor, group=self.group)
+        self.calls += 1
         moved = (self.world_size - 1) * tensor.numel() * tensor.element_size()
         self.bytes_sent += moved
         self.bytes_received += moved
@@ -96,6 +101,7 @@ class Communicator:
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size > 1:
             dist.broadcast(tensor, src, group=self.group)
+            self.calls += 1
         return tensor
 
     def agree(self, decision_on_root: bool) -> bool:

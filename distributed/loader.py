@@ -134,7 +134,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelLoadError(f"{path} is not a readable safetensors file ({error}); the file may be truncated or corrupt") from error
+        raise ModelLoadError(
+            f"{path} is not a readable safetensors file ({error}); the file may be truncated or corrupt"
+        ) from error
 
 
 def _load_part(label: str, folder: Path, loader: Any) -> Any:

@@ -61,7 +61,9 @@ def run_on_local_ranks(
             except queue.Empty:
                 dead = [r for r, p in enumerate(processes) if p.exitcode is not None and r not in collected]
                 if dead:
-                    raise RuntimeError(f"rank {dead[0]} exited with code {processes[dead[0]].exitcode} and no result") from None
+                    raise RuntimeError(
+                        f"rank {dead[0]} exited with code {processes[dead[0]].exitcode} and no result"
+                    ) from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"local ranks gave no result within {timeout:.0f} s") from None
                 continue
@@ -130,5 +132,6 @@ def run_job(comm: Communicator, job: dict[str, Any]) -> dict[str, Any]:
         "latents": stats.latents,
         "bytes_sent_per_step": stats.bytes_sent_per_step,
         "bytes_received_per_step": stats.bytes_received_per_step,
+        "calls_per_step": stats.calls_per_step,
         "frames_per_rank": stats.frames_per_rank,
     }

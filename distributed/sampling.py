@@ -28,6 +28,7 @@ DECODE_CHUNK = 8
 class RunStats:
     bytes_sent_per_step: list[int] = field(default_factory=list)
     bytes_received_per_step: list[int] = field(default_factory=list)
+    calls_per_step: list[int] = field(default_factory=list)  # communication calls of the UNet evaluation
     frames_per_rank: tuple[int, ...] = ()
     latents: torch.Tensor | None = None  # final latents of the whole video (C, T, h, w), rank 0 only
 
@@ -118,6 +119,7 @@ def generate(
             latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
             stats.bytes_sent_per_step.append(comm.bytes_sent)
             stats.bytes_received_per_step.append(comm.bytes_received)
+            stats.calls_per_step.append(comm.calls)
             progress(index + 1, total, "denoising")
         frames = decode(pipe, latents, progress)
     finally:

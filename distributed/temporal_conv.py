@@ -6,15 +6,18 @@ import torch
 from diffusers.models.resnet import TemporalConvLayer
 from torch import nn
 
+from .comm import Communicator
 from .context import TemporalContext
 
 
 class FrameGroupNorm(nn.Module):
     """A GroupNorm over (B, C, F, H, W) that normalises across frames.
 
-    Exact mode: statistics come from the own frames of every rank (halo frames excluded), summed over
-    ranks in two passes (mean, then squared deviations) so they match one device's GroupNorm. Other
-    modes: the original per-rank GroupNorm (the reference code's behaviour).
+    Exact mode: statistics come from the own frames of every rank (halo frames excluded). Each rank
+    computes its count, mean and sum of squared deviations (two passes over its own frames); one
+    all_gather shares them and every rank merges them in rank order (Chan's formula, fp64), so the
+    result matches one device's GroupNorm with one collective per norm instead of two. Other modes:
+    the original per-rank GroupNorm (the reference code's behaviour).
     """
 
     def __init__(self, norm: nn.GroupNorm, ctx: TemporalContext):
@@ -32,14 +35,8 @@ class FrameGroupNorm(nn.Module):
         batch, channels = x.shape[:2]
         lo, hi = self.own if self.own is not None else (0, x.shape[2])
         compute = torch.float32 if x.element_size() < 4 else x.dtype  # half precision: statistics in fp32
-        own = x[:, :, lo:hi].to(compute).reshape(batch, groups, -1)
-        comm = ctx.comm
-        stats = torch.stack([own.sum(-1), torch.full_like(own[..., 0], own.shape[-1])]).double()
-        comm.all_reduce_(stats)
-        mean = (stats[0] / stats[1]).to(compute)
-        deviation = (own - mean.unsqueeze(-1)).square().sum(-1).double()
-        comm.all_reduce_(deviation)
-        var = (deviation / stats[1]).to(compute)
+        mean, var = merged_statistics(ctx.comm, x[:, :, lo:hi].to(compute).reshape(batch, groups, -1))
+        mean, var = mean.to(compute), var.to(compute)
         grouped = x.to(compute).reshape(batch, groups, -1)
         normed = (grouped - mean.unsqueeze(-1)) * torch.rsqrt(var.unsqueeze(-1) + norm.eps)
         normed = normed.reshape(x.shape)
@@ -47,6 +44,21 @@ class FrameGroupNorm(nn.Module):
             shape = (1, channels) + (1,) * (x.dim() - 2)
             normed = normed * norm.weight.to(compute).view(shape) + norm.bias.to(compute).view(shape)
         return normed.to(x.dtype)
+
+
+def merged_statistics(comm: Communicator, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance over the last dim of every rank's `own` together, in fp64.
+
+    own: (B, G, n_rank); n_rank may differ between ranks. Every rank gets bit-identical results.
+    """
+    count = own.shape[-1]
+    local_mean = own.sum(-1).double() / count
+    local_m2 = (own - local_mean.to(own.dtype).unsqueeze(-1)).square().sum(-1).double()
+    pieces = comm.all_gather(torch.stack([torch.full_like(local_mean, count), local_mean, local_m2]))
+    total = sum(piece[0] for piece in pieces)
+    mean = sum(piece[0] * piece[1] for piece in pieces) / total
+    m2 = sum(piece[2] + piece[0] * (piece[1] - mean).square() for piece in pieces)
+    return mean, m2 / total
 
 
 class HaloTemporalConv(nn.Module):
@@ -73,7 +85,11 @@ class HaloTemporalConv(nn.Module):
         left, right = ctx.borrow(frames, dim=1, width=width, pad_ends=ctx.settings.mode == "reference")
         extended = torch.cat([left, frames, right], dim=1)
         total = extended.shape[1]
-        out = self._run(extended.reshape(batch * total, *hidden_states.shape[1:]), total, (left.shape[1], left.shape[1] + num_frames))
+        out = self._run(
+            extended.reshape(batch * total, *hidden_states.shape[1:]),
+            total,
+            (left.shape[1], left.shape[1] + num_frames),
+        )
         out = out.view(batch, total, *out.shape[1:])[:, left.shape[1] : left.shape[1] + num_frames]
         return out.reshape(batch * num_frames, *out.shape[2:])
 

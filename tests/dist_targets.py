@@ -65,3 +65,21 @@ def temporal_conv_call(comm: Communicator, frames: int, mode: str) -> dict:
     with torch.no_grad():
         out = holder.conv(own, num_frames=end - start)
     return {"out": out.view(2, end - start, 16, 4, 4), "bytes": comm.bytes_sent}
+
+
+def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:
+    """merged_statistics on uneven fp32 pieces of one random (2, 3, sum(sizes)) tensor."""
+    from distributed.temporal_conv import merged_statistics
+
+    whole = torch.randn(2, 3, sum(sizes), generator=torch.Generator().manual_seed(5)) * 3 + 40
+    start = sum(sizes[: comm.rank])
+    comm.reset_counters()
+    mean, var = merged_statistics(comm, whole[..., start : start + sizes[comm.rank]])
+    truth = whole.double()
+    return {
+        "mean": mean.numpy(),
+        "var": var.numpy(),
+        "true_mean": truth.mean(-1).numpy(),
+        "true_var": truth.var(-1, unbiased=False).numpy(),
+        "calls": comm.calls,
+    }

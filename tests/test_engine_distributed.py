@@ -7,7 +7,7 @@ import pytest
 
 from distributed.local_ranks import run_job, run_on_local_ranks
 
-from .dist_targets import temporal_conv_call, unet_call
+from .dist_targets import groupnorm_statistics, temporal_conv_call, unet_call
 
 pytestmark = pytest.mark.distributed
 
@@ -67,6 +67,16 @@ def test_temporal_conv_and_groupnorm_are_exact_across_rank_borders():
     # Reference mode: per-clip statistics and zero frames at the ends give a different result.
     reference = run_on_local_ranks(3, temporal_conv_call, {"frames": 10, "mode": "reference"})
     assert np.abs(whole_video(reference, axis=1) - oracle).max() > 1e-3
+
+
+def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_every_rank():
+    parts = run_on_local_ranks(3, groupnorm_statistics, {"sizes": [5, 1, 7]})
+    for part in parts:
+        assert part["calls"] == 1
+        # fp32 data with a large mean: the per-rank mean/M2 merge keeps the variance accurate.
+        np.testing.assert_allclose(part["mean"], part["true_mean"], rtol=1e-6)
+        np.testing.assert_allclose(part["var"], part["true_var"], rtol=1e-5)
+        assert np.array_equal(part["mean"], parts[0]["mean"]) and np.array_equal(part["var"], parts[0]["var"])
 
 
 def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
