@@ -231,7 +231,7 @@ def traffic_model(
 
     scheme "ours": the attention *input* of halo and global frames travels (one tensor of C channels);
     globals by an all-gather of equally sized pieces (the widest share of global frames per rank);
-    GroupNorm statistics by ring all-reduces (float64). scheme "reference": K and V travel (two tensors),
+    GroupNorm statistics by one all-gather per norm (float64). scheme "reference": K and V travel (two tensors),
     global K/V likewise gathered, per-rank GroupNorm statistics (nothing sent), the reference's per-rank
     global frame rule. Both: conv halos of `conv_halo` frames of each TemporalConvLayer's input.
     Collectives are counted as rings, as distributed.comm counts them.
@@ -251,11 +251,8 @@ def traffic_model(
         glb = (world - 1) * _widest_share(layout, indices) * copies * shapes.attention_elements * element_size
     norm = 0
     if scheme == "ours" and world > 1:
-        # Two all-reduces per norm: (sum, count) then the squared deviations; float64, 3 values per group.
-        norm = sum(
-            2 * (world - 1) * (2 * groups * 8) // world + 2 * (world - 1) * (groups * 8) // world
-            for groups in shapes.frame_norm_groups
-        )
+        # One all-gather per norm of (count, mean, M2) per group, float64: N-1 pieces each way.
+        norm = sum((world - 1) * 3 * groups * 8 for groups in shapes.frame_norm_groups)
     attn_bytes = copies * shapes.attention_elements * element_size
     conv_bytes = shapes.conv_elements * element_size
     sent = Traffic(attn_sent * attn_bytes, glb, conv_sent * conv_bytes, norm)

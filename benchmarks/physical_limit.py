@@ -162,7 +162,7 @@ def main() -> None:
         ("attention halos (2P frames)", ours_sent.attention_halo, ref_sent.attention_halo),
         ("global frames (all-gather)", ours_sent.attention_global, ref_sent.attention_global),
         ("temporal-conv halos (8 frames)", ours_sent.conv_halo, ref_sent.conv_halo),
-        ("GroupNorm statistics (all-reduce)", ours_sent.norm_stats, ref_sent.norm_stats),
+        ("GroupNorm statistics (all-gather)", ours_sent.norm_stats, ref_sent.norm_stats),
         ("total sent", ours_sent.total, ref_sent.total),
         ("total received", ours_recv.total, ref_recv.total),
     ):

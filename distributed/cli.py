@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", default="sde_dpmpp", choices=("ddim", "dpmpp_2m", "sde_dpmpp"))
     gen.add_argument("--local-window", type=int, help="dual-scope attention: local half window P (frames)")
     gen.add_argument("--global-frames", type=int, help="dual-scope attention: global frames G")
+    gen.add_argument(
+        "--norm-window", type=int, help="frames per temporal GroupNorm's statistics (0 = whole video, default)"
+    )
     where = gen.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="N workers: the first N GPUs, or N CPU workers without CUDA")
     where.add_argument("--devices", help="'cuda:all', 'cuda:0,1', 'cpu:2', ... (default: cuda:all, else cpu:1)")
@@ -169,7 +172,11 @@ def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": args.sampler,
         "fps": args.fps,
     }
-    attention = {"local_window": args.local_window, "global_frames": args.global_frames}
+    attention = {
+        "local_window": args.local_window,
+        "global_frames": args.global_frames,
+        "norm_window": args.norm_window,
+    }
     attention = {k: v for k, v in attention.items() if v is not None}
     if attention:
         job["attention"] = attention

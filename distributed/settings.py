@@ -28,6 +28,9 @@ class DualScopeSettings:
     attn_scale: float = 1.0
     token_num_scale: bool = False
     mode: Mode = "exact"
+    # Frames whose statistics a temporal GroupNorm uses in exact mode: 0 = the whole video; W > 0 = the
+    # W frames around each frame (shifted inward at the video's ends), close to the training clips.
+    norm_window: int = 0
 
     def __post_init__(self) -> None:
         if self.local_window < 0:
@@ -36,6 +39,10 @@ class DualScopeSettings:
             raise InvalidSettingsError(f"global_frames (G) is {self.global_frames}; it must be 0 or more frames")
         if self.conv_halo < 0:
             raise InvalidSettingsError(f"conv_halo is {self.conv_halo}; it must be 0 or more frames (4 is exact)")
+        if self.norm_window < 0:
+            raise InvalidSettingsError(
+                f"norm_window is {self.norm_window}; use 0 (whole-video statistics) or a number of frames"
+            )
         if self.attn_scale <= 0:
             raise InvalidSettingsError(f"attn_scale is {self.attn_scale}; it must be greater than 0")
         if self.mode not in MODES:

@@ -13,11 +13,13 @@ from .context import TemporalContext
 class FrameGroupNorm(nn.Module):
     """A GroupNorm over (B, C, F, H, W) that normalises across frames.
 
-    Exact mode: statistics come from the own frames of every rank (halo frames excluded). Each rank
-    computes its count, mean and sum of squared deviations (two passes over its own frames); one
-    all_gather shares them and every rank merges them in rank order (Chan's formula, fp64), so the
-    result matches one device's GroupNorm with one collective per norm instead of two. Other modes:
-    the original per-rank GroupNorm (the reference code's behaviour).
+    Exact mode: statistics come from the own frames of every rank (halo frames excluded), so the result
+    is the same for any split of the video over ranks. With norm_window 0 they span the whole video:
+    each rank computes its count, mean and sum of squared deviations (two passes over its own frames),
+    one all_gather shares them and every rank merges them in rank order (Chan's formula, fp64), one
+    collective per norm. With norm_window W each frame uses the W frames around it: per-frame sums
+    travel with a halo and a prefix sum gives every window. Other modes: the original per-rank
+    GroupNorm (the reference code's behaviour).
     """
 
     def __init__(self, norm: nn.GroupNorm, ctx: TemporalContext):
@@ -31,14 +33,19 @@ class FrameGroupNorm(nn.Module):
         if not ctx.active or ctx.settings.mode != "exact":
             return self.norm(x)
         norm = self.norm
-        groups = norm.num_groups
-        batch, channels = x.shape[:2]
-        lo, hi = self.own if self.own is not None else (0, x.shape[2])
+        batch, channels, frames = x.shape[:3]
+        own = self.own if self.own is not None else (0, frames)
         compute = torch.float32 if x.element_size() < 4 else x.dtype  # half precision: statistics in fp32
-        mean, var = merged_statistics(ctx.comm, x[:, :, lo:hi].to(compute).reshape(batch, groups, -1))
-        mean, var = mean.to(compute), var.to(compute)
-        grouped = x.to(compute).reshape(batch, groups, -1)
-        normed = (grouped - mean.unsqueeze(-1)) * torch.rsqrt(var.unsqueeze(-1) + norm.eps)
+        # (B, G, C/G, F, H*W): statistics per group, over channels and pixels, and (below) over frames.
+        grouped = x.to(compute).reshape(batch, norm.num_groups, channels // norm.num_groups, frames, -1)
+        if ctx.settings.norm_window > 0:
+            mean, var = window_statistics(ctx, grouped, own, ctx.settings.norm_window)
+            mean, var = mean[:, :, None, :, None], var[:, :, None, :, None]
+        else:
+            own_rows = grouped[:, :, :, own[0] : own[1]].reshape(batch, norm.num_groups, -1)
+            mean, var = merged_statistics(ctx.comm, own_rows)
+            mean, var = mean[:, :, None, None, None], var[:, :, None, None, None]
+        normed = (grouped - mean.to(compute)) * torch.rsqrt(var.to(compute) + norm.eps)
         normed = normed.reshape(x.shape)
         if norm.affine:
             shape = (1, channels) + (1,) * (x.dim() - 2)
@@ -59,6 +66,38 @@ def merged_statistics(comm: Communicator, own: torch.Tensor) -> tuple[torch.Tens
     mean = sum(piece[0] * piece[1] for piece in pieces) / total
     m2 = sum(piece[2] + piece[0] * (piece[1] - mean).square() for piece in pieces)
     return mean, m2 / total
+
+
+def window_statistics(
+    ctx: TemporalContext, grouped: torch.Tensor, own: tuple[int, int], window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame mean and variance, (B, G, F) in fp64, each over the `window` video frames around it.
+
+    grouped: (B, G, C/G, F, H*W), this rank's own frames at own[0]:own[1] plus halo frames around them.
+    A frame's window starts window // 2 frames before it and is shifted inward at the video's ends, so
+    it always holds min(window, video) frames. Every frame holds the same number of values, so window
+    statistics are plain averages of per-frame mean and mean square.
+    """
+    assert ctx.layout is not None
+    lo, hi = own
+    total, frames = ctx.layout.total, grouped.shape[3]
+    mine = grouped[:, :, :, lo:hi]
+    frame_mean = mine.sum(dim=(2, 4)).double() / (mine.shape[2] * mine.shape[4])
+    deviation = mine - frame_mean.to(mine.dtype)[:, :, None, :, None]
+    frame_square = deviation.square().mean(dim=(2, 4)).double() + frame_mean.square()
+    per_frame = torch.stack([frame_mean, frame_square], dim=-1)  # (B, G, own frames, 2)
+    # Enough neighbouring frames for the windows of the halo frames too.
+    left, right = ctx.borrow(per_frame, dim=2, width=max(lo, frames - hi) + window, pad_ends=False)
+    sequence = torch.cat([left, per_frame, right], dim=2)
+    first = ctx.span[0] - left.shape[2]  # global index of sequence[:, :, 0]
+    prefix = torch.nn.functional.pad(sequence.cumsum(dim=2), (0, 0, 1, 0))
+    index = torch.arange(frames, device=grouped.device) + ctx.span[0] - lo
+    starts = (index - window // 2).clamp(min=0, max=max(total - window, 0))
+    ends = (starts + window).clamp(max=total)
+    sums = prefix[:, :, ends - first] - prefix[:, :, starts - first]
+    averages = sums / (ends - starts).to(sums.dtype)[:, None]
+    mean = averages[..., 0]
+    return mean, (averages[..., 1] - mean.square()).clamp(min=0.0)
 
 
 class HaloTemporalConv(nn.Module):

@@ -46,6 +46,9 @@ class DualScopeAttention(io.ComfyNode):
                 io.Combo.Input("mode", options=list(get_args(Mode)), default=d.mode,
                                tooltip="exact: the math does not depend on how frames are split over workers. "
                                "reference: reproduce the original code's per-clip behaviour."),
+                io.Int.Input("norm_window", default=d.norm_window, min=0, max=4096, optional=True,
+                             tooltip="Exact mode: frames whose statistics each temporal GroupNorm uses. 0 = the "
+                             "whole video; 16 to 24 = about what the model saw in training."),
             ],
             outputs=[Attention.Output(display_name="attention", tooltip="Settings for the Clip-Parallel Sampler.")],
         )
@@ -62,4 +65,6 @@ class DualScopeAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, **settings) -> io.NodeOutput:
-        return io.NodeOutput(DualScopeSettings.from_dict(settings).to_dict())
+        # Optional inputs that older workflows lack arrive as None or not at all: their defaults apply.
+        given = {name: value for name, value in settings.items() if value is not None}
+        return io.NodeOutput(DualScopeSettings.from_dict(given).to_dict())

@@ -43,7 +43,7 @@ def unet_call(comm: Communicator, frames: int, settings: dict[str, Any], timeste
     return {"start": start, "out": out}
 
 
-def temporal_conv_call(comm: Communicator, frames: int, mode: str) -> dict:
+def temporal_conv_call(comm: Communicator, frames: int, mode: str, norm_window: int = 0) -> dict:
     """A lone TemporalConvLayer (GroupNorms included) on this rank's clip, float64."""
     from diffusers.models.resnet import TemporalConvLayer
 
@@ -60,7 +60,7 @@ def temporal_conv_call(comm: Communicator, frames: int, mode: str) -> dict:
     x = x.view(2, frames, 16, 4, 4) * 3 + 1  # a non-zero mean makes the statistics matter
     layout = FrameLayout(frames, comm.world_size)
     start, end = layout.span(comm.rank)
-    ctx.begin_job(layout, DualScopeSettings(mode=mode))
+    ctx.begin_job(layout, DualScopeSettings(mode=mode, norm_window=norm_window))
     own = x[:, start:end].reshape(-1, 16, 4, 4)
     with torch.no_grad():
         out = holder.conv(own, num_frames=end - start)

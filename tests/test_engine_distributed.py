@@ -69,6 +69,22 @@ def test_temporal_conv_and_groupnorm_are_exact_across_rank_borders():
     assert np.abs(whole_video(reference, axis=1) - oracle).max() > 1e-3
 
 
+@pytest.mark.parametrize("ranks,window", [(3, 4), (4, 6)])
+def test_sliding_window_groupnorm_is_exact_across_rank_borders(ranks, window):
+    job = {"frames": 10, "mode": "exact", "norm_window": window}
+    oracle = run_on_local_ranks(1, temporal_conv_call, job)[0]["out"]
+    parts = run_on_local_ranks(ranks, temporal_conv_call, job)  # 4 ranks: clips of 2 or 3 frames
+    assert np.abs(whole_video(parts, axis=1) - oracle).max() < 1e-12
+    whole = run_on_local_ranks(1, temporal_conv_call, {"frames": 10, "mode": "exact"})[0]["out"]
+    assert np.abs(oracle - whole).max() > 1e-3, "window statistics should differ from whole-video ones"
+
+
+def test_a_norm_window_as_long_as_the_video_is_whole_video_statistics():
+    window = run_on_local_ranks(2, temporal_conv_call, {"frames": 10, "mode": "exact", "norm_window": 12})
+    whole = run_on_local_ranks(1, temporal_conv_call, {"frames": 10, "mode": "exact"})[0]["out"]
+    assert np.abs(whole_video(window, axis=1) - whole).max() < 1e-10
+
+
 def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_every_rank():
     parts = run_on_local_ranks(3, groupnorm_statistics, {"sizes": [5, 1, 7]})
     for part in parts:

@@ -15,7 +15,7 @@ NODES = {
     "VideoInfinityLoadModel": {"model_name", "unet_override", "dtype"},
     "VideoInfinityDualScopeAttention": {
         "local_window", "global_frames", "conv_halo", "phase_bias", "phase_threshold", "global_bias", "local_bias",
-        "attn_scale", "token_num_scale", "mode",
+        "attn_scale", "token_num_scale", "mode", "norm_window",
     },
     "VideoInfinityWorkerPool": {"devices", "keep_warm", "timeout_s"},
     "VideoInfinityClipParallelSampler": {
