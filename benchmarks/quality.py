@@ -4,12 +4,15 @@
    direction of motion match the prompt.
 2. Long videos split over several ranks (real gloo processes), for
    (a) independent clips, (b) local context only (G = 0), (c) full dual-scope attention (exact mode),
-   (d) the same in reference mode:
+   (d) the same in reference mode, (e) (c) with GroupNorm statistics over 16-frame windows:
    - seam ratio: median frame difference across rank borders / median frame difference elsewhere
      (1 = borders invisible);
    - velocity jump: change of the tracked centroid velocity at borders vs elsewhere (pixels/frame);
    - colour drift: distance between the shape's mean colour in the first and the last frame (0-255 RGB);
-   - on-prompt: share of frames where the tracker finds the prompted colour.
+   - on-prompt: share of frames where the tracker finds the prompted colour;
+   - rank agreement, for prompts that leave colour, shape or direction open: the share of ranks whose
+     clip shows the same colour / shape / direction as the first rank's. Only the other ranks' frames
+     can make them agree, so this is what global context is for.
 
 Writes a contact sheet (frames around every rank border) and an mp4 per case under
 artifacts/quality/, and prints Markdown tables.
@@ -47,12 +50,14 @@ CASES: dict[str, dict[str, Any]] = {
     "b_local_only": {"mode": "exact", "global_frames": 0},
     "c_dual_scope": {"mode": "exact", "global_frames": 16},
     "d_reference": {"mode": "reference", "global_frames": 16},
+    "e_norm_window": {"mode": "exact", "global_frames": 16, "norm_window": 16},
 }
 CASE_LABELS = {
     "a_independent": "(a) independent clips",
     "b_local_only": "(b) local only, G=0",
     "c_dual_scope": "(c) dual-scope, exact",
     "d_reference": "(d) dual-scope, reference",
+    "e_norm_window": "(e) dual-scope, exact, 16-frame GroupNorm window",
 }
 
 
@@ -140,6 +145,17 @@ def shape_colour(frame: np.ndarray, track: shapes.FrameTrack) -> np.ndarray | No
     return frame[mask].astype(np.float32).mean(axis=0)
 
 
+def rank_agreement(video: np.ndarray, starts: list[int]) -> dict[str, float]:
+    """Share of ranks after the first whose clip has the first rank's colour, shape and direction."""
+    bounds = [*starts, len(video)]
+    tracks = [shapes.track_clip(video[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    first, rest = tracks[0], tracks[1:]
+    return {
+        f"agree_{name}": float(np.mean([getattr(t, name) == getattr(first, name) for t in rest]))
+        for name in ("colour", "shape", "direction")
+    }
+
+
 def seam_metrics(video: np.ndarray, borders: list[int], prompt: str) -> dict[str, float]:
     """borders: first global frame index of every rank after the first."""
     diffs = frame_differences(video)
@@ -147,7 +163,8 @@ def seam_metrics(video: np.ndarray, borders: list[int], prompt: str) -> dict[str
     for border in borders:
         at_border[border - 1] = True  # the difference between frames border-1 and border
     tracks = [shapes.track_frame(frame) for frame in video]
-    colour = shapes.parse_caption(prompt)[0]
+    # An open colour is judged against the colour the video mostly shows.
+    colour = shapes.parse_caption(prompt)[0] or shapes.track_clip(video).colour
     velocities = np.array(
         [
             (shapes.wrapped_step(a.x, b.x), shapes.wrapped_step(a.y, b.y))
@@ -204,42 +221,56 @@ def write_mp4(video: np.ndarray, path: Path, fps: int = shapes.FPS, factor: int 
 
 
 def long_videos(
-    model: Path, prompts: list[str], seed: int, args: argparse.Namespace, out: Path
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    model: Path, prompts: list[tuple[str, int]], args: argparse.Namespace, out: Path
+) -> tuple[dict[tuple[str, str, int], dict[str, float]], dict[str, float]]:
+    """Every case on every (prompt, seed); metrics per (case, prompt, seed), pictures of the first."""
     jobs, keys = [], []
     for case, attention in CASES.items():
-        for prompt in prompts:
+        for prompt, seed in prompts:
             jobs.append(make_job(model, prompt, args.frames, seed, args, **attention))
-            keys.append((case, prompt))
+            keys.append((case, prompt, seed))
     started = time.time()
     videos = run_on_local_ranks(args.ranks, run_jobs_on_rank, {"jobs": jobs}, timeout=3600.0)[0]
     seconds = (time.time() - started) / len(jobs)
     layout = FrameLayout(args.frames, args.ranks)
     borders = list(layout.starts[1:])
-    per_case: dict[str, list[dict[str, float]]] = {case: [] for case in CASES}
     by_key = dict(zip(keys, videos, strict=True))
-    for (case, prompt), video in by_key.items():
-        per_case[case].append(seam_metrics(video, borders, prompt))
-        if prompt == prompts[0]:
-            contact_sheet(video, borders, out / f"{case}_border.png")
-            write_mp4(video, out / f"{case}.mp4")
+    metrics = {
+        key: {**seam_metrics(video, borders, key[1]), **rank_agreement(video, list(layout.starts))}
+        for key, video in by_key.items()
+    }
+    first_prompt, first_seed = prompts[0]
+    for case in CASES:
+        video = by_key[(case, first_prompt, first_seed)]
+        contact_sheet(video, borders, out / f"{case}_border.png")
+        write_mp4(video, out / f"{case}.mp4")
     # Exact vs reference: how far the reference code's quirks move the very same job.
     gaps = [
-        float(np.abs(by_key[("c_dual_scope", p)].astype(np.float32) - by_key[("d_reference", p)]).mean())
-        for p in prompts
+        float(np.abs(by_key[("c_dual_scope", p, s)].astype(np.float32) - by_key[("d_reference", p, s)]).mean())
+        for p, s in prompts
     ]
-    summary = {
-        case: {name: float(np.nanmean([m[name] for m in metrics])) for name in metrics[0]}
-        for case, metrics in per_case.items()
-    }
     # All four cases at the first border, one under the other, for the README.
     first = borders[0]
     rows = [
-        np.concatenate([upscale(by_key[(c, prompts[0])][i], 2) for i in range(first - 4, first + 4)], axis=1)
+        np.concatenate(
+            [upscale(by_key[(c, first_prompt, first_seed)][i], 2) for i in range(first - 4, first + 4)], axis=1
+        )
         for c in CASES
     ]
     imageio.imwrite(out / "cases_first_border.png", np.concatenate(rows, axis=0))
-    return summary, {"exact_vs_reference_mean_abs": float(np.mean(gaps)), "seconds_per_video": seconds}
+    return metrics, {"exact_vs_reference_mean_abs": float(np.mean(gaps)), "seconds_per_video": seconds}
+
+
+def summarise(
+    metrics: dict[tuple[str, str, int], dict[str, float]], prompts: list[tuple[str, int]]
+) -> dict[str, dict[str, float]]:
+    """Mean of every metric per case over the given (prompt, seed) pairs."""
+    wanted = set(prompts)
+    summary = {}
+    for case in CASES:
+        rows = [m for (c, p, s), m in metrics.items() if c == case and (p, s) in wanted]
+        summary[case] = {name: float(np.nanmean([r[name] for r in rows])) for name in rows[0]}
+    return summary
 
 
 # --- report ----------------------------------------------------------------------------------------------
@@ -256,6 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=None, help="long video length (default 64, short 32)")
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per fidelity prompt (default 2, short 1)")
+    parser.add_argument("--open-seeds", type=int, default=2, help="seeds per open long-video prompt")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.frames is None:
@@ -275,7 +307,17 @@ def fidelity_prompts(short: bool) -> list[str]:
     return captions
 
 
-LONG_PROMPTS = ["a red square moving right", "a blue circle moving down", "a yellow circle moving left"]
+# Prompts naming all three attributes: seams and motion.
+NAMED_PROMPTS = ["a red square moving right", "a blue circle moving down", "a yellow circle moving left"]
+# Prompts leaving attributes open: whether the ranks agree on them (several seeds each).
+OPEN_PROMPTS = ["a shape moving right", "a circle moving down", "a red shape"]
+
+
+def long_prompts(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    if args.short:
+        return [(NAMED_PROMPTS[0], 0)], [(OPEN_PROMPTS[0], 0)]
+    named = [(p, 0) for p in NAMED_PROMPTS]
+    return named, [(p, seed) for p in OPEN_PROMPTS for seed in range(args.open_seeds)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -286,8 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
 
     fidelity = prompt_fidelity(model, fidelity_prompts(args.short), list(range(args.seeds)), args)
-    long_prompts = LONG_PROMPTS[:1] if args.short else LONG_PROMPTS
-    cases, extra = long_videos(model, long_prompts, 0, args, out)
+    named, open_ = long_prompts(args)
+    metrics, extra = long_videos(model, named + open_, args, out)
+    cases, open_cases = summarise(metrics, named), summarise(metrics, open_)
     extra["tracker_accuracy"] = tracker_accuracy(32 if args.short else 64)
 
     settings = f"{args.sampler}, {args.steps} steps, cfg {args.cfg}, 64x64, fps {shapes.FPS}"
@@ -301,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"\nThe tracker on {32 if args.short else 64} real training clips: {extra['tracker_accuracy']:.2f} all three right."
     )
-    print(f"\n### Long videos ({args.frames} frames on {args.ranks} ranks, {len(long_prompts)} prompt(s), seed 0)\n")
+    print(f"\n### Long videos, named prompts ({args.frames} frames on {args.ranks} ranks, {len(named)} video(s))\n")
     print(
         "| case | seam ratio | velocity jump at borders | elsewhere | colour drift | on-prompt frames | speed px/frame |"
     )
@@ -311,12 +354,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"| {CASE_LABELS[case]} | {m['seam_ratio']:.2f} | {m['jump_border']:.2f} | {m['jump_elsewhere']:.2f} "
             f"| {m['colour_drift']:.1f} | {m['on_prompt']:.2f} | {m['speed']:.2f} |"
         )
+    print(f"\n### Long videos, open prompts ({len(open_)} video(s): {', '.join(sorted({p for p, _ in open_}))})\n")
+    print("| case | ranks agreeing on colour | on shape | on direction | seam ratio | colour drift |")
+    print("|---|---|---|---|---|---|")
+    for case, m in open_cases.items():
+        print(
+            f"| {CASE_LABELS[case]} | {m['agree_colour']:.2f} | {m['agree_shape']:.2f} | {m['agree_direction']:.2f} "
+            f"| {m['seam_ratio']:.2f} | {m['colour_drift']:.1f} |"
+        )
     print(
         f"\nExact vs reference mode, same job: mean |pixel difference| {extra['exact_vs_reference_mean_abs']:.1f} / 255."
         f" {extra['seconds_per_video']:.0f} s per long video. Total {time.time() - started:.0f} s."
     )
     print(f"Contact sheets and mp4s: {out}/")
-    report = {"fidelity": fidelity.__dict__, "cases": cases, **extra, "args": vars(args)}
+    report = {
+        "fidelity": fidelity.__dict__,
+        "cases": cases,
+        "open_cases": open_cases,
+        "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in metrics.items()},
+        **extra,
+        "args": vars(args),
+    }
     (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -1,10 +1,16 @@
 """Procedural "moving shapes" clips: the training data of the embedded tiny text-to-video model.
 
-One coloured shape slides with constant velocity over a plain dark background. The canvas is a
-torus (a shape leaving on one side re-enters on the other), so a clip of any length keeps showing
-the shape and long videos stay meaningful. Positions are whole pixels and the speed is a whole
-number of pixels per frame, so every frame is one of COLOURS x SHAPES x SIZE x SIZE images; the
-trainer encodes each of them once and builds clips by lookup.
+One coloured shape slides with constant velocity over a plain dark background and leaves a faint
+motion streak behind it (what a camera's shutter records), so a single frame already shows which
+way the shape moves. The canvas is a torus (a shape leaving on one side re-enters on the other), so
+a clip of any length keeps showing the shape and long videos stay meaningful. Positions are whole
+pixels and the speed is a whole number of pixels per frame, so every frame is one of
+COLOURS x SHAPES x DIRECTIONS x SIZE x SIZE images; the trainer encodes each of them once and builds
+clips by lookup.
+
+Captions name colour, shape and direction; any of them may be left out ("a square moving left",
+"a red shape"), in which case the model picks it. Such open attributes are what long videos need
+global context for: nothing but the other frames tells a rank which colour the video has.
 
 The same palette and a matching colour/centroid tracker are used by the quality benchmark.
 """
@@ -26,7 +32,11 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 SHAPES = ("square", "circle")
 # Pixels per frame as (dx, dy); image rows grow downwards.
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-SPEED = 2  # pixels per frame
+SPEED = 4  # pixels per frame
+# The streak: copies of the shape at these distances behind it (pixels), at these opacities. Kept
+# faint enough that the tracker counts streak pixels as background.
+STREAK_OFFSETS = (3.0, 6.0, 9.0)
+STREAK_OPACITY = (0.35, 0.22, 0.1)
 SQUARE_SIDE = 16.0
 CIRCLE_DIAMETER = 18.0  # slightly larger than the square so both cover a similar area
 FPS = 8  # the frame rate the clips represent (the model's fps condition)
@@ -49,26 +59,34 @@ class ClipSpec:
         return (self.x0 + dx * SPEED * frame) % SIZE, (self.y0 + dy * SPEED * frame) % SIZE
 
 
-def caption(colour: str, shape: str, direction: str) -> str:
-    return f"a {colour} {shape} moving {direction}"
+def caption(colour: str | None, shape: str | None, direction: str | None) -> str:
+    """The caption naming the given attributes; None leaves one out ("a red shape moving up")."""
+    words = ["a", *([colour] if colour else []), shape or "shape"]
+    if direction:
+        words += ["moving", direction]
+    return " ".join(words)
 
 
 def all_captions() -> list[str]:
+    """The 32 captions that name all three attributes."""
     return [caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+
+
+def open_captions() -> list[str]:
+    """Every caption form, with each attribute named or left out (5 x 3 x 5 = 75)."""
+    return [caption(c, s, d) for c in (None, *COLOURS) for s in (None, *SHAPES) for d in (None, *DIRECTIONS)]
 
 
 def vocabulary() -> list[str]:
     """Every whole word a caption can contain (for the word-level tokenizer)."""
-    return sorted({"a", "moving", *COLOURS, *SHAPES, *DIRECTIONS})
+    return sorted({"a", "shape", "moving", *COLOURS, *SHAPES, *DIRECTIONS})
 
 
-def parse_caption(text: str) -> tuple[str, str, str] | None:
-    """(colour, shape, direction) named in a prompt, or None when one of them is missing."""
+def parse_caption(text: str) -> tuple[str | None, str | None, str | None]:
+    """(colour, shape, direction) named in a prompt; None for each one it leaves open."""
     words = text.lower().replace(",", " ").split()
     found = [next((w for w in words if w in table), None) for table in (COLOURS, SHAPES, DIRECTIONS)]
-    if any(item is None for item in found):
-        return None
-    return found[0], found[1], found[2]  # type: ignore[return-value]
+    return found[0], found[1], found[2]
 
 
 def sample_spec(rng: np.random.Generator) -> ClipSpec:
@@ -105,16 +123,21 @@ def shape_mask(shape: str, x: float, y: float, area: float | None = None) -> np.
     return np.clip(0.5 - edge, 0.0, 1.0).astype(np.float32)
 
 
-def render_frame(colour: str, shape: str, x: float, y: float) -> np.ndarray:
-    """(SIZE, SIZE, 3) float32 image in [0, 1]."""
-    mask = shape_mask(shape, x, y)[..., None]
+def render_frame(colour: str, shape: str, direction: str, x: float, y: float) -> np.ndarray:
+    """(SIZE, SIZE, 3) float32 image in [0, 1]: the shape at (x, y) and its streak behind it."""
+    dx, dy = DIRECTIONS[direction]
+    coverage = shape_mask(shape, x, y)
+    for offset, opacity in zip(STREAK_OFFSETS, STREAK_OPACITY, strict=True):
+        ghost = shape_mask(shape, x - dx * offset, y - dy * offset) * opacity
+        coverage = np.maximum(coverage, ghost)
+    coverage = coverage[..., None]
     background = np.asarray(BACKGROUND, dtype=np.float32)
-    return background * (1 - mask) + np.asarray(COLOURS[colour], dtype=np.float32) * mask
+    return background * (1 - coverage) + np.asarray(COLOURS[colour], dtype=np.float32) * coverage
 
 
 def render_clip(spec: ClipSpec, frames: int) -> np.ndarray:
     """(frames, SIZE, SIZE, 3) float32 clip in [0, 1]."""
-    return np.stack([render_frame(spec.colour, spec.shape, *spec.position(t)) for t in range(frames)])
+    return np.stack([render_frame(spec.colour, spec.shape, spec.direction, *spec.position(t)) for t in range(frames)])
 
 
 def sample_clips(seed: int, count: int, frames: int) -> tuple[list[ClipSpec], np.ndarray]:

@@ -3,7 +3,7 @@
 Four stages, each resumable from checkpoints under --work:
 
 1. a per-frame AutoencoderKL (64x64 RGB <-> 4x8x8 latents);
-2. a latent cache: every frame the data can contain (colour x shape x position) encoded once, so a
+2. a latent cache: every frame the data can contain (colour x shape x direction x position) encoded once, so a
    training clip is a lookup, not 16 encoder calls;
 3. the decoder alone, fine-tuned on those cached latents (the encoder, hence the latents, stay fixed);
 4. a UNet3D (VideoCrafter2 variant, fps embedding on) denoising 16-frame latent clips, conditioned
@@ -77,13 +77,14 @@ def make_vae() -> AutoencoderKL:
     )
 
 
-def make_unet() -> UNet3DVideoCrafterConditionModel:
-    # Two levels (8x8, 4x4). Spatial and text cross-attention only at 4x4 and in the mid block, where
-    # 16 tokens make it cheap; the 8x8 level has convolutions, temporal convs and `transformer_in`.
+def make_unet(text_at_full_resolution: bool = False) -> UNet3DVideoCrafterConditionModel:
+    # Two levels (8x8, 4x4). Spatial and text cross-attention at 4x4 and in the mid block, where 16
+    # tokens make it cheap; optionally also at 8x8, where the motion and the streak are drawn.
+    top = "CrossAttn" if text_at_full_resolution else ""
     config = tiny_unet_config(
         sample_size=LATENT,
-        down_block_types=("DownBlock3D", "CrossAttnDownBlock3D"),
-        up_block_types=("CrossAttnUpBlock3D", "UpBlock3D"),
+        down_block_types=(f"{top}DownBlock3D", "CrossAttnDownBlock3D"),
+        up_block_types=("CrossAttnUpBlock3D", f"{top}UpBlock3D"),
         block_out_channels=(48, 96),
         layers_per_block=1,
         cross_attention_dim=32,
@@ -112,13 +113,14 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def random_frames(rng: np.random.Generator, count: int) -> torch.Tensor:
-    """(count, 3, SIZE, SIZE) in [-1, 1]: random colour, shape and (sub-pixel) position."""
+    """(count, 3, SIZE, SIZE) in [-1, 1]: random colour, shape, direction and (sub-pixel) position."""
     frames = []
     for _ in range(count):
         colour = str(rng.choice(list(data.COLOURS)))
         shape = str(rng.choice(data.SHAPES))
+        direction = str(rng.choice(list(data.DIRECTIONS)))
         x, y = rng.uniform(0, data.SIZE, size=2)
-        frames.append(data.render_frame(colour, shape, float(x), float(y)))
+        frames.append(data.render_frame(colour, shape, direction, float(x), float(y)))
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2) * 2 - 1
 
 
@@ -162,20 +164,22 @@ def train_vae(args: argparse.Namespace, work: Path, deadline: float) -> Autoenco
 
 @torch.no_grad()
 def build_latent_cache(vae: AutoencoderKL, work: Path, resume: bool) -> tuple[torch.Tensor, float]:
-    """(colours, shapes, SIZE, SIZE, 4, 8, 8) posterior means for every whole-pixel position, and the
-    scaling factor that brings them to unit standard deviation."""
+    """(colours, shapes, directions, SIZE, SIZE, 4, 8, 8) posterior means for every whole-pixel
+    position, and the scaling factor that brings them to unit standard deviation."""
     path = work / "latents.pt"
     if resume and path.exists():
         state = torch.load(path)
         return state["latents"], state["scaling_factor"]
     log("encoding every frame position")
-    cache = torch.empty(len(data.COLOURS), len(data.SHAPES), data.SIZE, data.SIZE, 4, LATENT, LATENT)
+    shape = (len(data.COLOURS), len(data.SHAPES), len(data.DIRECTIONS), data.SIZE, data.SIZE, 4, LATENT, LATENT)
+    cache = torch.empty(shape)
     for ci, colour in enumerate(data.COLOURS):
-        for si, shape in enumerate(data.SHAPES):
-            for y in range(data.SIZE):
-                row = np.stack([data.render_frame(colour, shape, x, y) for x in range(data.SIZE)])
-                pixels = torch.from_numpy(row).permute(0, 3, 1, 2) * 2 - 1
-                cache[ci, si, y] = vae.encode(pixels).latent_dist.mean
+        for si, kind in enumerate(data.SHAPES):
+            for di, direction in enumerate(data.DIRECTIONS):
+                for y in range(data.SIZE):
+                    row = np.stack([data.render_frame(colour, kind, direction, x, y) for x in range(data.SIZE)])
+                    pixels = torch.from_numpy(row).permute(0, 3, 1, 2) * 2 - 1
+                    cache[ci, si, di, y] = vae.encode(pixels).latent_dist.mean
     scaling_factor = float(1.0 / cache.std())
     save_checkpoint(path, {"latents": cache, "scaling_factor": scaling_factor})
     log(f"latent cache done, std {cache.std():.4f} -> scaling factor {scaling_factor:.4f}")
@@ -206,18 +210,20 @@ def train_decoder(
         optimiser.load_state_dict(state["optimiser"])
         step = state["step"]
         log(f"decoder: resumed at step {step}")
-    colours = list(data.COLOURS)
+    colours, directions = list(data.COLOURS), list(data.DIRECTIONS)
     losses: list[float] = []
     while step < args.decoder_steps and time.time() < deadline:
         rng = np.random.default_rng([args.seed, 4, step])
         generator = torch.Generator().manual_seed(args.seed * 3_000_017 + step)
         picks = [
-            (int(rng.integers(len(colours))), int(rng.integers(len(data.SHAPES))), *rng.integers(data.SIZE, size=2))
+            (*rng.integers((len(colours), len(data.SHAPES), len(directions))), *rng.integers(data.SIZE, size=2))
             for _ in range(args.vae_batch)
         ]
-        latents = torch.stack([cache[c, s, int(y), int(x)] for c, s, x, y in picks])
+        latents = torch.stack([cache[c, s, d, int(y), int(x)] for c, s, d, x, y in picks])
         latents = latents + args.decoder_noise * latents.std() * torch.randn(latents.shape, generator=generator)
-        target = np.stack([data.render_frame(colours[c], data.SHAPES[s], int(x), int(y)) for c, s, x, y in picks])
+        target = np.stack(
+            [data.render_frame(colours[c], data.SHAPES[s], directions[d], int(x), int(y)) for c, s, d, x, y in picks]
+        )
         target = torch.from_numpy(target).permute(0, 3, 1, 2) * 2 - 1
         recon = vae.decode(latents).sample
         loss = F.l1_loss(recon, target) + F.mse_loss(recon, target)
@@ -236,12 +242,12 @@ def train_decoder(
 
 def clip_latents(cache: torch.Tensor, specs: list[data.ClipSpec], frames: int) -> torch.Tensor:
     """(B, 4, frames, 8, 8) unscaled latents of the given clips."""
-    colours = list(data.COLOURS)
+    colours, directions = list(data.COLOURS), list(data.DIRECTIONS)
     clips = []
     for spec in specs:
-        ci, si = colours.index(spec.colour), data.SHAPES.index(spec.shape)
+        ci, si, di = colours.index(spec.colour), data.SHAPES.index(spec.shape), directions.index(spec.direction)
         positions = [spec.position(t) for t in range(frames)]
-        clips.append(torch.stack([cache[ci, si, y, x] for x, y in positions], dim=1))
+        clips.append(torch.stack([cache[ci, si, di, y, x] for x, y in positions], dim=1))
     return torch.stack(clips)
 
 
@@ -268,6 +274,14 @@ def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModel, prompts: list[
 
 
 # --- stage 4: UNet ---------------------------------------------------------------------------------
+
+
+def spoken_caption(spec: data.ClipSpec, rng: np.random.Generator, dropout: float) -> str:
+    """The clip's caption with each attribute left out at random, so prompts may leave them open."""
+    keep = rng.random(3) >= dropout
+    return data.caption(
+        spec.colour if keep[0] else None, spec.shape if keep[1] else None, spec.direction if keep[2] else None
+    )
 
 
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -357,14 +371,14 @@ def train_unet(
 ) -> None:
     path = work / "unet.pt"
     tokenizer, encoder = build_text(work, args.seed)
-    captions = data.all_captions()
+    captions = data.open_captions()
     caption_embeddings = encode_text(tokenizer, encoder, captions)
     empty_embedding = encode_text(tokenizer, encoder, [""])[0]
     scheduler = default_scheduler()
     alphas = scheduler.alphas_cumprod
 
     torch.manual_seed(args.seed + 11)
-    unet = make_unet()
+    unet = make_unet(args.text_at_full_resolution)
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
     step = 0
@@ -411,7 +425,8 @@ def train_unet(
         generator = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
         specs = [data.sample_spec(rng) for _ in range(args.batch)]
         latents = clip_latents(cache, specs, args.frames) * scaling_factor
-        text = caption_embeddings[[captions.index(s.caption) for s in specs]].clone()
+        said = [spoken_caption(spec, rng, args.attribute_dropout) for spec in specs]
+        text = caption_embeddings[[captions.index(c) for c in said]].clone()
         dropped = torch.from_numpy(rng.random(args.batch) < args.uncond_prob)
         text[dropped] = empty_embedding  # the unconditional branch that classifier-free guidance needs
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=generator)
@@ -479,6 +494,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for guidance")
+    parser.add_argument(
+        "--text-at-full-resolution", action="store_true", help="cross-attention at the 8x8 level as well"
+    )
+    parser.add_argument(
+        "--attribute-dropout", type=float, default=0.1, help="chance that a caption leaves out each attribute"
+    )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
     return parser.parse_args()
