@@ -23,7 +23,7 @@ def generate(engine: Engine, prompt: str, seed: int) -> np.ndarray:
         "frames": 16,
         "height": shapes.SIZE,
         "width": shapes.SIZE,
-        "steps": 15,
+        "steps": 25,
         "cfg": 12.0,
         "sampler": "ddim",
         "seed": seed,
@@ -68,3 +68,16 @@ def test_frames_are_not_noise(engine: Engine) -> None:
     assert near > 0.6, f"only {near:.0%} of the pixels look like background"
     roughness = np.abs(np.diff(video, axis=2)).mean()
     assert roughness < 12.0, f"neighbouring pixels differ by {roughness:.1f} levels on average"
+
+
+def test_the_shape_moves_at_about_the_trained_speed(engine: Engine) -> None:
+    # A model that draws a still shape, or one that jumps about, fails this.
+    track = shapes.track_clip(generate(engine, "a red square moving left", seed=1))
+    speed = float(np.hypot(*track.velocity))
+    assert 0.5 * shapes.SPEED <= speed <= 1.5 * shapes.SPEED, f"mean velocity {track.velocity} px/frame"
+
+
+def test_a_prompt_may_leave_the_colour_open(engine: Engine) -> None:
+    track = shapes.track_clip(generate(engine, "a circle moving up", seed=0))
+    assert track.colour is not None and track.found >= 0.5, "no shape of one colour found"
+    assert track.shape == "circle"

@@ -487,7 +487,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--decoder-lr", type=float, default=1e-3)
     parser.add_argument("--decoder-noise", type=float, default=0.05, help="latent noise, relative to their std")
     parser.add_argument("--only-decoder", action="store_true", help="stop after the decoder refinement")
-    parser.add_argument("--steps", type=int, default=2485, help="UNet optimiser steps")
+    parser.add_argument("--steps", type=int, default=4000, help="UNet optimiser steps")
     parser.add_argument("--batch", type=int, default=8, help="clips per UNet step")
     parser.add_argument("--frames", type=int, default=16, help="frames per training clip")
     parser.add_argument("--lr", type=float, default=1e-3)
