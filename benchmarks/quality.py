@@ -145,26 +145,30 @@ def shape_colour(frame: np.ndarray, track: shapes.FrameTrack) -> np.ndarray | No
     return frame[mask].astype(np.float32).mean(axis=0)
 
 
-def rank_agreement(video: np.ndarray, starts: list[int]) -> dict[str, float]:
-    """Share of ranks after the first whose clip has the first rank's colour, shape and direction."""
-    bounds = [*starts, len(video)]
-    tracks = [shapes.track_clip(video[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    first, rest = tracks[0], tracks[1:]
+def rank_agreement(tracks: list[shapes.FrameTrack], starts: list[int]) -> dict[str, float]:
+    """Share of ranks after the first whose clip has the first rank's colour, shape and direction.
+
+    tracks: one per frame of the whole video; starts: first frame of every rank.
+    """
+    bounds = [*starts, len(tracks)]
+    clips = [shapes.summarise_tracks(tracks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    first, rest = clips[0], clips[1:]
     return {
         f"agree_{name}": float(np.mean([getattr(t, name) == getattr(first, name) for t in rest]))
         for name in ("colour", "shape", "direction")
     }
 
 
-def seam_metrics(video: np.ndarray, borders: list[int], prompt: str) -> dict[str, float]:
-    """borders: first global frame index of every rank after the first."""
+def seam_metrics(
+    video: np.ndarray, tracks: list[shapes.FrameTrack], borders: list[int], prompt: str
+) -> dict[str, float]:
+    """tracks: one per frame; borders: first global frame index of every rank after the first."""
     diffs = frame_differences(video)
     at_border = np.zeros(len(diffs), dtype=bool)
     for border in borders:
         at_border[border - 1] = True  # the difference between frames border-1 and border
-    tracks = [shapes.track_frame(frame) for frame in video]
     # An open colour is judged against the colour the video mostly shows.
-    colour = shapes.parse_caption(prompt)[0] or shapes.track_clip(video).colour
+    colour = shapes.parse_caption(prompt)[0] or shapes.summarise_tracks(tracks).colour
     velocities = np.array(
         [
             (shapes.wrapped_step(a.x, b.x), shapes.wrapped_step(a.y, b.y))
@@ -236,10 +240,10 @@ def long_videos(
     layout = FrameLayout(args.frames, args.ranks)
     borders = list(layout.starts[1:])
     by_key = dict(zip(keys, videos, strict=True))
-    metrics = {
-        key: {**seam_metrics(video, borders, key[1]), **rank_agreement(video, list(layout.starts))}
-        for key, video in by_key.items()
-    }
+    metrics = {}
+    for key, video in by_key.items():
+        tracks = [shapes.track_frame(frame) for frame in video]
+        metrics[key] = {**seam_metrics(video, tracks, borders, key[1]), **rank_agreement(tracks, list(layout.starts))}
     first_prompt, first_seed = prompts[0]
     for case in cases:
         video = by_key[(case, first_prompt, first_seed)]

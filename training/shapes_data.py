@@ -216,7 +216,11 @@ class ClipTrack:
 
 def track_clip(frames: np.ndarray) -> ClipTrack:
     """Tracks a (T, H, W, 3) clip: colour, shape kind and direction of motion."""
-    tracks = [track_frame(frame) for frame in frames]
+    return summarise_tracks([track_frame(frame) for frame in frames])
+
+
+def summarise_tracks(tracks: list[FrameTrack]) -> ClipTrack:
+    """Colour, shape kind and direction of motion of a clip from its frames' tracks."""
     colours = [t.colour for t in tracks if t.colour is not None]
     colour = max(set(colours), key=colours.count) if colours else None
     mine = [t for t in tracks if t.colour == colour and colour is not None]
