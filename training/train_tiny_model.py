@@ -109,6 +109,26 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
+def resume_parts(path: Path, resume: bool, label: str, **parts: Any) -> dict[str, Any] | None:
+    """Loads each named part's state (model, optimiser, ...) from the stage's checkpoint, if resuming."""
+    state = load_checkpoint(path) if resume else None
+    if state is not None:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        log(f"{label}: resumed at step {state['step']}")
+    return state
+
+
+def report_and_checkpoint(
+    label: str, step: int, total: int, losses: list[float], path: Path, model: Any, optimiser: Any
+) -> None:
+    """Every 100 steps and at the end: logs the mean loss since the last report and checkpoints."""
+    if step % 100 == 0 or step == total:
+        log(f"{label} step {step}/{total} loss {np.mean(losses):.4f}")
+        losses.clear()
+        save_checkpoint(path, {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step})
+
+
 # --- stage 1: VAE ------------------------------------------------------------------------------------
 
 
@@ -129,13 +149,8 @@ def train_vae(args: argparse.Namespace, work: Path, deadline: float) -> Autoenco
     torch.manual_seed(args.seed)
     vae = make_vae()
     optimiser = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    step = 0
-    state = load_checkpoint(path) if args.resume else None
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        step = state["step"]
-        log(f"vae: resumed at step {step}")
+    state = resume_parts(path, args.resume, "vae", model=vae, optimiser=optimiser)
+    step = state["step"] if state is not None else 0
     losses: list[float] = []
     while step < args.vae_steps and time.time() < deadline:
         rng = np.random.default_rng([args.seed, 1, step])
@@ -151,10 +166,7 @@ def train_vae(args: argparse.Namespace, work: Path, deadline: float) -> Autoenco
         optimiser.step()
         step += 1
         losses.append(loss.item())
-        if step % 100 == 0 or step == args.vae_steps:
-            log(f"vae step {step}/{args.vae_steps} loss {np.mean(losses):.4f}")
-            losses.clear()
-            save_checkpoint(path, {"model": vae.state_dict(), "optimiser": optimiser.state_dict(), "step": step})
+        report_and_checkpoint("vae", step, args.vae_steps, losses, path, vae, optimiser)
     vae.eval().requires_grad_(False)
     return vae
 
@@ -203,13 +215,8 @@ def train_decoder(
     decoder = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
     decoder.requires_grad_(True).train()
     optimiser = torch.optim.AdamW(decoder.parameters(), lr=args.decoder_lr, weight_decay=0.0)
-    step = 0
-    state = load_checkpoint(path) if args.resume else None
-    if state is not None:
-        decoder.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        step = state["step"]
-        log(f"decoder: resumed at step {step}")
+    state = resume_parts(path, args.resume, "decoder", model=decoder, optimiser=optimiser)
+    step = state["step"] if state is not None else 0
     colours, directions = list(data.COLOURS), list(data.DIRECTIONS)
     losses: list[float] = []
     while step < args.decoder_steps and time.time() < deadline:
@@ -232,10 +239,7 @@ def train_decoder(
         optimiser.step()
         step += 1
         losses.append(loss.item())
-        if step % 100 == 0 or step == args.decoder_steps:
-            log(f"decoder step {step}/{args.decoder_steps} loss {np.mean(losses):.4f}")
-            losses.clear()
-            save_checkpoint(path, {"model": decoder.state_dict(), "optimiser": optimiser.state_dict(), "step": step})
+        report_and_checkpoint("decoder", step, args.decoder_steps, losses, path, decoder, optimiser)
     vae.eval().requires_grad_(False)
     return vae
 
@@ -381,15 +385,8 @@ def train_unet(
     unet = make_unet(args.text_at_full_resolution)
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    step = 0
-    history: list[dict[str, float]] = []
-    state = load_checkpoint(path) if args.resume else None
-    if state is not None:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimiser.load_state_dict(state["optimiser"])
-        step, history = state["step"], state["history"]
-        log(f"unet: resumed at step {step}")
+    state = resume_parts(path, args.resume, "unet", model=unet, ema=ema, optimiser=optimiser)
+    step, history = (state["step"], state["history"]) if state is not None else (0, [])
     log(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
 
     def checkpoint() -> None:
