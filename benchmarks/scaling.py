@@ -158,16 +158,31 @@ def pick(results: list[dict[str, Any]], key: str, frames: int) -> dict[str, Any]
     return next((row for row in results if row["key"] == key and row["frames"] == frames), None)
 
 
+def time_ratios(results: list[dict[str, Any]], frames: list[int], top: str, bottom: str) -> dict[int, float]:
+    """time(top) / time(bottom) at every frame count both methods ran, in frame order."""
+    rows = {f: (pick(results, top, f), pick(results, bottom, f)) for f in frames}
+    return {f: a["time"] / b["time"] for f, (a, b) in rows.items() if a and b}
+
+
+def doubling_ratios(results: list[dict[str, Any]], pairs: list[int], field: str) -> list[float]:
+    """field of 2 ranks at 2F / field of 1 rank at F, for every F in pairs (both must have run)."""
+    ratios = []
+    for f in pairs:
+        one, two = pick(results, "vi1", f), pick(results, "vi2", 2 * f)
+        assert one is not None and two is not None
+        ratios.append(two[field] / max(1, one[field]))
+    return ratios
+
+
 def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple[str, str, str, bool | None]]:
     results = data["results"]
     frames_done = sorted({row["frames"] for row in results})
     checks: list[tuple[str, str, str, bool | None]] = []
 
     # 1. Cost per frame-step against sliding windows 16/4, at the longest video both ran.
-    both = [f for f in frames_done if pick(results, "vi1", f) and pick(results, "win4", f)]
-    if both:
-        f = both[-1]
-        ratios = {g: pick(results, "vi1", g)["time"] / pick(results, "win4", g)["time"] for g in both}  # type: ignore[index]
+    ratios = time_ratios(results, frames_done, "vi1", "win4")
+    if ratios:
+        f = max(ratios)
         detail = ", ".join(f"{g}: {r:.2f}x" for g, r in ratios.items())
         checks.append(
             (
@@ -177,8 +192,8 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
                 ratios[f] <= 0.3,
             )
         )
-        if pick(results, "win12", f):
-            r12 = pick(results, "vi1", f)["time"] / pick(results, "win12", f)["time"]  # type: ignore[index]
+        r12 = time_ratios(results, [f], "vi1", "win12").get(f)
+        if r12 is not None:
             checks.append(
                 (
                     "(info) same against windows 16 with overlap 4 (stride 12)",
@@ -189,10 +204,9 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
             )
 
     # 2. Two ranks against one, same total frames.
-    both = [f for f in frames_done if pick(results, "vi1", f) and pick(results, "vi2", f)]
-    if both:
-        f = both[-1]
-        speedups = {g: pick(results, "vi1", g)["time"] / pick(results, "vi2", g)["time"] for g in both}  # type: ignore[index]
+    speedups = time_ratios(results, frames_done, "vi1", "vi2")
+    if speedups:
+        f = max(speedups)
         detail = ", ".join(f"{g}: {s:.2f}x" for g, s in speedups.items())
         checks.append(
             (
@@ -202,9 +216,9 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
                 speedups[f] >= 1.8,
             )
         )
-        if pick(results, "solo2", f):
-            ceiling = pick(results, "vi1", f)["time"] / pick(results, "solo2", f)["time"]  # type: ignore[index]
-            exchange = pick(results, "solo2", f)["time"] / pick(results, "vi2", f)["time"]  # type: ignore[index]
+        ceiling = time_ratios(results, [f], "vi1", "solo2").get(f)
+        if ceiling is not None:
+            exchange = time_ratios(results, [f], "solo2", "vi2")[f]
             checks.append(
                 (
                     "(info) this machine's ceiling: 2 processes with no exchange vs 1 rank",
@@ -220,7 +234,7 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
     # 3. Peak memory per rank when frames and ranks double together (1 rank at F vs 2 ranks at 2F).
     pairs = [f for f in frames_done if pick(results, "vi1", f) and pick(results, "vi2", 2 * f)]
     if pairs:
-        ratios = [pick(results, "vi2", 2 * f)["peak_rss"] / pick(results, "vi1", f)["peak_rss"] for f in pairs]  # type: ignore[index]
+        ratios = doubling_ratios(results, pairs, "peak_rss")
         worst = max(ratios, key=lambda r: abs(r - 1))
         detail = ", ".join(f"{f}->{2 * f}: {r:.3f}" for f, r in zip(pairs, ratios, strict=True))
         checks.append(
@@ -231,7 +245,7 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
                 abs(worst - 1) <= 0.1,
             )
         )
-        working = [pick(results, "vi2", 2 * f)["working"] / max(1, pick(results, "vi1", f)["working"]) for f in pairs]  # type: ignore[index]
+        working = doubling_ratios(results, pairs, "working")
         worst_w = max(working, key=lambda r: abs(r - 1))
         detail = ", ".join(f"{f}->{2 * f}: {r:.2f}" for f, r in zip(pairs, working, strict=True))
         checks.append(
