@@ -1,7 +1,7 @@
 """Communication between ranks over torch.distributed (NCCL on CUDA, gloo on CPU).
 
-Only collectives both backends implement are used: batched point-to-point, all_reduce and broadcast.
-A single rank never communicates. Bytes and calls are counted so the cost model can be checked.
+Only collectives both backends implement are used: batched point-to-point, all_reduce, all_gather and
+broadcast. A single rank never communicates. Bytes and calls are counted so the cost model can be checked.
 """
 
 from __future__ import annotations
