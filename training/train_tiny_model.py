@@ -42,6 +42,7 @@ from distributed.models.tiny import (
     save_pipeline,
     tiny_text_encoder,
     tiny_unet_config,
+    tiny_vae,
     write_word_tokenizer,
 )
 from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
@@ -63,18 +64,7 @@ def log(message: str) -> None:
 def make_vae() -> AutoencoderKL:
     # Three downsamples: 64x64 -> 8x8. No attention in the mid block: plain shapes don't need it and
     # it is the most expensive part at this size.
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=data.SIZE,
-        mid_block_add_attention=False,
-    )
+    return tiny_vae(block_out_channels=(8, 16, 32, 32), sample_size=data.SIZE, mid_block_add_attention=False)
 
 
 def make_unet(text_at_full_resolution: bool = False) -> UNet3DVideoCrafterConditionModel:

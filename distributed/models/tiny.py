@@ -65,8 +65,9 @@ def tiny_unet_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-def tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(
+def tiny_vae(**overrides: Any) -> AutoencoderKL:
+    """A per-frame AutoencoderKL, 64x64 RGB <-> 4x8x8 latents (three downsamples); overrides win."""
+    config: dict[str, Any] = dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -77,6 +78,8 @@ def tiny_vae() -> AutoencoderKL:
         norm_num_groups=4,
         sample_size=64,
     )
+    config.update(overrides)
+    return AutoencoderKL(**config)
 
 
 def tiny_text_encoder(vocab_size: int, hidden_size: int = 32) -> CLIPTextModel:
