@@ -12,7 +12,9 @@
    - on-prompt: share of frames where the tracker finds the prompted colour;
    - rank agreement, for prompts that leave colour, shape or direction open: the share of ranks whose
      clip shows the same colour / shape / direction as the first rank's. Only the other ranks' frames
-     can make them agree, so this is what global context is for.
+     can make them agree, so this is what global context is for. `--open-frames` and `--open-ranks`
+     make these videos longer and split them over more ranks than the named ones (e.g. 128 frames on
+     8 ranks), so that local context alone has to carry a choice over more borders.
 
 Writes a contact sheet (frames around every rank border) and an mp4 per case under
 artifacts/quality/, and prints Markdown tables.
@@ -224,26 +226,43 @@ def write_mp4(video: np.ndarray, path: Path, fps: int = shapes.FPS, factor: int 
     imageio.mimwrite(path, frames, fps=fps, codec="libx264", quality=8, macro_block_size=16)
 
 
+@dataclass(frozen=True)
+class VideoSplit:
+    frames: int
+    ranks: int
+
+    def __str__(self) -> str:
+        return f"{self.frames} frames on {self.ranks} ranks"
+
+
 def long_videos(
-    model: Path, prompts: list[tuple[str, int]], args: argparse.Namespace, out: Path
-) -> tuple[dict[tuple[str, str, int], dict[str, float]], dict[str, float]]:
-    """Every case on every (prompt, seed); metrics per (case, prompt, seed), pictures of the first."""
+    model: Path, prompts: list[tuple[str, int]], split: VideoSplit, args: argparse.Namespace
+) -> tuple[dict[tuple[str, str, int], dict[str, float]], dict[tuple[str, str, int], np.ndarray], float]:
+    """Every case on every (prompt, seed): metrics and video per (case, prompt, seed), seconds per video."""
     jobs, keys = [], []
-    cases = {case: CASES[case] for case in args.cases}
-    for case, attention in cases.items():
+    for case in args.cases:
         for prompt, seed in prompts:
-            jobs.append(make_job(model, prompt, args.frames, seed, args, **attention))
+            jobs.append(make_job(model, prompt, split.frames, seed, args, **CASES[case]))
             keys.append((case, prompt, seed))
     started = time.time()
-    videos = run_on_local_ranks(args.ranks, run_jobs_on_rank, {"jobs": jobs}, timeout=3600.0)[0]
+    videos = run_on_local_ranks(split.ranks, run_jobs_on_rank, {"jobs": jobs}, timeout=7200.0)[0]
     seconds = (time.time() - started) / len(jobs)
-    layout = FrameLayout(args.frames, args.ranks)
+    layout = FrameLayout(split.frames, split.ranks)
     borders = list(layout.starts[1:])
     by_key = dict(zip(keys, videos, strict=True))
     metrics = {}
     for key, video in by_key.items():
         tracks = [shapes.track_frame(frame) for frame in video]
         metrics[key] = {**seam_metrics(video, tracks, borders, key[1]), **rank_agreement(tracks, list(layout.starts))}
+    return metrics, by_key, seconds
+
+
+def pictures(
+    by_key: dict[tuple[str, str, int], np.ndarray], prompts: list[tuple[str, int]], split: VideoSplit, out: Path
+) -> float:
+    """Contact sheets and mp4s of the first prompt per case; returns the mean exact-vs-reference gap."""
+    cases = list(dict.fromkeys(c for c, _, _ in by_key))
+    borders = list(FrameLayout(split.frames, split.ranks).starts[1:])
     first_prompt, first_seed = prompts[0]
     for case in cases:
         video = by_key[(case, first_prompt, first_seed)]
@@ -264,8 +283,7 @@ def long_videos(
         for c in cases
     ]
     imageio.imwrite(out / "cases_first_border.png", np.concatenate(rows, axis=0))
-    gap = float(np.mean(gaps)) if gaps else float("nan")
-    return metrics, {"exact_vs_reference_mean_abs": gap, "seconds_per_video": seconds}
+    return float(np.mean(gaps)) if gaps else float("nan")
 
 
 def summarise(
@@ -295,6 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per fidelity prompt (default 2, short 1)")
     parser.add_argument("--open-seeds", type=int, default=2, help="seeds per open long-video prompt")
+    parser.add_argument("--open-frames", type=int, default=None, help="open-prompt video length (default: --frames)")
+    parser.add_argument("--open-ranks", type=int, default=None, help="ranks for open prompts (default: --ranks)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -304,6 +324,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
     if args.frames is None:
         args.frames = 32 if args.short else 64
+    if args.open_frames is None:
+        args.open_frames = args.frames
+    if args.open_ranks is None:
+        args.open_ranks = args.ranks
     if args.seeds is None:
         args.seeds = 1 if args.short else 2
     if args.short:
@@ -341,9 +365,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     fidelity = prompt_fidelity(model, fidelity_prompts(args.short), list(range(args.seeds)), args)
     named, open_ = long_prompts(args)
-    metrics, extra = long_videos(model, named + open_, args, out)
-    cases, open_cases = summarise(metrics, named), summarise(metrics, open_)
-    extra["tracker_accuracy"] = tracker_accuracy(32 if args.short else 64)
+    named_split, open_split = VideoSplit(args.frames, args.ranks), VideoSplit(args.open_frames, args.open_ranks)
+    metrics, videos, seconds = long_videos(model, named, named_split, args)
+    extra = {
+        "exact_vs_reference_mean_abs": pictures(videos, named, named_split, out),
+        "seconds_per_video": seconds,
+        "tracker_accuracy": tracker_accuracy(32 if args.short else 64),
+    }
+    open_metrics, _, extra["seconds_per_open_video"] = long_videos(model, open_, open_split, args)
+    cases, open_cases = summarise(metrics, named), summarise(open_metrics, open_)
 
     settings = f"{args.sampler}, {args.steps} steps, cfg {args.cfg}, 64x64, fps {shapes.FPS}"
     print(f"\n### Prompt fidelity (16-frame clips, 1 rank; {settings})\n")
@@ -356,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"\nThe tracker on {32 if args.short else 64} real training clips: {extra['tracker_accuracy']:.2f} all three right."
     )
-    print(f"\n### Long videos, named prompts ({args.frames} frames on {args.ranks} ranks, {len(named)} video(s))\n")
+    print(f"\n### Long videos, named prompts ({named_split}, {len(named)} video(s))\n")
     print(
         "| case | seam ratio | velocity jump at borders | elsewhere | colour drift | on-prompt frames | speed px/frame |"
     )
@@ -366,7 +396,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"| {CASE_LABELS[case]} | {m['seam_ratio']:.2f} | {m['jump_border']:.2f} | {m['jump_elsewhere']:.2f} "
             f"| {m['colour_drift']:.1f} | {m['on_prompt']:.2f} | {m['speed']:.2f} |"
         )
-    print(f"\n### Long videos, open prompts ({len(open_)} video(s): {', '.join(sorted({p for p, _ in open_}))})\n")
+    open_names = ", ".join(sorted({p for p, _ in open_}))
+    print(f"\n### Long videos, open prompts ({open_split}, {len(open_)} video(s): {open_names})\n")
     print("| case | ranks agreeing on colour | on shape | on direction | seam ratio | colour drift |")
     print("|---|---|---|---|---|---|")
     for case, m in open_cases.items():
@@ -376,14 +407,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print(
         f"\nExact vs reference mode, same job: mean |pixel difference| {extra['exact_vs_reference_mean_abs']:.1f} / 255."
-        f" {extra['seconds_per_video']:.0f} s per long video. Total {time.time() - started:.0f} s."
+        f" {extra['seconds_per_video']:.0f} s per named and {extra['seconds_per_open_video']:.0f} s per open video."
+        f" Total {time.time() - started:.0f} s."
     )
     print(f"Contact sheets and mp4s: {out}/")
     report = {
         "fidelity": fidelity.__dict__,
         "cases": cases,
         "open_cases": open_cases,
-        "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in metrics.items()},
+        "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in {**metrics, **open_metrics}.items()},
         **extra,
         "args": vars(args),
     }
