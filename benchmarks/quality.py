@@ -366,14 +366,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fidelity = prompt_fidelity(model, fidelity_prompts(args.short), list(range(args.seeds)), args)
     named, open_ = long_prompts(args)
     named_split, open_split = VideoSplit(args.frames, args.ranks), VideoSplit(args.open_frames, args.open_ranks)
-    metrics, videos, seconds = long_videos(model, named, named_split, args)
+    # One set of rank processes per split: with the default, named and open prompts share one.
+    prompts_by_split: dict[VideoSplit, list[tuple[str, int]]] = {}
+    for split, prompts in ((named_split, named), (open_split, open_)):
+        prompts_by_split.setdefault(split, []).extend(prompts)
+    metrics, videos, seconds = {}, {}, {}
+    for split, prompts in prompts_by_split.items():
+        split_metrics, split_videos, seconds[split] = long_videos(model, prompts, split, args)
+        metrics |= split_metrics
+        videos |= split_videos
     extra = {
         "exact_vs_reference_mean_abs": pictures(videos, named, named_split, out),
-        "seconds_per_video": seconds,
+        "seconds_per_video": seconds[named_split],
+        "seconds_per_open_video": seconds[open_split],
         "tracker_accuracy": tracker_accuracy(32 if args.short else 64),
     }
-    open_metrics, _, extra["seconds_per_open_video"] = long_videos(model, open_, open_split, args)
-    cases, open_cases = summarise(metrics, named), summarise(open_metrics, open_)
+    cases, open_cases = summarise(metrics, named), summarise(metrics, open_)
 
     settings = f"{args.sampler}, {args.steps} steps, cfg {args.cfg}, 64x64, fps {shapes.FPS}"
     print(f"\n### Prompt fidelity (16-frame clips, 1 rank; {settings})\n")
@@ -415,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fidelity": fidelity.__dict__,
         "cases": cases,
         "open_cases": open_cases,
-        "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in {**metrics, **open_metrics}.items()},
+        "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in metrics.items()},
         **extra,
         "args": vars(args),
     }
