@@ -10,6 +10,7 @@ import pytest
 from distributed.comm import Communicator
 from distributed.engine import Engine
 from training import shapes_data as shapes
+from training.word_use import DemoModel, denoising_errors
 
 pytestmark = pytest.mark.quality
 
@@ -83,3 +84,12 @@ def test_the_shape_moves_at_about_the_trained_speed(engine: Engine) -> None:
 def test_a_prompt_may_leave_the_colour_open(engine: Engine) -> None:
     track = shapes.track_clip(generate(engine, "a circle moving up", seed=0))
     assert track.colour is not None and track.found >= 0.5, "no shape of one colour found"
+
+
+def test_a_wrong_colour_or_shape_word_makes_denoising_worse() -> None:
+    # The word-use probe on real clips: a model that ignores its text (or a probe that scores every
+    # caption alike) leaves the error unchanged.
+    errors = denoising_errors(DemoModel.load(MODEL), clips=8, seed=99, timesteps=(650, 450))
+    for word in ("other colour", "other shape"):
+        for row, true in enumerate(errors["true caption"]):
+            assert errors[word][row] > 1.1 * true, f"{word}: {errors[word][row]:.5f} vs {true:.5f}"

@@ -399,6 +399,7 @@ def train_unet(
             "decoder_steps": args.decoder_steps,
             "batch": args.batch,
             "frames": args.frames,
+            "threads": args.threads,
             "monitor_fidelity": fidelity,
             "command": "python -m training.train_tiny_model",
         }
