@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from transformers import CLIPTextModel, CLIPTokenizer
 
-from distributed.models.tiny import TOKENIZER_MAX_LENGTH, default_scheduler
-from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
+from distributed.job import ModelSpec
+from distributed.loader import LoadedPipeline, load_pipeline
+from distributed.models.tiny import default_scheduler
+from distributed.models.unet3d import run_unet3d
 from training import shapes_data as data
+from training.train_tiny_model import DEFAULT_OUTPUT as DEFAULT_MODEL
+from training.train_tiny_model import encode_text
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-shapes-t2v"
 DEFAULT_TIMESTEPS = (950, 850, 750, 650, 550, 450, 350, 250, 150, 50)
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 OTHER_AXIS = {"left": "up", "right": "down", "up": "left", "down": "right"}
@@ -52,47 +53,31 @@ VARIANTS: dict[str, Callable[[data.ClipSpec], str]] = {
 }
 
 
-@dataclass
-class DemoModel:
-    unet: UNet3DVideoCrafterConditionModel
-    vae: AutoencoderKL
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
+def load_model(folder: Path) -> LoadedPipeline:
+    """The pipeline folder as the engine loads it (fp32, CPU)."""
+    return load_pipeline(ModelSpec(base=str(folder)))
 
-    @classmethod
-    def load(cls, folder: Path) -> DemoModel:
-        return cls(
-            # low_cpu_mem_usage off: the default asks for `accelerate`, which this project does not need.
-            UNet3DVideoCrafterConditionModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval(),
-            AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False).eval(),
-            CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
-        )
 
-    @torch.no_grad()
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
-        ).input_ids
-        return self.text_encoder(ids).last_hidden_state
-
-    @torch.no_grad()
-    def encode_clips(self, clips: np.ndarray) -> torch.Tensor:
-        """(B, T, H, W, 3) in [0, 1] -> (B, 4, T, h, w) scaled latents (posterior means)."""
-        batch, frames = clips.shape[:2]
-        pixels = torch.from_numpy(clips.reshape(batch * frames, *clips.shape[2:])).permute(0, 3, 1, 2) * 2 - 1
-        latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
-        return latents.reshape(batch, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+@torch.no_grad()
+def encode_clips(vae: AutoencoderKL, clips: np.ndarray) -> torch.Tensor:
+    """(B, T, H, W, 3) in [0, 1] -> (B, 4, T, h, w) scaled latents (posterior means)."""
+    batch, frames = clips.shape[:2]
+    pixels = torch.from_numpy(clips.reshape(batch * frames, *clips.shape[2:])).permute(0, 3, 1, 2) * 2 - 1
+    latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return latents.reshape(batch, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
 @torch.no_grad()
 def denoising_errors(
-    model: DemoModel, clips: int, seed: int, timesteps: tuple[int, ...], batch: int = 8
+    model: LoadedPipeline, clips: int, seed: int, timesteps: tuple[int, ...], batch: int = 8
 ) -> dict[str, list[float]]:
     """Mean epsilon MSE per caption variant, one value per timestep."""
     specs, pixels = data.sample_clips(seed, clips, frames=16)
-    latents = model.encode_clips(pixels)
-    texts = {name: model.encode_text([variant(s) for s in specs]) for name, variant in VARIANTS.items()}
+    latents = encode_clips(model.vae, pixels)
+    texts = {
+        name: encode_text(model.tokenizer, model.text_encoder, [variant(s) for s in specs])
+        for name, variant in VARIANTS.items()
+    }
     scheduler = default_scheduler()
     generator = torch.Generator().manual_seed(seed)
     errors: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -135,7 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    errors = denoising_errors(DemoModel.load(args.model), args.clips, args.seed, DEFAULT_TIMESTEPS)
+    errors = denoising_errors(load_model(args.model), args.clips, args.seed, DEFAULT_TIMESTEPS)
     print_table(errors, DEFAULT_TIMESTEPS)
 
 
