@@ -4,11 +4,14 @@
    direction of motion match the prompt.
 2. Long videos split over several ranks (real gloo processes), for
    (a) independent clips, (b) local context only (G = 0), (c) full dual-scope attention (exact mode),
-   (d) the same in reference mode, (e) (c) with GroupNorm statistics over 16-frame windows:
+   (d) the same in reference mode, (e) (c) with GroupNorm statistics over 16-frame windows, (f) (c)
+   without the phase bias:
    - seam ratio: median frame difference across rank borders / median frame difference elsewhere
      (1 = borders invisible);
    - velocity jump: change of the tracked centroid velocity at borders vs elsewhere (pixels/frame);
    - colour drift: distance between the shape's mean colour in the first and the last frame (0-255 RGB);
+   - colour spread over ranks: mean distance of each rank's shape colour from their mean (0-255 RGB),
+     a continuous measure that also sees a red sliding to orange, which the palette tracker calls red;
    - on-prompt: share of frames where the tracker finds the prompted colour;
    - rank agreement, for prompts that leave colour, shape or direction open: the share of ranks whose
      clip shows the same colour / shape / direction as the first rank's. Only the other ranks' frames
@@ -53,6 +56,9 @@ CASES: dict[str, dict[str, Any]] = {
     "c_dual_scope": {"mode": "exact", "global_frames": 16},
     "d_reference": {"mode": "reference", "global_frames": 16},
     "e_norm_window": {"mode": "exact", "global_frames": 16, "norm_window": 16},
+    # Without the phase bias both scopes share every step; with it, the global frames only act above
+    # timestep 800, before this model settles a colour (it does so around 650 to 550).
+    "f_no_phase_bias": {"mode": "exact", "global_frames": 16, "phase_bias": False},
 }
 CASE_LABELS = {
     "a_independent": "(a) independent clips",
@@ -60,6 +66,7 @@ CASE_LABELS = {
     "c_dual_scope": "(c) dual-scope, exact",
     "d_reference": "(d) dual-scope, reference",
     "e_norm_window": "(e) dual-scope, exact, 16-frame GroupNorm window",
+    "f_no_phase_bias": "(f) dual-scope, exact, no phase bias",
 }
 
 
@@ -145,6 +152,35 @@ def shape_colour(frame: np.ndarray, track: shapes.FrameTrack) -> np.ndarray | No
     labels = shapes.classify_pixels(frame.astype(np.float32) / 255.0)
     mask = labels == list(shapes.COLOURS).index(track.colour) + 1
     return frame[mask].astype(np.float32).mean(axis=0)
+
+
+def clip_shape_colour(clip: np.ndarray, min_pixels: int = 20) -> np.ndarray | None:
+    """Mean RGB (0-255) of the clearly coloured pixels of a (T, H, W, 3) uint8 clip, palette-free.
+
+    A pixel counts when one channel is more than 115 levels off the background, which leaves out the
+    faint motion streak and soft edges. None when no frame shows a shape.
+    """
+    background = np.asarray(shapes.BACKGROUND, np.float32) * 255
+    colours = []
+    for frame in clip.astype(np.float32):
+        mask = np.abs(frame - background).max(axis=-1) > 115
+        if mask.sum() >= min_pixels:
+            colours.append(frame[mask].mean(axis=0))
+    return np.mean(colours, axis=0) if colours else None
+
+
+def rank_colour_spread(video: np.ndarray, starts: list[int]) -> float:
+    """Mean distance (0-255 RGB) of each rank's shape colour from the mean over the ranks.
+
+    A continuous measure of whether the ranks draw the same thing: the palette tracker calls orange
+    "red" and so cannot see a colour that slides from red to orange along the video; this can.
+    """
+    bounds = [*starts, len(video)]
+    colours = [clip_shape_colour(video[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    found = np.asarray([c for c in colours if c is not None])
+    if len(found) < 2:
+        return float("nan")
+    return float(np.linalg.norm(found - found.mean(axis=0), axis=1).mean())
 
 
 def rank_agreement(tracks: list[shapes.FrameTrack], starts: list[int]) -> dict[str, float]:
@@ -253,7 +289,11 @@ def long_videos(
     metrics = {}
     for key, video in by_key.items():
         tracks = [shapes.track_frame(frame) for frame in video]
-        metrics[key] = {**seam_metrics(video, tracks, borders, key[1]), **rank_agreement(tracks, list(layout.starts))}
+        metrics[key] = {
+            **seam_metrics(video, tracks, borders, key[1]),
+            **rank_agreement(tracks, list(layout.starts)),
+            "colour_spread": rank_colour_spread(video, list(layout.starts)),
+        }
     return metrics, by_key, seconds
 
 
@@ -312,6 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=None, help="long video length (default 64, short 32)")
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per fidelity prompt (default 2, short 1)")
+    parser.add_argument("--named-seeds", type=int, default=2, help="seeds per named long-video prompt")
     parser.add_argument("--open-seeds", type=int, default=2, help="seeds per open long-video prompt")
     parser.add_argument("--open-frames", type=int, default=None, help="open-prompt video length (default: --frames)")
     parser.add_argument("--open-ranks", type=int, default=None, help="ranks for open prompts (default: --ranks)")
@@ -352,7 +393,7 @@ OPEN_PROMPTS = ["a shape moving right", "a circle moving down", "a red shape"]
 def long_prompts(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     if args.short:
         return [(NAMED_PROMPTS[0], 0)], [(OPEN_PROMPTS[0], 0)]
-    named = [(p, 0) for p in NAMED_PROMPTS]
+    named = [(p, seed) for p in NAMED_PROMPTS for seed in range(args.named_seeds)]
     return named, [(p, seed) for p in OPEN_PROMPTS for seed in range(args.open_seeds)]
 
 
@@ -396,22 +437,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(f"\n### Long videos, named prompts ({named_split}, {len(named)} video(s))\n")
     print(
-        "| case | seam ratio | velocity jump at borders | elsewhere | colour drift | on-prompt frames | speed px/frame |"
+        "| case | seam ratio | velocity jump at borders | elsewhere | colour drift | colour spread over ranks "
+        "| on-prompt frames | speed px/frame |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for case, m in cases.items():
         print(
             f"| {CASE_LABELS[case]} | {m['seam_ratio']:.2f} | {m['jump_border']:.2f} | {m['jump_elsewhere']:.2f} "
-            f"| {m['colour_drift']:.1f} | {m['on_prompt']:.2f} | {m['speed']:.2f} |"
+            f"| {m['colour_drift']:.1f} | {m['colour_spread']:.1f} | {m['on_prompt']:.2f} | {m['speed']:.2f} |"
         )
     open_names = ", ".join(sorted({p for p, _ in open_}))
     print(f"\n### Long videos, open prompts ({open_split}, {len(open_)} video(s): {open_names})\n")
-    print("| case | ranks agreeing on colour | on shape | on direction | seam ratio | colour drift |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| case | ranks agreeing on colour | on shape | on direction | colour spread over ranks | seam ratio "
+        "| colour drift |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for case, m in open_cases.items():
         print(
             f"| {CASE_LABELS[case]} | {m['agree_colour']:.2f} | {m['agree_shape']:.2f} | {m['agree_direction']:.2f} "
-            f"| {m['seam_ratio']:.2f} | {m['colour_drift']:.1f} |"
+            f"| {m['colour_spread']:.1f} | {m['seam_ratio']:.2f} | {m['colour_drift']:.1f} |"
         )
     print(
         f"\nExact vs reference mode, same job: mean |pixel difference| {extra['exact_vs_reference_mean_abs']:.1f} / 255."

@@ -31,7 +31,9 @@ class DualScopeAttention(io.ComfyNode):
                              "(4 covers their receptive field: exact)."),
                 io.Boolean.Input("phase_bias", default=d.phase_bias,
                                  tooltip="Early steps favour the global scope (layout), later steps the local one "
-                                 "(motion detail), as in the reference code."),
+                                 "(motion detail), as in the reference code. Off: both scopes in every step, which "
+                                 "keeps colours steadier over a long video when the model settles them late "
+                                 "(the demo model does)."),
                 io.Float.Input("phase_threshold", default=d.phase_threshold, min=0.0, max=1000.0, step=1.0,
                                tooltip="Timestep where the bias switches from global to local (of 1000)."),
                 io.Float.Input("global_bias", default=d.global_bias, min=0.0, max=100.0, step=0.5,

@@ -17,12 +17,14 @@ from benchmarks.common import (
     window_starts,
 )
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
+from benchmarks.quality import rank_colour_spread
 from benchmarks.scaling import analytic_traffic, tiny_shapes
 from distributed.comm import Communicator
 from distributed.layout import FrameLayout
 from distributed.local_ranks import run_on_local_ranks
 from distributed.models.unet3d import run_unet3d
 from distributed.settings import DualScopeSettings
+from training import shapes_data as shapes
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +120,21 @@ def test_videocrafter2_traffic_matches_the_cost_model() -> None:
     assert ours.attention_halo * 2 == reference.attention_halo
     assert ours.attention_global * 2 == reference.attention_global
     assert ours.conv_halo == reference.conv_halo
+
+
+def test_colour_spread_over_ranks_sees_a_slow_colour_slide_the_palette_tracker_misses() -> None:
+    spec = shapes.ClipSpec("red", "square", "right", 20, 30)
+    clip = (shapes.render_clip(spec, 32) * 255).round().astype("uint8")
+    starts = [0, 8, 16, 24]
+    assert rank_colour_spread(clip, starts) < 0.5  # one colour throughout
+
+    slid = clip.astype("float32")
+    for rank, start in enumerate(starts):  # red towards orange, a little more on every rank
+        part = slid[start : start + 8]
+        shape = part[..., 0] > 150
+        part[..., 1][shape] += 20 * rank
+    slid_clip = slid.clip(0, 255).astype("uint8")
+    tracks = [shapes.track_frame(frame) for frame in slid_clip]
+    assert {t.colour for t in tracks} == {"red"}, "the palette tracker still calls every frame red"
+    # Rank offsets 0, 20, 40, 60 in green: mean distance from their mean is 20.
+    assert 18 < rank_colour_spread(slid_clip, starts) < 22
