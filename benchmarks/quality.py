@@ -353,6 +353,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=None, help="seeds per fidelity prompt (default 2, short 1)")
     parser.add_argument("--named-seeds", type=int, default=2, help="seeds per named long-video prompt")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed of the long videos (others follow)")
+    parser.add_argument("--skip-fidelity", action="store_true", help="long videos only")
     parser.add_argument("--open-seeds", type=int, default=2, help="seeds per open long-video prompt")
     parser.add_argument("--open-frames", type=int, default=None, help="open-prompt video length (default: --frames)")
     parser.add_argument("--open-ranks", type=int, default=None, help="ranks for open prompts (default: --ranks)")
@@ -393,8 +395,9 @@ OPEN_PROMPTS = ["a shape moving right", "a circle moving down", "a red shape"]
 def long_prompts(args: argparse.Namespace) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     if args.short:
         return [(NAMED_PROMPTS[0], 0)], [(OPEN_PROMPTS[0], 0)]
-    named = [(p, seed) for p in NAMED_PROMPTS for seed in range(args.named_seeds)]
-    return named, [(p, seed) for p in OPEN_PROMPTS for seed in range(args.open_seeds)]
+    first = args.first_seed
+    named = [(p, seed) for p in NAMED_PROMPTS for seed in range(first, first + args.named_seeds)]
+    return named, [(p, seed) for p in OPEN_PROMPTS for seed in range(first, first + args.open_seeds)]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -404,7 +407,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    fidelity = prompt_fidelity(model, fidelity_prompts(args.short), list(range(args.seeds)), args)
+    fidelity = (
+        None
+        if args.skip_fidelity
+        else prompt_fidelity(model, fidelity_prompts(args.short), list(range(args.seeds)), args)
+    )
     named, open_ = long_prompts(args)
     named_split, open_split = VideoSplit(args.frames, args.ranks), VideoSplit(args.open_frames, args.open_ranks)
     # One set of rank processes per split: with the default, named and open prompts share one.
@@ -420,21 +427,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "exact_vs_reference_mean_abs": pictures(videos, named, named_split, out),
         "seconds_per_video": seconds[named_split],
         "seconds_per_open_video": seconds[open_split],
-        "tracker_accuracy": tracker_accuracy(32 if args.short else 64),
+        "tracker_accuracy": None if args.skip_fidelity else tracker_accuracy(32 if args.short else 64),
     }
     cases, open_cases = summarise(metrics, named), summarise(metrics, open_)
 
     settings = f"{args.sampler}, {args.steps} steps, cfg {args.cfg}, 64x64, fps {shapes.FPS}"
-    print(f"\n### Prompt fidelity (16-frame clips, 1 rank; {settings})\n")
-    print("| clips | colour | shape | direction | all three | s/clip |")
-    print("|---|---|---|---|---|---|")
-    print(
-        f"| {fidelity.clips} | {fidelity.colour:.2f} | {fidelity.shape:.2f} | {fidelity.direction:.2f} "
-        f"| {fidelity.all_three:.2f} | {fidelity.seconds_per_clip:.1f} |"
-    )
-    print(
-        f"\nThe tracker on {32 if args.short else 64} real training clips: {extra['tracker_accuracy']:.2f} all three right."
-    )
+    if fidelity is not None:
+        print(f"\n### Prompt fidelity (16-frame clips, 1 rank; {settings})\n")
+        print("| clips | colour | shape | direction | all three | s/clip |")
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| {fidelity.clips} | {fidelity.colour:.2f} | {fidelity.shape:.2f} | {fidelity.direction:.2f} "
+            f"| {fidelity.all_three:.2f} | {fidelity.seconds_per_clip:.1f} |"
+        )
+        print(
+            f"\nThe tracker on {32 if args.short else 64} real training clips: "
+            f"{extra['tracker_accuracy']:.2f} all three right."
+        )
     print(f"\n### Long videos, named prompts ({named_split}, {len(named)} video(s))\n")
     print(
         "| case | seam ratio | velocity jump at borders | elsewhere | colour drift | colour spread over ranks "
@@ -465,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(f"Contact sheets and mp4s: {out}/")
     report = {
-        "fidelity": fidelity.__dict__,
+        "fidelity": fidelity.__dict__ if fidelity is not None else None,
         "cases": cases,
         "open_cases": open_cases,
         "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in metrics.items()},
