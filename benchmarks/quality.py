@@ -169,27 +169,27 @@ def clip_shape_colour(clip: np.ndarray, min_pixels: int = 20) -> np.ndarray | No
     return np.mean(colours, axis=0) if colours else None
 
 
-def rank_colour_spread(video: np.ndarray, starts: list[int]) -> float:
+def rank_colour_spread(video: np.ndarray, layout: FrameLayout) -> float:
     """Mean distance (0-255 RGB) of each rank's shape colour from the mean over the ranks.
 
     A continuous measure of whether the ranks draw the same thing: the palette tracker calls orange
     "red" and so cannot see a colour that slides from red to orange along the video; this can.
     """
-    bounds = [*starts, len(video)]
-    colours = [clip_shape_colour(video[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    spans = (layout.span(rank) for rank in range(layout.world_size))
+    colours = [clip_shape_colour(video[a:b]) for a, b in spans]
     found = np.asarray([c for c in colours if c is not None])
     if len(found) < 2:
         return float("nan")
     return float(np.linalg.norm(found - found.mean(axis=0), axis=1).mean())
 
 
-def rank_agreement(tracks: list[shapes.FrameTrack], starts: list[int]) -> dict[str, float]:
+def rank_agreement(tracks: list[shapes.FrameTrack], layout: FrameLayout) -> dict[str, float]:
     """Share of ranks after the first whose clip has the first rank's colour, shape and direction.
 
-    tracks: one per frame of the whole video; starts: first frame of every rank.
+    tracks: one per frame of the whole video.
     """
-    bounds = [*starts, len(tracks)]
-    clips = [shapes.summarise_tracks(tracks[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    spans = (layout.span(rank) for rank in range(layout.world_size))
+    clips = [shapes.summarise_tracks(tracks[a:b]) for a, b in spans]
     first, rest = clips[0], clips[1:]
     return {
         f"agree_{name}": float(np.mean([getattr(t, name) == getattr(first, name) for t in rest]))
@@ -291,8 +291,8 @@ def long_videos(
         tracks = [shapes.track_frame(frame) for frame in video]
         metrics[key] = {
             **seam_metrics(video, tracks, borders, key[1]),
-            **rank_agreement(tracks, list(layout.starts)),
-            "colour_spread": rank_colour_spread(video, list(layout.starts)),
+            **rank_agreement(tracks, layout),
+            "colour_spread": rank_colour_spread(video, layout),
         }
     return metrics, by_key, seconds
 

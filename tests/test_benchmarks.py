@@ -125,16 +125,16 @@ def test_videocrafter2_traffic_matches_the_cost_model() -> None:
 def test_colour_spread_over_ranks_sees_a_slow_colour_slide_the_palette_tracker_misses() -> None:
     spec = shapes.ClipSpec("red", "square", "right", 20, 30)
     clip = (shapes.render_clip(spec, 32) * 255).round().astype("uint8")
-    starts = [0, 8, 16, 24]
-    assert rank_colour_spread(clip, starts) < 0.5  # one colour throughout
+    layout = FrameLayout(32, 4)
+    assert rank_colour_spread(clip, layout) < 0.5  # one colour throughout
 
     slid = clip.astype("float32")
-    for rank, start in enumerate(starts):  # red towards orange, a little more on every rank
-        part = slid[start : start + 8]
+    for rank, (start, end) in enumerate(layout.span(r) for r in range(layout.world_size)):
+        part = slid[start:end]  # red towards orange, a little more on every rank
         shape = part[..., 0] > 150
         part[..., 1][shape] += 20 * rank
     slid_clip = slid.clip(0, 255).astype("uint8")
     tracks = [shapes.track_frame(frame) for frame in slid_clip]
     assert {t.colour for t in tracks} == {"red"}, "the palette tracker still calls every frame red"
     # Rank offsets 0, 20, 40, 60 in green: mean distance from their mean is 20.
-    assert 18 < rank_colour_spread(slid_clip, starts) < 22
+    assert 18 < rank_colour_spread(slid_clip, layout) < 22
