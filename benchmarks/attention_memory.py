@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distributed.attention import CHUNK_ELEMENTS, band_plan, banded_attention
-from distributed.local_ranks import run_on_local_ranks
+from distributed.engine.banded import CHUNK_ELEMENTS, band_plan, banded_attention
+from support.local_ranks import run_on_local_ranks
 
 from .common import MIB, human_bytes, machine_line, markdown_table, peak_rss_bytes, reset_peak_rss, rss_bytes
 
@@ -42,7 +42,7 @@ METHODS = {
 
 
 def band_block(width: int, frames: int) -> int:
-    """The query block of distributed.attention.band_plan."""
+    """The query block of distributed.models.unet3d.attention.band_plan."""
     return max(1, min(frames, max(8, 2 * width)))
 
 

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from distributed.comm import Communicator
-from distributed.context import TemporalContext
-from distributed.layout import FrameLayout
-from distributed.models.tiny import tiny_unet_config
-from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
-from distributed.patch import patch_unet
-from distributed.settings import DualScopeSettings
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
+from distributed.models.unet3d.patch import patch_unet
+from support.tiny_models import tiny_unet_config
 
 from .common import (
     independent_clips_step,

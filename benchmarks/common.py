@@ -14,8 +14,8 @@ from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
-from distributed.layout import FrameLayout, global_indices_exact, global_indices_reference
-from distributed.models.unet3d import run_unet3d
+from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference
+from distributed.models.unet3d.model import run_unet3d
 
 MIB = 1024 * 1024
 
@@ -234,7 +234,7 @@ def traffic_model(
     GroupNorm statistics by one all-gather per norm (float64). scheme "reference": K and V travel (two tensors),
     global K/V likewise gathered, per-rank GroupNorm statistics (nothing sent), the reference's per-rank
     global frame rule. Both: conv halos of `conv_halo` frames of each TemporalConvLayer's input.
-    Collectives are counted as rings, as distributed.comm counts them.
+    Collectives are counted as rings, as distributed.engine.comm counts them.
     """
     if scheme not in ("ours", "reference"):
         raise ValueError(f"unknown scheme {scheme!r}")

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from distributed.comm import Communicator
-from distributed.context import TemporalContext
-from distributed.layout import FrameLayout
-from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
-from distributed.patch import patch_unet
-from distributed.settings import DualScopeSettings
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
+from distributed.models.unet3d.patch import patch_unet
 
 from .common import TemporalShapes, Traffic, capture_temporal_shapes, human_bytes, markdown_table, traffic_model
 

@@ -15,12 +15,13 @@ import signal
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from distributed.errors import JobCancelled
-from distributed.models.tiny import build_tiny_pipeline
+from distributed.engine.errors import JobCancelled
+from distributed.engine.job import JobSpec
 from distributed.pool import JobHandle, PoolConfig, WorkerError, WorkerPool
+from support.tiny_models import build_tiny_pipeline
 
 STANDIN = f"{Path(__file__).resolve().parents[1] / 'tests' / 'pool_standin_engine.py'}:make_engine"
 
@@ -36,18 +37,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_pipeline(Path(folder) / "tiny", words=["red", "ball"])
-        job = {
-            "model": {"base": str(model)},
-            "prompt": "a red ball",
-            "frames": args.frames,
-            "height": args.size,
-            "width": args.size,
-            "steps": args.steps,
-            "cfg": 7.0,
-            "sampler": "ddim",
-            "seed": 0,
-            "attention": {"local_window": 2, "global_frames": min(4, args.frames)},
-        }
+        job = JobSpec.from_dict(
+            {
+                "model": {"base": str(model)},
+                "prompt": "a red ball",
+                "frames": args.frames,
+                "height": args.size,
+                "width": args.size,
+                "steps": args.steps,
+                "cfg": 7.0,
+                "sampler": "ddim",
+                "seed": 0,
+                "attention": {"local_window": 2, "global_frames": min(4, args.frames)},
+            }
+        )
         numbers = measure(PoolConfig(devices=args.devices), job)
         numbers["pool start without the engine import (stand-in engine)"] = start_only(
             PoolConfig(devices=args.devices, engine_factory=STANDIN)
@@ -60,7 +63,7 @@ def main() -> None:
         print(json.dumps(numbers))
 
 
-def measure(config: PoolConfig, job: dict[str, Any]) -> dict[str, float]:
+def measure(config: PoolConfig, job: JobSpec) -> dict[str, float]:
     numbers: dict[str, float] = {}
     with WorkerPool(config) as pool:
         began = time.monotonic()
@@ -70,7 +73,7 @@ def measure(config: PoolConfig, job: dict[str, Any]) -> dict[str, float]:
         numbers["warm job"] = timed_job(pool, job)
         numbers["warm job, again"] = timed_job(pool, job)
 
-        handle = pool.submit(dict(job, steps=200))
+        handle = pool.submit(replace(job, steps=200))
         step_times = wait_denoising_steps(handle, 3)
         handle.cancel()
         try:
@@ -80,7 +83,7 @@ def measure(config: PoolConfig, job: dict[str, Any]) -> dict[str, float]:
         numbers["one denoising step (median)"] = statistics.median(step_times)
         numbers["cancel latency (request -> JobCancelled)"] = handle.finished_at - handle.cancel_requested_at
 
-        handle = pool.submit(dict(job, steps=200))
+        handle = pool.submit(replace(job, steps=200))
         wait_denoising_steps(handle, 2)
         victim = pool.status()["workers"][-1]["pid"]
         os.kill(victim, signal.SIGKILL)
@@ -104,7 +107,7 @@ def start_only(config: PoolConfig) -> float:
         return time.monotonic() - began
 
 
-def timed_job(pool: WorkerPool, job: dict[str, Any]) -> float:
+def timed_job(pool: WorkerPool, job: JobSpec) -> float:
     began = time.monotonic()
     pool.submit(job).result(600)
     return time.monotonic() - began

@@ -39,10 +39,12 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from distributed.comm import Communicator
-from distributed.engine import Engine
-from distributed.layout import FrameLayout
-from distributed.local_ranks import run_on_local_ranks
+from distributed.engine.comm import Communicator
+from distributed.engine.job import JobSpec
+from distributed.engine.layout import FrameLayout
+from distributed.engine.runner import Engine
+from distributed.engine.video_file import write_mp4
+from support.local_ranks import run_on_local_ranks
 from training import shapes_data as shapes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +109,7 @@ def prompt_fidelity(model: Path, prompts: list[str], seeds: list[int], args: arg
     total = 0
     for seed in seeds:
         for prompt in prompts:
-            video = engine.run(make_job(model, prompt, 16, seed, args))
+            video = engine.run(JobSpec.from_dict(make_job(model, prompt, 16, seed, args))).frames
             track = shapes.track_clip(video)
             want = shapes.parse_caption(prompt)
             got = (track.colour, track.shape, track.direction)
@@ -136,7 +138,7 @@ def tracker_accuracy(count: int = 64) -> float:
 def run_jobs_on_rank(comm: Communicator, jobs: list[dict[str, Any]]) -> list[np.ndarray | None]:
     """Target for run_on_local_ranks: one engine per rank, every job in order; rank 0 gets the videos."""
     engine = Engine(comm)
-    return [engine.run(job) for job in jobs]
+    return [engine.run(JobSpec.from_dict(job)).frames for job in jobs]
 
 
 def frame_differences(video: np.ndarray) -> np.ndarray:
@@ -257,9 +259,9 @@ def contact_sheet(video: np.ndarray, borders: list[int], path: Path, span: int =
     imageio.imwrite(path, np.concatenate(rows[:-1], axis=0))
 
 
-def write_mp4(video: np.ndarray, path: Path, fps: int = shapes.FPS, factor: int = 4) -> None:
+def write_upscaled_mp4(video: np.ndarray, path: Path, fps: int = shapes.FPS, factor: int = 4) -> None:
     frames = [upscale(frame, factor) for frame in video]
-    imageio.mimwrite(path, frames, fps=fps, codec="libx264", quality=8, macro_block_size=16)
+    write_mp4(str(path), frames, frames[0].shape[1], frames[0].shape[0], fps)
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,7 @@ def pictures(
     for case in cases:
         video = by_key[(case, first_prompt, first_seed)]
         contact_sheet(video, borders, out / f"{case}_border.png")
-        write_mp4(video, out / f"{case}.mp4")
+        write_upscaled_mp4(video, out / f"{case}.mp4")
     # Exact vs reference: how far the reference code's quirks move the very same job.
     gaps = [
         float(np.abs(by_key[("c_dual_scope", p, s)].astype(np.float32) - by_key[("d_reference", p, s)]).mean())

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from distributed.layout import FrameLayout
-from distributed.local_ranks import run_on_local_ranks
-from distributed.models.tiny import tiny_unet_config
-from distributed.models.unet3d import UNet3DVideoCrafterConditionModel
-from distributed.settings import DualScopeSettings
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel
+from support.local_ranks import run_on_local_ranks
+from support.tiny_models import tiny_unet_config
 
 from .bench_targets import TEXT_TOKENS, step_target
 from .common import (

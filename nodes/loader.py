@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from ..distributed.engine.choices import DTYPES
 from . import model_paths
 from .api import CATEGORY, VideoModel, io
 from .values import ModelChoice
-
-DTYPES = ("fp32", "fp16", "bf16")  # the engine's choices (distributed/job.py)
 
 
 class LoadVideoModel(io.ComfyNode):
@@ -43,7 +42,9 @@ class LoadVideoModel(io.ComfyNode):
                     "are fastest and safest in fp32.",
                 ),
             ],
-            outputs=[VideoModel.Output(display_name="model", tooltip="The model choice, for the Clip-Parallel Sampler.")],
+            outputs=[
+                VideoModel.Output(display_name="model", tooltip="The model choice, for the Clip-Parallel Sampler.")
+            ],
         )
 
     @classmethod

@@ -35,8 +35,19 @@ class WorkerPool(io.ComfyNode):
                     min=10.0,
                     max=86400.0,
                     step=10.0,
-                    tooltip="Seconds a worker may stay silent (no step finished) before the job is failed and "
-                    "the pool torn down, so a hung worker cannot block ComfyUI forever.",
+                    tooltip="Seconds a worker may wait for the others inside one exchange before the job is failed "
+                    "and the pool torn down, so a hung worker cannot block ComfyUI forever. Changing it restarts "
+                    "the workers.",
+                ),
+                io.Float.Input(
+                    "job_timeout_s",
+                    default=0.0,
+                    min=0.0,
+                    max=604800.0,
+                    step=60.0,
+                    optional=True,
+                    tooltip="Seconds the sampler waits for a video before cancelling it (0: no limit). Changing it "
+                    "keeps the warm workers.",
                 ),
             ],
             outputs=[Pool.Output(display_name="pool", tooltip="The device layout, for the Clip-Parallel Sampler.")],
@@ -53,9 +64,10 @@ class WorkerPool(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, devices: str, keep_warm: bool, timeout_s: float) -> io.NodeOutput:
+    def execute(cls, devices: str, keep_warm: bool, timeout_s: float, job_timeout_s: float = 0.0) -> io.NodeOutput:
         _resolve(devices)
-        return io.NodeOutput(PoolChoice(devices=devices, keep_warm=keep_warm, timeout_s=timeout_s))
+        choice = PoolChoice(devices=devices, keep_warm=keep_warm, timeout_s=timeout_s, job_timeout_s=job_timeout_s)
+        return io.NodeOutput(choice)
 
 
 def _resolve(text: str) -> list[str]:

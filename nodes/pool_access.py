@@ -8,24 +8,21 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from . import devices
 from .values import PoolChoice
-
-_keep_warm: dict[str, bool] = {}  # what the panel shows next to the engine's own status
 
 
 def get_pool(choice: PoolChoice):
     """The shared pool for this choice: the warm one while the devices stay the same, else a fresh one."""
     from ..distributed.pool import PoolConfig, shared_pool
 
-    config = PoolConfig(devices=devices.resolve(choice.devices), collective_timeout_s=choice.timeout_s)
-    pool = shared_pool(config)
-    _keep_warm["value"] = choice.keep_warm
-    return pool
+    config = PoolConfig(devices=choice.devices, collective_timeout_s=choice.timeout_s, keep_warm=choice.keep_warm)
+    config.local_devices()  # resolves "auto" and checks the devices before anything starts
+    return shared_pool(config)
 
 
-def release_if_cold(choice: PoolChoice) -> None:
-    if not choice.keep_warm:
+def release_if_cold(pool) -> None:
+    """After a job: stop the workers unless the pool's choice is to keep them warm."""
+    if not pool.config.keep_warm:
         unload()
 
 
@@ -55,7 +52,6 @@ def status() -> dict[str, Any]:
     if pool is not None:
         try:
             info.update(pool.status())
-            info["keep_warm"] = _keep_warm.get("value", True)
         except Exception as error:  # noqa: BLE001 - the panel shows what went wrong instead of failing
             info.update(state="error", error=str(error))
     info["machine"] = machine_memory()

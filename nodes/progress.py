@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+STOP_WAIT_S = 60.0  # a cancelled job stops at the next step; past this the pool's own timeouts act
 POLL_S = 0.1
 _PHASES = {"loading": "loading the model", "denoising": "denoising", "decoding": "decoding", "gathering": "gathering"}
 
@@ -62,28 +63,34 @@ class JobProgress:
             pass
 
 
-def wait_for(handle: Any, progress: JobProgress, timeout_s: float) -> np.ndarray:
-    """Polls events, forwards Cancel, and returns the uint8 frames; raises ComfyUI's interrupt on Cancel."""
+def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> np.ndarray:
+    """Polls events, forwards Cancel, and returns the uint8 frames; raises ComfyUI's interrupt on Cancel.
+
+    job_timeout_s > 0: past it the job is cancelled and the node fails saying so (the pool stays warm).
+    """
     import comfy.model_management as mm
 
-    from ..distributed.errors import JobCancelled
+    from ..distributed.engine.errors import JobCancelled
     from ..distributed.pool import PoolError, WorkerError
 
+    deadline = time.monotonic() + job_timeout_s if job_timeout_s > 0 else None
     while not handle.done():
         if mm.processing_interrupted():  # only reads the flag; it is cleared below, in this thread
-            handle.cancel()
-            try:
-                handle.result(timeout=timeout_s)
-            except (JobCancelled, WorkerError, PoolError, TimeoutError):
-                pass  # the user asked to stop: how the workers ended does not matter here
+            _stop(handle)
             mm.throw_exception_if_processing_interrupted()
+        if deadline is not None and time.monotonic() > deadline:
+            _stop(handle)
+            raise WorkerFailed(
+                f"Video-Infinity: the video took longer than job_timeout_s ({job_timeout_s:.0f} s) and was cancelled; "
+                "raise job_timeout_s on the Worker Pool node (0 waits without limit)"
+            )
         for event in handle.poll_events():
             progress.on_event(event)
         time.sleep(POLL_S)
     for event in handle.poll_events():
         progress.on_event(event)
     try:
-        frames = handle.result(timeout=timeout_s)
+        frames = handle.result()
     except JobCancelled:
         mm.interrupt_current_processing(True)  # cancelled from elsewhere (e.g. the panel): end like Cancel
         mm.throw_exception_if_processing_interrupted()
@@ -93,3 +100,12 @@ def wait_for(handle: Any, progress: JobProgress, timeout_s: float) -> np.ndarray
         raise WorkerFailed(f"Video-Infinity {error}") from error
     progress.finish(int(frames.shape[0]))
     return frames
+
+
+def _stop(handle: Any) -> None:
+    """Cancels the job and waits for the workers to agree on it; how they ended does not matter here."""
+    handle.cancel()
+    try:
+        handle.result(timeout=STOP_WAIT_S)
+    except Exception:  # noqa: BLE001 - JobCancelled, a worker error or a timeout: the job is over either way
+        pass

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from fractions import Fraction
 
 import numpy as np
 
+from ..distributed.engine.video_file import write_mp4
 from .api import CATEGORY, Frames, io, ui
 from .values import VideoFrames
 
@@ -27,27 +27,6 @@ def _uint8_frames(video: VideoFrames | None, images) -> tuple[Iterator[np.ndarra
     return convert(), images.shape[0], images.shape[1], images.shape[2]
 
 
-def write_mp4(path: str, frames: Iterator[np.ndarray], width: int, height: int, fps: float, crf: int) -> int:
-    """H.264 in yuv420p (plays everywhere). Returns the number of frames written."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(1001)
-    count = 0
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
-        for frame in frames:
-            if frame.shape[0] != stream.height or frame.shape[1] != stream.width:
-                frame = np.pad(frame, ((0, stream.height - frame.shape[0]), (0, stream.width - frame.shape[1]), (0, 0)),
-                               mode="edge")
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            count += 1
-        container.mux(stream.encode(None))
-    return count
-
-
 class SaveVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -58,16 +37,34 @@ class SaveVideo(io.ComfyNode):
             description="Writes an H.264 mp4 into ComfyUI's output folder, streaming frame by frame so long "
             "videos do not need a float32 copy in memory.",
             inputs=[
-                Frames.Input("video_frames", optional=True,
-                             tooltip="uint8 frames from the Clip-Parallel Sampler (preferred for long videos)."),
-                io.Image.Input("images", optional=True,
-                               tooltip="Or any IMAGE batch (converted to uint8 one frame at a time)."),
-                io.Float.Input("fps", default=8.0, min=0.1, max=120.0, step=0.1,
-                               tooltip="Frame rate for an IMAGE batch; video_frames carry their own."),
-                io.String.Input("filename_prefix", default="video-infinity/video",
-                                tooltip="File name prefix inside ComfyUI's output folder; may contain subfolders."),
-                io.Int.Input("crf", default=19, min=0, max=51,
-                             tooltip="H.264 quality: lower is better and larger (0 lossless, 19 good, 28 small)."),
+                Frames.Input(
+                    "video_frames",
+                    optional=True,
+                    tooltip="uint8 frames from the Clip-Parallel Sampler (preferred for long videos).",
+                ),
+                io.Image.Input(
+                    "images", optional=True, tooltip="Or any IMAGE batch (converted to uint8 one frame at a time)."
+                ),
+                io.Float.Input(
+                    "fps",
+                    default=8.0,
+                    min=0.1,
+                    max=120.0,
+                    step=0.1,
+                    tooltip="Frame rate for an IMAGE batch; video_frames carry their own.",
+                ),
+                io.String.Input(
+                    "filename_prefix",
+                    default="video-infinity/video",
+                    tooltip="File name prefix inside ComfyUI's output folder; may contain subfolders.",
+                ),
+                io.Int.Input(
+                    "crf",
+                    default=19,
+                    min=0,
+                    max=51,
+                    tooltip="H.264 quality: lower is better and larger (0 lossless, 19 good, 28 small).",
+                ),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Absolute path of the written mp4.")],
             is_output_node=True,
@@ -80,8 +77,9 @@ class SaveVideo(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, fps: float, filename_prefix: str, crf: int, video_frames: VideoFrames | None = None,
-                images=None) -> io.NodeOutput:
+    def execute(
+        cls, fps: float, filename_prefix: str, crf: int, video_frames: VideoFrames | None = None, images=None
+    ) -> io.NodeOutput:
         import folder_paths
 
         if video_frames is None and images is None:

@@ -15,15 +15,19 @@ class ModelChoice:
     dtype: str
     name: str  # what the user picked, for messages
 
-    def job_model(self) -> dict[str, Any]:
-        return {"base": self.base, "unet": self.unet, "dtype": self.dtype}
+    def spec(self):
+        """The engine's ModelSpec for this choice."""
+        from ..distributed.engine.job import ModelSpec
+
+        return ModelSpec(base=self.base, unet=self.unet, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
 class PoolChoice:
     devices: str  # "auto", "cpu:N", "cuda:all" or a comma list such as "cuda:0,cuda:1"
     keep_warm: bool = True
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # the longest a worker may wait for the others inside a collective
+    job_timeout_s: float = 0.0  # the longest the node waits for the video before cancelling it; 0: no limit
 
 
 @dataclass
@@ -33,7 +37,3 @@ class VideoFrames:
     frames: np.ndarray
     fps: float
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def count(self) -> int:
-        return int(self.frames.shape[0])

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the pack's own helpers, e.g. the pool's free_port
+
+from distributed.pool.netutil import free_port  # noqa: E402
+
 HOST_DIR = REPO / ".host"
 TREE = HOST_DIR / "comfyui"
 BASE = HOST_DIR / "base"
@@ -138,12 +142,6 @@ def prepare_base(base: Path = BASE, folder_name: str = PACK_FOLDER) -> Path:
         (base / name).mkdir(parents=True, exist_ok=True)
     copy_pack(base / "custom_nodes", folder_name)
     return base
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed.models.tiny import build_tiny_pipeline
+from support.tiny_models import build_tiny_pipeline
 
 
 @pytest.fixture(scope="session")

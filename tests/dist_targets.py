@@ -6,13 +6,13 @@ from typing import Any
 
 import torch
 
-from distributed.comm import Communicator
-from distributed.context import TemporalContext
-from distributed.layout import FrameLayout
-from distributed.models.tiny import tiny_unet_config
-from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
-from distributed.patch import patch_unet
-from distributed.settings import DualScopeSettings
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
+from distributed.models.unet3d.patch import patch_unet
+from support.tiny_models import tiny_unet_config
 
 
 def random_unet(seed: int, dtype: torch.dtype, fps_cond: bool = True) -> UNet3DVideoCrafterConditionModel:
@@ -69,7 +69,7 @@ def temporal_conv_call(comm: Communicator, frames: int, mode: str, norm_window: 
 
 def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:
     """merged_statistics on uneven fp32 pieces of one random (2, 3, sum(sizes)) tensor."""
-    from distributed.temporal_conv import merged_statistics
+    from distributed.models.unet3d.temporal_conv import merged_statistics
 
     whole = torch.randn(2, 3, sum(sizes), generator=torch.Generator().manual_seed(5)) * 3 + 40
     start = sum(sizes[: comm.rank])

@@ -9,12 +9,13 @@ from typing import Any
 
 import psutil
 
+from distributed.engine.job import JobSpec
 from distributed.pool import JobHandle, ProgressEvent
 
 STANDIN_ENGINE = f"{Path(__file__).with_name('pool_standin_engine.py')}:make_engine"
 
 
-def tiny_job(pipeline: Path | str, **overrides: Any) -> dict[str, Any]:
+def tiny_job(pipeline: Path | str, **overrides: Any) -> JobSpec:
     """A job the tiny random pipeline runs in about a second per step on one CPU core."""
     job: dict[str, Any] = {
         "model": {"base": str(pipeline), "unet": None, "dtype": "fp32"},
@@ -29,7 +30,7 @@ def tiny_job(pipeline: Path | str, **overrides: Any) -> dict[str, Any]:
         "attention": {"local_window": 2, "global_frames": 4},
     }
     job.update(overrides)
-    return job
+    return JobSpec.from_dict(job)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

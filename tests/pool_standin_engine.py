@@ -1,5 +1,5 @@
-"""A stand-in engine with the real engine's contract (run, loads, release), for pool tests about process
-handling, where importing the real engine would only make every worker start slower.
+"""A stand-in engine with the real engine's contract (engine.contract.JobEngine), for pool tests about process
+handling, where loading a real model would only make every worker start slower.
 
 Loaded by file path inside worker processes (PoolConfig.engine_factory). Frame t of a job is filled with
 (seed + t) % 256; each denoising step sleeps briefly; rank 0 decides about cancel and broadcasts it.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -24,19 +23,19 @@ class StandInEngine:
     def __init__(self, rank: int, world_size: int, device: torch.device):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.loads = 0
-        # The worker reads the final latents from here, as from the real engine; the stand-in makes none.
-        self.last_stats = SimpleNamespace(latents=None)
         self._key: Any = None
-        # The worker catches the engine's own JobCancelled, registered under the workers' module name.
-        self._cancelled = importlib.import_module("video_infinity_engine.errors").JobCancelled
+        # The engine's own types, registered under the workers' module name.
+        self._cancelled = importlib.import_module("video_infinity_engine.engine.errors").JobCancelled
+        contract = importlib.import_module("video_infinity_engine.engine.contract")
+        self._result, self._stats = contract.GenerationResult, contract.RunStats
 
     def run(self, job, on_progress=None, should_cancel=None, allocate_output=None):
         progress = on_progress or (lambda step, total, phase: None)
-        if self._key != job["model"]["base"]:
+        if self._key != job.model.base:
             self.loads += 1
-            self._key = job["model"]["base"]
-        frames, height, width, steps = job["frames"], job["height"], job["width"], job["steps"]
-        if job.get("negative_prompt") == f"stand-in: hang rank {self.rank}":
+            self._key = job.model.base
+        frames, height, width, steps = job.frames, job.height, job.width, job.steps
+        if job.negative_prompt == f"stand-in: hang rank {self.rank}":
             time.sleep(3600)
         for step in range(steps):
             flag = torch.tensor([int(bool(should_cancel and should_cancel()))])
@@ -52,18 +51,18 @@ class StandInEngine:
         first = self.rank * per_rank
         mine = torch.empty((per_rank, height, width, 3), dtype=torch.uint8)
         for index in range(per_rank):
-            mine[index] = (job["seed"] + first + index) % 256
+            mine[index] = (job.seed + first + index) % 256
         parts = [torch.empty_like(mine) for _ in range(self.world_size)]
         if self.world_size > 1:
             dist.all_gather(parts, mine)
         else:
             parts = [mine]
         if self.rank != 0:
-            return None
+            return self._result(frames=None, latents=None, stats=self._stats())
         shape = (frames, height, width, 3)
         out = allocate_output(shape) if allocate_output else np.empty(shape, np.uint8)
         out[...] = torch.cat(parts).numpy()
-        return out
+        return self._result(frames=out, latents=None, stats=self._stats())
 
     def release(self) -> None:
         self._key = None

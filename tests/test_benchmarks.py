@@ -19,11 +19,11 @@ from benchmarks.common import (
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
 from benchmarks.quality import rank_colour_spread
 from benchmarks.scaling import analytic_traffic, tiny_shapes
-from distributed.comm import Communicator
-from distributed.layout import FrameLayout
-from distributed.local_ranks import run_on_local_ranks
-from distributed.models.unet3d import run_unet3d
-from distributed.settings import DualScopeSettings
+from distributed.engine.comm import Communicator
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.model import run_unet3d
+from support.local_ranks import run_on_local_ranks
 from training import shapes_data as shapes
 
 

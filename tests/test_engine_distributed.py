@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distributed.local_ranks import run_job, run_on_local_ranks
+from support.local_ranks import run_job, run_on_local_ranks
 
 from .dist_targets import groupnorm_statistics, temporal_conv_call, unet_call
 

@@ -5,22 +5,24 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from distributed.attention import band_plan
-from distributed.comm import Communicator
-from distributed.context import TemporalContext
-from distributed.engine import Engine
-from distributed.errors import InvalidSettingsError, ModelLoadError
-from distributed.job import JobSpec
-from distributed.layout import FrameLayout, global_indices_exact, global_indices_reference
-from distributed.models.tiny import tiny_text_encoder
-from distributed.models.unet3d import run_unet3d
-from distributed.patch import patch_unet
-from distributed.settings import DualScopeSettings
+from distributed.engine.banded import band_plan
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.errors import InvalidSettingsError, ModelLoadError
+from distributed.engine.family import family
+from distributed.engine.job import JobSpec
+from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference
+from distributed.engine.runner import Engine
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.model import run_unet3d
+from distributed.models.unet3d.patch import patch_unet
+from support.tiny_models import tiny_text_encoder
 
 from .dist_targets import random_unet
 
@@ -69,8 +71,20 @@ def test_reference_global_frames_follow_the_per_rank_rule():
 
 
 def plan(mode_exact: bool, timestep_global: bool, start: int = 0, frames: int = 6, total: int = 12):
-    return band_plan(frames, start, total, 2, 3, mode_exact, 0.0 if timestep_global else 10.0,
-                     10.0 if timestep_global else 0.0, 1.0, False, torch.device("cpu"), torch.float64)
+    return band_plan(
+        frames,
+        start,
+        total,
+        2,
+        3,
+        mode_exact,
+        0.0 if timestep_global else 10.0,
+        10.0 if timestep_global else 0.0,
+        1.0,
+        False,
+        torch.device("cpu"),
+        torch.float64,
+    )
 
 
 def visible_local_frames(p, frames: int, start: int, query: int) -> list[int]:
@@ -135,7 +149,7 @@ def test_bad_jobs_name_the_problem(change, message):
 def run_engine(base, **job):
     spec = {"model": {"base": str(base)}, "prompt": "a red ball", "frames": 16, "height": 16, "width": 16, "steps": 1}
     spec.update(job)
-    return Engine(Communicator.single()).run(spec)
+    return Engine(Communicator.single()).run(JobSpec.from_dict(spec)).frames
 
 
 def test_unknown_model_folder(tmp_path):
@@ -177,10 +191,31 @@ def test_single_file_unet_override_with_fps_weights(tiny_pipeline, tmp_path):
     assert any(key.startswith("fps_embedding.") for key in state)
     save_file(state, str(tmp_path / "videocrafter2.safetensors"))
     engine = Engine(Communicator.single())
-    job = {"model": {"base": str(tiny_pipeline), "unet": str(tmp_path / "videocrafter2.safetensors")},
-           "prompt": "red", "frames": 16, "height": 16, "width": 16, "steps": 1, "sampler": "ddim"}
-    frames = engine.run(job)
+    job = {
+        "model": {"base": str(tiny_pipeline), "unet": str(tmp_path / "videocrafter2.safetensors")},
+        "prompt": "red",
+        "frames": 16,
+        "height": 16,
+        "width": 16,
+        "steps": 1,
+        "sampler": "ddim",
+    }
+    spec = JobSpec.from_dict(job)
+    frames = engine.run(spec).frames
     assert frames.shape == (16, 16, 16, 3)
-    assert engine.pipeline(JobSpec.from_dict(job).model).unet.fps_cond
-    engine.run(job)
+    assert engine.model(spec.model).unet.fps_cond
+    engine.run(spec)
     assert engine.loads == 1  # warm: same files, same dtype
+
+
+def test_an_unknown_model_family_names_the_supported_ones():
+    with pytest.raises(InvalidSettingsError, match=r"model family 'wan' is not supported; supported: \['unet3d'\]"):
+        family("wan")
+
+
+def test_the_engine_core_imports_neither_the_pool_nor_an_entry_point_nor_a_family():
+    core = Path(__file__).resolve().parents[1] / "distributed" / "engine"
+    for module in core.glob("*.py"):
+        text = module.read_text()
+        for layer in ("..pool", "..cli", "..models", "nodes", "comfy"):
+            assert f"from {layer}" not in text and f"import {layer}" not in text, f"{module.name} imports {layer}"

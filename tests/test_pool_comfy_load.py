@@ -34,7 +34,8 @@ pool_api = importlib.import_module(name + ".distributed.pool")
 job = {"model": {"base": sys.argv[2]}, "prompt": "a red ball", "frames": 2, "height": 32, "width": 32,
        "steps": 2, "cfg": 7.0, "sampler": "ddim", "seed": 0, "attention": {"global_frames": 2, "local_window": 1}}
 pool = pool_api.shared_pool(pool_api.PoolConfig(devices="cpu:1"))
-frames = pool.submit(job).result(180)
+job_api = importlib.import_module(name + ".distributed.engine.job")
+frames = pool.submit(job_api.JobSpec.from_dict(job)).result(180)
 print(json.dumps({
     "shape": list(frames.shape),
     "plain_name_importable": importlib.util.find_spec("distributed") is not None,

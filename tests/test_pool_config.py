@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from distributed.errors import InvalidSettingsError
+from distributed.engine.errors import InvalidSettingsError
 from distributed.pool import PoolConfig, WorkerPool, parse_devices
 
 pytestmark = [pytest.mark.pool, pytest.mark.timeout(30)]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from distributed.engine.job import JobSpec
 from distributed.pool import PoolConfig, WorkerError, WorkerPool
 from tests.pool_fixtures import STANDIN_ENGINE, alive, first_denoising_step, tiny_job, wait_for
 
@@ -116,7 +117,7 @@ def test_a_hung_rank_cannot_hang_the_caller_past_the_collective_timeout() -> Non
                "attention": {"global_frames": 1, "local_window": 1}}  # fmt: skip
         began = time.monotonic()
         with pytest.raises(WorkerError) as failed:
-            pool.submit(job).result(30)
+            pool.submit(JobSpec.from_dict(job)).result(30)
         assert time.monotonic() - began < 15
         assert failed.value.rank == 0 and "timed out" in failed.value.message.lower(), str(failed.value)
         assert wait_for(lambda: not alive(pids), 5), "the hung rank was left running"

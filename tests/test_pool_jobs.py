@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed.errors import InvalidSettingsError, JobCancelled
+from distributed.engine.errors import InvalidSettingsError, JobCancelled
 from distributed.pool import PoolConfig, WorkerPool, shared_pool
 from tests.pool_fixtures import first_denoising_step, tiny_job
 

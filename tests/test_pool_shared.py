@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from distributed.engine.job import JobSpec
 from distributed.pool import PoolConfig, current_shared_pool, shared_pool, shutdown_shared_pool
 from tests.pool_fixtures import STANDIN_ENGINE, alive, wait_for
 
 pytestmark = [pytest.mark.pool, pytest.mark.timeout(120)]
 
 
-def job(frames: int = 2) -> dict:
-    return {"model": {"base": "stand-in"}, "prompt": "a red ball", "frames": frames, "height": 16, "width": 16,
-            "steps": 2, "seed": 5, "attention": {"global_frames": 1, "local_window": 1}}  # fmt: skip
+def job(frames: int = 2) -> JobSpec:
+    return JobSpec.from_dict({"model": {"base": "stand-in"}, "prompt": "a red ball", "frames": frames, "height": 16, "width": 16,
+            "steps": 2, "seed": 5, "attention": {"global_frames": 1, "local_window": 1}})  # fmt: skip
 
 
 def test_equal_config_reuses_the_warm_pool_and_a_new_config_replaces_it() -> None:

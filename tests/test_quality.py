@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed.comm import Communicator
-from distributed.engine import Engine
+from distributed.engine.comm import Communicator
+from distributed.engine.job import JobSpec
+from distributed.engine.runner import Engine
 from training import shapes_data as shapes
 from training.word_use import denoising_errors, load_model
 
@@ -30,7 +31,7 @@ def generate(engine: Engine, prompt: str, seed: int) -> np.ndarray:
         "seed": seed,
         "fps": shapes.FPS,
     }
-    return engine.run(job)
+    return engine.run(JobSpec.from_dict(job)).frames
 
 
 @pytest.fixture(scope="module")

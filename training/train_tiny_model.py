@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from distributed.models.tiny import (
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
+from support.tiny_models import (
     TOKENIZER_MAX_LENGTH,
     default_scheduler,
     save_pipeline,
@@ -45,7 +46,6 @@ from distributed.models.tiny import (
     tiny_vae,
     write_word_tokenizer,
 )
-from distributed.models.unet3d import UNet3DVideoCrafterConditionModel, run_unet3d
 from training import shapes_data as data
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from distributed.job import ModelSpec
-from distributed.loader import LoadedPipeline, load_pipeline
-from distributed.models.tiny import default_scheduler
-from distributed.models.unet3d import run_unet3d
+from distributed.engine.job import ModelSpec
+from distributed.models.unet3d.loader import LoadedPipeline, load_pipeline
+from distributed.models.unet3d.model import run_unet3d
+from support.tiny_models import default_scheduler
 from training import shapes_data as data
 from training.train_tiny_model import DEFAULT_OUTPUT as DEFAULT_MODEL
 from training.train_tiny_model import encode_text

@@ -4,7 +4,7 @@ Public API (what the ComfyUI nodes call):
 
     config = PoolConfig(devices="cuda:all")          # or "cpu:2", ["cuda:0", "cuda:1"], workers=N, ...
     pool = shared_pool(config)                        # warm pool reused while the config is equal
-    handle = pool.submit(job_dict)                    # validates (InvalidSettingsError), starts the pool if needed
+    handle = pool.submit(job)                         # a JobSpec; checks the split, starts the pool if needed
     handle.poll_events()                              # [ProgressEvent(step, total, phase, time)], never blocks
     handle.cancel(); handle.done()
     frames = handle.result(timeout)                   # (T, H, W, 3) uint8 numpy over shared memory
@@ -15,7 +15,7 @@ Public API (what the ComfyUI nodes call):
 
 Additions beyond that: WorkerPool(config) for a private pool (a context manager), pool.start(),
 pool.run(job), pool.restart(), pool.shutdown(), pool.join_address (multi-machine pools),
-pool.worker_pids(), handle.wait(timeout), handle.exception(timeout), handle.latest (last ProgressEvent),
+pool.worker_pids(), handle.wait(timeout), handle.latents(timeout), handle.latest (last ProgressEvent),
 current_shared_pool(), and run_agent() behind `python -m distributed.cli join`.
 
 Phases: "loading", "denoising", "decoding", "gathering" (from the engine).

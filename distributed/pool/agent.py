@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..engine.choices import gpu_count
 from .config import parse_devices
+from .events import Died, to_wire
 from .join import PROTOCOL_VERSION, send_line
 from .launch import kill_all, spawn_context, start_worker
 from .netutil import parse_address
+from .worker_args import GroupSettings, WorkerArgs
 
 REFUSED = 2
 UNREACHABLE = 1
@@ -37,7 +40,7 @@ def run_agent(
 ) -> int:
     """Serves pools at `address` until the coordinator goes away (or forever, unless `once`). Returns an exit code."""
     host, port = parse_address(address)
-    local = parse_devices(devices, _cuda_count())
+    local = parse_devices(devices, gpu_count())
     while True:
         sock = _connect(host, port, time.monotonic() + connect_timeout_s)
         if sock is None:
@@ -73,7 +76,8 @@ def _serve(
             if message.get("op") == "start":
                 if workers is not None:
                     workers.stop()
-                workers = AgentWorkers(sock, lock, _localise(message, here))
+                group = GroupSettings.from_dict(message["group"]).reached_from(here["host"], here["network_interface"])
+                workers = AgentWorkers(sock, lock, group, message["ranks"], message["devices"])
                 log(f"node agent: started ranks {message['ranks']}")
             elif message.get("op") == "stop" and workers is not None:
                 workers.stop()
@@ -87,15 +91,16 @@ def _serve(
 class AgentWorkers:
     """This machine's workers of one process group, with their events relayed to the coordinator."""
 
-    def __init__(self, sock: socket.socket, lock: threading.Lock, start: dict[str, Any]):
+    def __init__(
+        self, sock: socket.socket, lock: threading.Lock, group: GroupSettings, ranks: list[int], devices: list[str]
+    ):
         self._sock, self._lock = sock, lock
         self._stopping = threading.Event()
         ctx = spawn_context()
         self._events = ctx.Queue()
-        common = {k: v for k, v in start.items() if k not in ("op", "ranks", "devices")}
         self._processes: dict[int, Any] = {}
-        for rank, device in zip(start["ranks"], start["devices"], strict=True):
-            args = dict(common, rank=rank, device=device, events=self._events, parent_pid=os.getpid())
+        for rank, device in zip(ranks, devices, strict=True):
+            args = WorkerArgs(group, rank, device, parent_pid=os.getpid(), events=self._events)
             self._processes[rank] = start_worker(ctx, args)
         threading.Thread(target=self._relay, name="agent-relay", daemon=True).start()
 
@@ -117,24 +122,13 @@ class AgentWorkers:
             for rank, process in self._processes.items():
                 if process.exitcode is not None and rank not in reported and not self._stopping.is_set():
                     reported.add(rank)
-                    self._send({"type": "died", "rank": rank, "exitcode": process.exitcode, "time": time.time()})
+                    self._send(to_wire(Died(rank, exitcode=process.exitcode)))
 
     def _send(self, event: dict[str, Any]) -> None:
         try:
             send_line(self._sock, self._lock, event)
         except OSError:
             self._stopping.set()
-
-
-def _localise(start: dict[str, Any], here: dict[str, Any]) -> dict[str, Any]:
-    """The coordinator's start message, with what only this machine knows: the store is reached through the
-    address the agent joined through, and this machine's own network interface (if given) is used."""
-    start = dict(start)
-    if start["store"].get("kind") == "tcp":
-        start["store"] = dict(start["store"], host=here["host"])
-    if here.get("network_interface"):
-        start["network_interface"] = here["network_interface"]
-    return start
 
 
 def _connect(host: str, port: int, deadline: float) -> socket.socket | None:
@@ -147,9 +141,3 @@ def _connect(host: str, port: int, deadline: float) -> socket.socket | None:
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.5)
-
-
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
-from ..errors import InvalidSettingsError
+from ..engine.choices import AUTO_DEVICES, expand_devices, gpu_count
+from ..engine.errors import InvalidSettingsError
 from .netutil import check_port_free
 
 BACKENDS = ("auto", "nccl", "gloo")
@@ -16,11 +17,11 @@ BACKENDS = ("auto", "nccl", "gloo")
 class PoolConfig:
     """How many workers, on which devices, and how the process group is formed.
 
-    devices: "cpu:N" (N CPU workers), "cuda:all" (every visible GPU), "cuda:0,2", or a list such as
-    ["cuda:0", "cuda:1"] or ["cpu", "cpu"]. `workers` takes the first N of them.
+    devices: "auto" (every GPU, else two CPU workers), "cpu:N" (N CPU workers), "cuda:all" (every visible
+    GPU), "cuda:0,2", or a list such as ["cuda:0", "cuda:1"] or ["cpu", "cpu"]. `workers` takes the first N.
     """
 
-    devices: str | Sequence[str] = "cpu:1"
+    devices: str | Sequence[str] = AUTO_DEVICES
     workers: int | None = None
     backend: str = "auto"
     host: str = "127.0.0.1"  # the address the coordinator listens on; loopback unless the user opens it
@@ -33,6 +34,8 @@ class PoolConfig:
     threads_per_worker: int = 1  # torch CPU threads per worker
     network_interface: str | None = None  # gloo/NCCL socket interface for multi-machine pools
     engine_factory: str | None = None  # "file.py:callable" building another engine per rank (tests, benchmarks)
+    # What happens after a job, not what the pool is: a change needs no restart (ignored by ==).
+    keep_warm: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, str):
@@ -44,7 +47,7 @@ class PoolConfig:
 
     def local_devices(self, cuda_count: int | None = None) -> list[str]:
         """The devices of this machine's workers, in rank order. Raises InvalidSettingsError."""
-        devices = parse_devices(self.devices, _cuda_count() if cuda_count is None else cuda_count)
+        devices = parse_devices(self.devices, gpu_count() if cuda_count is None else cuda_count)
         if self.workers is not None:
             if self.workers < 1:
                 raise InvalidSettingsError(f"workers is {self.workers}; it must be at least 1")
@@ -86,13 +89,10 @@ class PoolConfig:
                 check_port_free(self.host, port, what)
         return devices, backend
 
-    def with_changes(self, **changes: object) -> PoolConfig:
-        return replace(self, **changes)
-
 
 def parse_devices(spec: str | Sequence[str], cuda_count: int) -> list[str]:
     if isinstance(spec, str):
-        spec = spec.strip().lower()
+        spec = expand_devices(spec)
         if spec == "cuda:all":
             if cuda_count == 0:
                 raise InvalidSettingsError("'cuda:all' asked for, but this machine has no visible CUDA device")
@@ -147,9 +147,3 @@ def _count(text: str, spec: str, minimum: int = 1) -> int:
     if value < minimum:
         raise InvalidSettingsError(f"device {spec!r}: the number must be at least {minimum}")
     return value
-
-
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import VideoInfinityError
+from ..engine.errors import VideoInfinityError
 
 
 class PoolError(VideoInfinityError):

@@ -5,32 +5,32 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .pool import WorkerPool
+from ..engine.job import JobSpec
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
     step: int
     total: int
-    phase: str  # "loading", "denoising", "decoding" or "gathering"
+    phase: str  # one of engine.contract.PHASES
     time: float  # seconds since the epoch, when the worker reported it
 
 
 class JobHandle:
-    def __init__(self, pool: WorkerPool, job_id: int, job: dict[str, Any]):
+    """Filled in by the pool (record_progress, complete); read by the caller."""
+
+    def __init__(self, job_id: int, job: JobSpec, request_cancel: Callable[[int], None]):
         self.id = job_id
         self.job = job
-        self.submitted_at = time.monotonic()
         self.finished_at: float | None = None
         self.cancel_requested_at: float | None = None
         self.latest: ProgressEvent | None = None
-        self._pool = pool
+        self._request_cancel = request_cancel
         self._events: deque[ProgressEvent] = deque()
         self._done = threading.Event()
         self._frames: np.ndarray | None = None
@@ -48,7 +48,7 @@ class JobHandle:
         """Asks every rank to stop at the next denoising step; result() then raises JobCancelled."""
         if not self._done.is_set():
             self.cancel_requested_at = time.monotonic()
-            self._pool._cancel(self.id)
+            self._request_cancel(self.id)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -58,8 +58,7 @@ class JobHandle:
 
     def result(self, timeout: float | None = None) -> np.ndarray:
         """(T, H, W, 3) uint8 frames. Raises JobCancelled, WorkerError, PoolError, or TimeoutError."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        self._wait_or_raise(timeout)
         if self._error is not None:
             raise self._error
         assert self._frames is not None
@@ -67,24 +66,23 @@ class JobHandle:
 
     def latents(self, timeout: float | None = None) -> np.ndarray | None:
         """Final latents (C, T, h, w) float32 of a finished job, before the VAE's scaling; None if failed."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
+        self._wait_or_raise(timeout)
         return self._latents
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} is still running after {timeout} s")
-        return self._error
-
-    def _push(self, event: ProgressEvent) -> None:
+    def record_progress(self, event: ProgressEvent) -> None:
         self.latest = event
         self._events.append(event)
 
-    def _finish(
+    def complete(
         self, frames: np.ndarray | None = None, error: BaseException | None = None, latents: np.ndarray | None = None
     ) -> None:
+        """The job's end: frames (and latents) or the error. Later calls are ignored."""
         if self._done.is_set():
             return
         self._frames, self._latents, self._error = frames, latents, error
         self.finished_at = time.monotonic()
         self._done.set()
+
+    def _wait_or_raise(self, timeout: float | None) -> None:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} is still running after {timeout} s")

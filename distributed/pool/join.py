@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import PoolError
+from .events import AgentLost, to_wire
+from .worker_args import GroupSettings
 
 HELLO_TIMEOUT_S = 10.0
 PROTOCOL_VERSION = 1
@@ -48,10 +50,11 @@ class AgentLink:
         self._on_lost = on_lost
         threading.Thread(target=self._read, name=f"agent-{self.host}", daemon=True).start()
 
-    def assign(self, ranks: list[int], on_event: Callable[[dict[str, Any]], None], start: dict[str, Any]) -> None:
+    def assign(self, ranks: list[int], on_event: Callable[[dict[str, Any]], None], group: GroupSettings) -> None:
+        """Starts `ranks` on the agent; their events (wire dicts) go to on_event."""
         self.ranks = ranks
         self._on_event = on_event
-        self.send({"op": "start", "ranks": ranks, "devices": self.devices[: len(ranks)], **start})
+        self.send({"op": "start", "ranks": ranks, "devices": self.devices[: len(ranks)], "group": group.to_dict()})
 
     def release(self) -> None:
         """Back to parked: the agent stops its workers and may join the next pool."""
@@ -90,7 +93,7 @@ class AgentLink:
         self.alive = False
         handler = self._on_event
         if handler is not None and self.ranks:
-            handler({"type": "agent_lost", "ranks": list(self.ranks), "host": self.host, "time": time.time()})
+            handler(to_wire(AgentLost(self.ranks[0], ranks=tuple(self.ranks), host=self.host)))
         self._on_lost(self)
 
 
@@ -170,6 +173,8 @@ class JoinListener:
             conn.settimeout(HELLO_TIMEOUT_S)
             reader = conn.makefile("r", encoding="utf-8")
             hello = json.loads(reader.readline() or "{}")
+            if not isinstance(hello, dict):
+                hello = {}
             if not token_matches(hello.get("token"), self._token):
                 self.refused += 1
                 send_line(conn, lock, {"ok": False, "error": "the token was refused; use the pool's --token"})
@@ -177,6 +182,14 @@ class JoinListener:
                 return
             if not hello.get("devices"):
                 send_line(conn, lock, {"ok": False, "error": "the agent offered no devices"})
+                conn.close()
+                return
+            if hello.get("version") != PROTOCOL_VERSION:
+                error = (
+                    f"the agent speaks join protocol {hello.get('version')!r} but this pool speaks {PROTOCOL_VERSION}; "
+                    "run the same version of the pack on every machine"
+                )
+                send_line(conn, lock, {"ok": False, "error": error})
                 conn.close()
                 return
             conn.settimeout(None)

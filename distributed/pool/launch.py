@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import runpy
 import signal
 import sys
@@ -15,6 +14,8 @@ from typing import Any
 
 import torch.multiprocessing as torch_mp
 
+from .worker_args import WorkerArgs
+
 BOOTSTRAP = str(Path(__file__).with_name("bootstrap.py"))
 _START_LOCK = threading.Lock()
 
@@ -23,13 +24,13 @@ def spawn_context() -> Any:
     return torch_mp.get_context("spawn")
 
 
-def start_worker(ctx: Any, args: dict[str, Any]) -> Any:
-    """Starts one worker. `args` must be plain data plus multiprocessing queues/values only."""
+def start_worker(ctx: Any, args: WorkerArgs) -> Any:
+    """Starts one worker. Its arguments travel as plain data (and multiprocessing queues) only."""
     process = ctx.Process(
         target=runpy.run_path,
         args=(BOOTSTRAP,),
-        kwargs={"init_globals": {"WORKER_ARGS": args}, "run_name": "video_infinity_bootstrap"},
-        name=f"video-infinity-rank{args['rank']}",
+        kwargs={"init_globals": {"WORKER_ARGS": args.to_dict()}, "run_name": "video_infinity_bootstrap"},
+        name=f"video-infinity-rank{args.rank}",
         daemon=True,
     )
     with _hidden_main_module():
@@ -78,13 +79,3 @@ def describe_exit(exitcode: int | None) -> str:
         hint = " (the system's out-of-memory killer sends this)" if -exitcode == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {exitcode}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

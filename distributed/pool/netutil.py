@@ -7,7 +7,7 @@ import socket
 
 import psutil
 
-from ..errors import InvalidSettingsError
+from ..engine.errors import InvalidSettingsError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -6,25 +6,27 @@ a lost node agent) tears the whole process group down; the next submit starts a 
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
 import time
+from dataclasses import asdict, replace
 from typing import Any
 
 import psutil
 
-from ..errors import JobCancelled, VideoInfinityError
-from ..job import JobSpec
+from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityError
+from ..engine.job import JobSpec
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
+from .events import AgentLost, Cancelled, Died, Failed, Progress, Ready, Result, Stats, WorkerEvent, from_wire
 from .handle import JobHandle, ProgressEvent
 from .join import JoinListener
 from .launch import describe_exit, kill_all, spawn_context, start_worker
 from .netutil import is_loopback, loopback_interface
 from .session import RankInfo, Session
 from .shm import take_frames, unlink_quietly
+from .worker_args import GroupSettings, StoreAddress, WorkerArgs
 
 FAULT_GRACE_S = 0.3  # after the first sign of a fault, wait this long for the root cause to arrive
 STOP_GRACE_S = 5.0
@@ -40,7 +42,7 @@ class WorkerPool:
         self._session: Session | None = None
         self._job: JobHandle | None = None
         self._next_id = 0
-        self._model: dict[str, Any] | None = None
+        self._model: dict[str, Any] | None = None  # the last job's model, for status()
         self._loads: int | None = None
         self._jobs_done = 0
         self._last_error: str | None = None
@@ -74,10 +76,11 @@ class WorkerPool:
             if not self.running:
                 self._start_session()
 
-    def submit(self, job: dict[str, Any] | JobSpec) -> JobHandle:
-        """Validates the job, starts the pool if needed, and hands the job to rank 0."""
-        job = _plain_job(job)
-        JobSpec.from_dict(job).validate(self.world_size)
+    def submit(self, job: JobSpec) -> JobHandle:
+        """Checks the job against the pool, starts the pool if needed, and hands the job to rank 0."""
+        if not isinstance(job, JobSpec):
+            raise InvalidSettingsError(f"submit takes a JobSpec (JobSpec.build or from_dict), not {type(job).__name__}")
+        job.validate(self.world_size)
         with self._submit_lock:
             current = self._job
             if current is not None and not current.done():
@@ -88,14 +91,15 @@ class WorkerPool:
                 raise PoolError(f"the pool stopped while starting: {self._last_error}")
             with self._lock:
                 self._next_id += 1
-                handle = JobHandle(self, self._next_id, job)
+                handle = JobHandle(self._next_id, job, self._request_cancel)
                 self._job = handle
-            session.jobs.put({"op": "job", "id": handle.id, "job": job})
+            # Plain data across the process boundary: rank 0 rebuilds the JobSpec and broadcasts it as JSON.
+            session.jobs.put({"op": "job", "id": handle.id, "job": job.to_dict()})
             if session.finished.is_set():  # it failed in the meantime: the monitor may have missed this job
-                handle._finish(error=session.failure or PoolError("the pool stopped"))
+                handle.complete(error=session.failure or PoolError("the pool stopped"))
         return handle
 
-    def run(self, job: dict[str, Any] | JobSpec, timeout: float | None = None) -> Any:
+    def run(self, job: JobSpec, timeout: float | None = None) -> Any:
         """submit() and result() in one call."""
         return self.submit(job).result(timeout)
 
@@ -133,6 +137,7 @@ class WorkerPool:
                 "backend": self.backend,
                 "devices": list(self.devices),
                 "remote_workers": self.config.remote_workers,
+                "keep_warm": self.config.keep_warm,
                 "join_address": self.join_address,
                 "refused_joins": self._listener.refused if self._listener else 0,
                 "workers": sorted(workers, key=lambda w: w["rank"]),
@@ -166,19 +171,25 @@ class WorkerPool:
             self.starts += 1
             self._model, self._loads = None, None  # fresh workers hold no model
         try:
-            store = self._make_store(session)
-            common = self._worker_common(store)
+            group = self._group_settings(self._make_store(session))
             for rank, device in enumerate(self.devices):
                 session.ranks[rank] = RankInfo(rank, device, host="local")
-                args = dict(common, rank=rank, device=device, events=session.events)
-                if rank == 0:
-                    args.update(jobs=session.jobs, cancel=session.cancel)
+                root = rank == 0
+                args = WorkerArgs(
+                    group,
+                    rank,
+                    device,
+                    parent_pid=os.getpid(),
+                    events=session.events,
+                    jobs=session.jobs if root else None,
+                    cancel=session.cancel if root else None,
+                )
                 session.processes[rank] = start_worker(session.ctx, args)
                 session.ranks[rank].pid = session.processes[rank].pid
             session.monitor = threading.Thread(target=self._monitor, args=(session,), name="pool-monitor", daemon=True)
             session.monitor.start()
             if self._listener is not None:
-                self._assign_agents(session, common, deadline)
+                self._assign_agents(session, group, deadline)
             while not session.ready.is_set() and not session.finished.is_set():
                 if time.monotonic() > deadline:
                     waiting = sorted(r for r, info in session.ranks.items() if not info.ready)
@@ -194,7 +205,7 @@ class WorkerPool:
             raise session.failure
         self.start_seconds = time.monotonic() - began
 
-    def _make_store(self, session: Session) -> dict[str, Any]:
+    def _make_store(self, session: Session) -> StoreAddress:
         if not self.config.multi_machine:
             return session.file_store()
         import torch.distributed as dist  # the coordinator hosts the rendezvous store; no rank owns the port
@@ -210,27 +221,26 @@ class WorkerPool:
         # Local workers reach a store listening on every interface through loopback; agents use the address
         # they joined through (see agent.py).
         wildcard = self.config.host in ("", "0.0.0.0", "::")
-        return {"kind": "tcp", "host": "127.0.0.1" if wildcard else self.config.host, "port": session.store.port}
+        return StoreAddress("tcp", host="127.0.0.1" if wildcard else self.config.host, port=session.store.port)
 
-    def _worker_common(self, store: dict[str, Any]) -> dict[str, Any]:
+    def _group_settings(self, store: StoreAddress) -> GroupSettings:
         config = self.config
         interface = config.network_interface
         if interface is None and (not config.multi_machine or is_loopback(config.host)):
             interface = loopback_interface()  # every rank is on this machine: keep all traffic on loopback
-        return {
-            "world_size": self.world_size,
-            "backend": self.backend,
-            "store": store,
-            "start_timeout_s": config.start_timeout_s,
-            "collective_timeout_s": config.collective_timeout_s,
-            "idle_ping_s": min(30.0, config.collective_timeout_s / 4),
-            "threads": config.threads_per_worker,
-            "network_interface": interface,
-            "engine_factory": config.engine_factory,
-            "parent_pid": os.getpid(),
-        }
+        return GroupSettings(
+            world_size=self.world_size,
+            backend=self.backend,
+            store=store,
+            start_timeout_s=config.start_timeout_s,
+            collective_timeout_s=config.collective_timeout_s,
+            idle_ping_s=min(30.0, config.collective_timeout_s / 4),
+            threads=config.threads_per_worker,
+            network_interface=interface,
+            engine_factory=config.engine_factory,
+        )
 
-    def _assign_agents(self, session: Session, common: dict[str, Any], deadline: float) -> None:
+    def _assign_agents(self, session: Session, group: GroupSettings, deadline: float) -> None:
         assert self._listener is not None
         agents = self._listener.take(self.config.remote_workers, deadline, abort=session.finished.is_set)
         next_rank = len(self.devices)
@@ -239,10 +249,9 @@ class WorkerPool:
             ranks = list(range(next_rank, next_rank + count))
             for rank, device in zip(ranks, agent.devices, strict=False):
                 session.ranks[rank] = RankInfo(rank, device, host=agent.host, local=False)
-            start = {k: v for k, v in common.items() if k != "parent_pid"}
             if not is_loopback(self.config.host):
-                start["network_interface"] = None  # interface names differ between machines: the agent picks
-            agent.assign(ranks, session.inbox.put, start)
+                group = replace(group, network_interface=None)  # interface names differ between machines
+            agent.assign(ranks, session.inbox.put, group)
             session.agents.append(agent)
             next_rank += count
 
@@ -262,7 +271,7 @@ class WorkerPool:
                 process.join(max(0.0, deadline - time.monotonic()))
         self._teardown(session, None)
         if job is not None and not job.done():
-            job._finish(error=PoolError("the pool was shut down while the job ran"))
+            job.complete(error=PoolError("the pool was shut down while the job ran"))
 
     def _teardown(self, session: Session, error: BaseException | None) -> None:
         """Ends every process of the session (no orphans), frees its store, and forgets it."""
@@ -305,67 +314,67 @@ class WorkerPool:
                     self._fail(session, self._root_cause(session))
                 return
 
-    def _drain(self, session: Session) -> list[dict[str, Any]]:
-        events = []
+    def _drain(self, session: Session) -> list[WorkerEvent]:
+        """Events of local workers and of node agents, decoded; malformed ones are dropped."""
+        wire = []
         try:
-            events.append(session.events.get(timeout=0.05))
+            wire.append(session.events.get(timeout=0.05))
             while True:
-                events.append(session.events.get_nowait())
+                wire.append(session.events.get_nowait())
         except queue.Empty:
             pass
         except (EOFError, OSError, ValueError):  # the queue was closed by a teardown
-            return events
+            pass
         while True:
             try:
-                events.append(session.inbox.get_nowait())
+                wire.append(session.inbox.get_nowait())
             except queue.Empty:
-                return events
+                break
+        return [event for event in map(from_wire, wire) if event is not None]
 
-    def _handle(self, session: Session, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        rank = event.get("rank")
-        info = session.ranks.get(rank) if isinstance(rank, int) else None
+    def _handle(self, session: Session, event: WorkerEvent) -> None:
+        info = session.ranks.get(event.rank)
         job = self._job
-        current = job is not None and event.get("job") == job.id and not job.done()
-        if kind == "ready" and info is not None:
-            info.ready, info.pid, info.device = True, event["pid"], event["device"]
-            info.host = event.get("host", info.host) if not info.local else "local"
+        current = job is not None and getattr(event, "job", None) == job.id and not job.done()
+        if isinstance(event, Ready) and info is not None:
+            info.ready, info.pid, info.device = True, event.pid, event.device
+            info.host = event.host if not info.local else "local"
             if all(r.ready for r in session.ranks.values()) and len(session.ranks) == session.world_size:
                 session.ready.set()
-        elif kind == "stats" and info is not None:
-            info.stats.update({k: v for k, v in event.items() if k not in ("type", "rank", "time")})
-        elif kind == "progress" and current:
+        elif isinstance(event, Stats) and info is not None:
+            info.stats = event
+        elif isinstance(event, Progress) and current:
             assert job is not None
-            job._push(ProgressEvent(event["step"], event["total"], event["phase"], event["time"]))
-        elif kind == "result":
+            job.record_progress(ProgressEvent(event.step, event.total, event.phase, event.time))
+        elif isinstance(event, Result):
             if not current:
-                unlink_quietly(event["shm"])
+                unlink_quietly(event.shm)
                 return
             assert job is not None
-            frames = take_frames(event["shm"], tuple(event["shape"]))
+            frames = take_frames(event.shm, event.shape)
             with self._lock:
-                self._model = dict(job.job.get("model", {}))
-                self._loads = event.get("loads")
+                self._model = asdict(job.job.model)
+                self._loads = event.loads
                 self._jobs_done += 1
-            job._finish(frames=frames, latents=event.get("latents"))
-        elif kind == "cancelled" and current:
+            job.complete(frames=frames, latents=event.latents)
+        elif isinstance(event, Cancelled) and current:
             assert job is not None
-            job._finish(error=JobCancelled(event["step"]))
-        elif kind == "error":
+            job.complete(error=JobCancelled(event.step))
+        elif isinstance(event, Failed):
             session.errors.append(event)
             session.fault_at = session.fault_at or time.monotonic()
-        elif kind == "died":
-            session.deaths[event["rank"]] = event.get("exitcode")
+        elif isinstance(event, Died):
+            session.deaths[event.rank] = event.exitcode
             session.fault_at = session.fault_at or time.monotonic()
-        elif kind == "agent_lost":
-            for lost in event["ranks"]:
+        elif isinstance(event, AgentLost):
+            for lost in event.ranks:
                 session.deaths.setdefault(lost, None)
-                session.lost_hosts[lost] = event.get("host", "?")
+                session.lost_hosts[lost] = event.host
             session.fault_at = session.fault_at or time.monotonic()
 
     def _root_cause(self, session: Session) -> WorkerError:
         """A rank that died without a word is the cause; the others only saw their peer vanish."""
-        reported = {e.get("rank") for e in session.errors}
+        reported = {e.rank for e in session.errors}
         for rank in sorted(session.deaths):
             if rank in reported:
                 continue
@@ -377,14 +386,7 @@ class WorkerPool:
                 message = f"the worker process died unexpectedly ({describe_exit(session.deaths[rank])})"
             return WorkerError(rank, message, "WorkerDied", device=device, pid=pid)
         first = session.errors[0]
-        return WorkerError(
-            first["rank"],
-            first.get("message", ""),
-            first.get("kind", "Error"),
-            first.get("traceback", ""),
-            device=first.get("device", ""),
-            pid=first.get("pid"),
-        )
+        return WorkerError(first.rank, first.message, first.kind, first.traceback, device=first.device, pid=first.pid)
 
     def _fail(self, session: Session, error: VideoInfinityError) -> None:
         with self._lock:
@@ -392,11 +394,11 @@ class WorkerPool:
             job = self._job
         self._teardown(session, error)
         if job is not None and not job.done():
-            job._finish(error=error)
+            job.complete(error=error)
 
     # ---- helpers ----
 
-    def _cancel(self, job_id: int) -> None:
+    def _request_cancel(self, job_id: int) -> None:
         session = self._session
         if session is not None:
             session.cancel.value = job_id
@@ -413,7 +415,8 @@ class WorkerPool:
     @staticmethod
     def _worker_status(info: RankInfo, session: Session | None) -> dict[str, Any]:
         alive = info.ready and info.rank not in (session.deaths if session else {})
-        rss = info.stats.get("rss")
+        stats = info.stats
+        rss = stats.rss if stats else None
         if info.local and info.pid:
             try:
                 rss = psutil.Process(info.pid).memory_info().rss
@@ -428,20 +431,9 @@ class WorkerPool:
             "local": info.local,
             "alive": bool(alive),
             "rss_bytes": rss,
-            "cuda_allocated_bytes": info.stats.get("cuda_allocated"),
-            "cuda_reserved_bytes": info.stats.get("cuda_reserved"),
+            "cuda_allocated_bytes": stats.cuda_allocated if stats else None,
+            "cuda_reserved_bytes": stats.cuda_reserved if stats else None,
         }
-
-
-def _plain_job(job: dict[str, Any] | JobSpec) -> dict[str, Any]:
-    """Only plain JSON data crosses to the workers (it is broadcast as JSON to remote ranks too)."""
-    data = job.to_dict() if isinstance(job, JobSpec) else job
-    try:
-        return json.loads(json.dumps(data))
-    except (TypeError, ValueError) as error:
-        from ..errors import InvalidSettingsError
-
-        raise InvalidSettingsError(f"the job must be plain data (str, numbers, lists, dicts): {error}") from error
 
 
 def _seconds(value: float) -> Any:

@@ -6,10 +6,12 @@ import queue
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .events import Failed, Stats
 from .join import AgentLink
+from .worker_args import StoreAddress
 
 
 @dataclass
@@ -20,8 +22,7 @@ class RankInfo:
     pid: int | None = None
     local: bool = True
     ready: bool = False
-    exitcode: int | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: Stats | None = None  # the rank's latest memory report
 
 
 class Session:
@@ -41,16 +42,16 @@ class Session:
         self.finished = threading.Event()
         self.ready = threading.Event()
         self.failure: BaseException | None = None
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[Failed] = []
         self.deaths: dict[int, int | None] = {}
         self.lost_hosts: dict[int, str] = {}
         self.fault_at: float | None = None
         self.monitor: threading.Thread | None = None
 
-    def file_store(self) -> dict[str, Any]:
+    def file_store(self) -> StoreAddress:
         """A store in a private folder: a one-machine pool needs no listening port for rendezvous."""
         self.store_dir = tempfile.mkdtemp(prefix="video-infinity-pool-")
-        return {"kind": "file", "path": f"{self.store_dir}/store"}
+        return StoreAddress("file", path=f"{self.store_dir}/store")
 
     def close_resources(self) -> None:
         self.store = None

@@ -13,12 +13,14 @@ _pool: WorkerPool | None = None
 
 
 def shared_pool(config: PoolConfig | None = None) -> WorkerPool:
-    """The process-wide pool for `config`: the warm one when its config is equal, else a new one (the old
-    one is shut down first, so two pools never hold the same GPUs). Validates the config; starts lazily."""
+    """The process-wide pool for `config`: the warm one when its config is equal (it adopts the settings that
+    need no restart, such as keep_warm), else a new one (the old one is shut down first, so two pools never
+    hold the same GPUs). Validates the config; starts lazily."""
     global _pool
     config = config or PoolConfig()
     with _lock:
         if _pool is not None and _pool.config == config and _pool.status()["state"] != "closed":
+            _pool.config = config
             return _pool
         if _pool is not None:
             _pool.shutdown()

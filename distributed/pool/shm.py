@@ -10,7 +10,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from ..errors import VideoInfinityError
+from ..engine.errors import VideoInfinityError
 
 SHM_FOLDER = "/dev/shm"
 

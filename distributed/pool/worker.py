@@ -21,33 +21,35 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from ..errors import JobCancelled, VideoInfinityError
+from ..engine.contract import JobEngine
+from ..engine.errors import JobCancelled, VideoInfinityError
+from ..engine.job import JobSpec
 from .collectives import broadcast_json, self_test
+from .events import Cancelled, Failed, Progress, Ready, Result, Stats, Stopped, WorkerEvent, to_wire
 from .shm import OutputBuffer
+from .worker_args import GroupSettings, WorkerArgs
 
 PARENT_POLL_S = 0.25
 
 
 def main(args: dict[str, Any]) -> None:
-    worker = Worker(args)
+    worker = Worker(WorkerArgs.from_dict(args))
     worker.run()
 
 
 class Worker:
-    def __init__(self, args: dict[str, Any]):
+    def __init__(self, args: WorkerArgs):
         self.args = args
-        self.rank: int = args["rank"]
-        self.world_size: int = args["world_size"]
-        self.events = args["events"]
-        self.jobs = args.get("jobs")  # rank 0 only
-        self.cancel = args.get("cancel")  # rank 0 only: the id of the job to cancel
+        self.group = args.group
+        self.rank = args.rank
+        self.world_size = args.group.world_size
         self.device = torch.device("cpu")
-        self.engine: Any = None
+        self.engine: JobEngine | None = None
         self.job_id: int | None = None
 
     def run(self) -> None:
-        _watch_parent(self.args["parent_pid"])
-        torch.set_num_threads(self.args["threads"])
+        _watch_parent(self.args.parent_pid)
+        torch.set_num_threads(self.group.threads)
         try:
             self._start()
         except BaseException as error:  # noqa: BLE001 - every start failure must reach the coordinator
@@ -55,32 +57,34 @@ class Worker:
             self._linger()
             return
         self._send(
-            type="ready",
-            pid=os.getpid(),
-            device=str(self.device),
-            host=socket.gethostname(),
-            backend=self.args["backend"],
+            Ready(
+                self.rank,
+                pid=os.getpid(),
+                device=str(self.device),
+                host=socket.gethostname(),
+                backend=self.group.backend,
+            )
         )
         self._send_stats()
         self._loop()
 
     def _start(self) -> None:
-        _set_network_environment(self.args)
-        device = torch.device(self.args["device"])
+        _set_network_environment(self.group)
+        device = torch.device(self.args.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         self.device = device
         if self.world_size > 1:
             dist.init_process_group(
-                self.args["backend"],
-                store=_make_store(self.args),
+                self.group.backend,
+                store=_make_store(self.group),
                 rank=self.rank,
                 world_size=self.world_size,
-                timeout=timedelta(seconds=self.args["collective_timeout_s"]),
+                timeout=timedelta(seconds=self.group.collective_timeout_s),
                 device_id=device if device.type == "cuda" else None,
             )
             self_test(self.rank, self.world_size, device)
-        self.engine = _build_engine(self.args.get("engine_factory"), self.rank, self.world_size, device)
+        self.engine = _build_engine(self.group.engine_factory, self.rank, self.world_size, device)
 
     def _loop(self) -> None:
         while True:
@@ -99,40 +103,36 @@ class Worker:
             return None
         try:
             # An idle pool still talks now and then, so the other ranks' wait never hits the collective timeout.
-            return self.jobs.get(timeout=self.args["idle_ping_s"])
+            return self.args.jobs.get(timeout=self.group.idle_ping_s)
         except queue.Empty:
             return {"op": "ping"}
 
     def _run_job(self, command: dict[str, Any]) -> bool:
         """Runs one job on this rank. False after an error: the group may be out of step, so stop using it."""
+        assert self.engine is not None
         self.job_id = job_id = command["id"]
         root = self.rank == 0
         output = OutputBuffer()
         try:
-            frames = self.engine.run(
-                command["job"],
+            job = JobSpec.from_dict(command["job"])  # the process boundary: plain data becomes the typed job
+            result = self.engine.run(
+                job,
                 on_progress=self._progress if root else None,
-                should_cancel=(lambda: self.cancel.value == job_id) if root else None,
+                should_cancel=(lambda: self.args.cancel.value == job_id) if root else None,
                 allocate_output=output.allocate if root else None,
             )
             if root:
-                name, shape = output.hand_over(frames)
-                del frames
+                name, shape = output.hand_over(result.frames)
+                result.frames = None
                 output.release()
-                latents = self.engine.last_stats.latents
+                latents = None if result.latents is None else result.latents.numpy()
                 self._send(
-                    type="result",
-                    job=job_id,
-                    shm=name,
-                    shape=list(shape),
-                    loads=self._loads(),
-                    # Final latents are small next to the frames (1/48 of them as float32), so they ride the queue.
-                    latents=None if latents is None else latents.numpy(),
+                    Result(self.rank, job=job_id, shm=name, shape=tuple(shape), loads=self._loads(), latents=latents)
                 )
         except JobCancelled as cancelled:
             output.discard()
             if root:
-                self._send(type="cancelled", job=job_id, step=cancelled.step)
+                self._send(Cancelled(self.rank, job=job_id, step=cancelled.step))
         except BaseException as error:  # noqa: BLE001 - the job's real error goes to the caller
             output.discard()
             self._report(error, "job")
@@ -143,47 +143,52 @@ class Worker:
         return True
 
     def _progress(self, step: int, total: int, phase: str) -> None:
-        self._send(type="progress", job=self.job_id, step=int(step), total=int(total), phase=str(phase))
+        self._send(Progress(self.rank, job=self.job_id, step=int(step), total=int(total), phase=str(phase)))
 
     def _stop(self) -> None:
-        if self.engine is not None and hasattr(self.engine, "release"):
+        if self.engine is not None:
             self.engine.release()
         if dist.is_initialized():
             dist.destroy_process_group()
-        self._send(type="stopped")
-        self.events.close()
-        self.events.join_thread()
+        self._send(Stopped(self.rank))
+        self.args.events.close()
+        self.args.events.join_thread()
         # Everything is flushed; skipping interpreter finalisation saves seconds with torch and diffusers loaded.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
-    def _send(self, **event: Any) -> None:
-        event["rank"] = self.rank
-        event["time"] = time.time()
-        self.events.put(event)
+    def _send(self, event: WorkerEvent) -> None:
+        self.args.events.put(to_wire(event))
 
     def _send_stats(self) -> None:
-        stats: dict[str, Any] = {"rss": psutil.Process().memory_info().rss, "loads": self._loads()}
-        if self.device.type == "cuda":
-            stats["cuda_allocated"] = torch.cuda.memory_allocated(self.device)
-            stats["cuda_reserved"] = torch.cuda.memory_reserved(self.device)
-        self._send(type="stats", **stats)
+        on_cuda = self.device.type == "cuda"
+        self._send(
+            Stats(
+                self.rank,
+                rss=psutil.Process().memory_info().rss,
+                loads=self._loads(),
+                cuda_allocated=torch.cuda.memory_allocated(self.device) if on_cuda else None,
+                cuda_reserved=torch.cuda.memory_reserved(self.device) if on_cuda else None,
+            )
+        )
 
     def _loads(self) -> int | None:
         return getattr(self.engine, "loads", None)
 
     def _report(self, error: BaseException, phase: str) -> None:
         self._send(
-            type="error",
-            job=self.job_id,
-            phase=phase,
-            kind=type(error).__name__,
-            message=str(error) or repr(error),
-            traceback="".join(traceback.format_exception(error)),
-            user_error=isinstance(error, VideoInfinityError),
-            pid=os.getpid(),
-            device=str(self.device),
+            Failed(
+                self.rank,
+                job=self.job_id,
+                phase=phase,
+                kind=type(error).__name__,
+                message=str(error) or repr(error),
+                traceback="".join(traceback.format_exception(error)),
+                user_error=isinstance(error, VideoInfinityError),
+                pid=os.getpid(),
+                device=str(self.device),
+            )
         )
 
     def _linger(self) -> None:
@@ -193,18 +198,18 @@ class Worker:
             time.sleep(3600)
 
 
-def _make_store(args: dict[str, Any]) -> dist.Store:
-    store = args["store"]
-    timeout = timedelta(seconds=args["start_timeout_s"])
-    if store["kind"] == "file":
-        file_store = dist.FileStore(store["path"], args["world_size"])
+def _make_store(group: GroupSettings) -> dist.Store:
+    store = group.store
+    timeout = timedelta(seconds=group.start_timeout_s)
+    if store.kind == "file":
+        file_store = dist.FileStore(store.path, group.world_size)
         file_store.set_timeout(timeout)
         return file_store
-    return dist.TCPStore(store["host"], store["port"], args["world_size"], is_master=False, timeout=timeout)
+    return dist.TCPStore(store.host, store.port, group.world_size, is_master=False, timeout=timeout)
 
 
-def _set_network_environment(args: dict[str, Any]) -> None:
-    interface = args.get("network_interface")
+def _set_network_environment(group: GroupSettings) -> None:
+    interface = group.network_interface
     if interface:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
         os.environ.setdefault("NCCL_SOCKET_IFNAME", interface)
@@ -214,8 +219,8 @@ def _set_network_environment(args: dict[str, Any]) -> None:
 
 def _build_engine(factory: str | None, rank: int, world_size: int, device: torch.device) -> Any:
     if not factory:
-        from ..comm import Communicator
-        from ..engine import Engine
+        from ..engine.comm import Communicator
+        from ..engine.runner import Engine
 
         return Engine(Communicator(rank, world_size, device))
     path, _, name = factory.rpartition(":")

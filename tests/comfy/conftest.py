@@ -31,7 +31,7 @@ TIMINGS: dict[str, float] = {}
 def _build_model(folder: Path, seed: int) -> None:
     if (folder / "model_index.json").exists():
         return
-    from distributed.models.tiny import build_tiny_pipeline
+    from support.tiny_models import build_tiny_pipeline
 
     build_tiny_pipeline(folder, seed=seed, words=WORDS)
 
@@ -46,7 +46,9 @@ def host():
     _build_model(EXTRA_MODELS / EXTRA_MODEL, seed=1)
     unet_file = base / "models" / "video_infinity" / UNET_FILE
     if not unet_file.exists():
-        shutil.copy2(base / "models" / "video_infinity" / TINY_MODEL / "unet" / "diffusion_pytorch_model.safetensors", unet_file)
+        shutil.copy2(
+            base / "models" / "video_infinity" / TINY_MODEL / "unet" / "diffusion_pytorch_model.safetensors", unet_file
+        )
     broken = base / "models" / "video_infinity" / BROKEN_MODEL
     if not broken.exists():
         shutil.copytree(base / "models" / "video_infinity" / TINY_MODEL, broken)

@@ -84,9 +84,7 @@ def test_pool_panel_renders_and_screenshot(page, client):
     page.locator(".video-infinity-pool-tab-button").first.click()
     panel = page.locator("#video-infinity-pool-panel")
     panel.wait_for(state="visible", timeout=30_000)
-    page.wait_for_function(
-        "() => document.querySelector('#video-infinity-pool-panel .vi-state')", timeout=30_000
-    )
+    page.wait_for_function("() => document.querySelector('#video-infinity-pool-panel .vi-state')", timeout=30_000)
     assert panel.locator(".vi-unload").is_visible()
     panel.locator(".vi-refresh").click()
     page.wait_for_function(

@@ -8,8 +8,8 @@ from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
+from ...engine.context import TemporalContext
 from .attention import DualScopeAttnProcessor
-from .context import TemporalContext
 from .temporal_conv import FrameGroupNorm, HaloTemporalConv
 
 
@@ -47,7 +47,7 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
                 stage[0] = frame_norm
                 wrapped.append(frame_norm)
             norms += len(wrapped)
-            _replace(unet, name, HaloTemporalConv(module, wrapped, ctx))
+            _replace(unet, name, HaloTemporalConv(module, ctx))
             convs += 1
     unet._video_infinity_patched = True
     return PatchReport(transformers, attentions, convs, norms)

@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .unet3d import UNet3DVideoCrafterConditionModel
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel
 
 TOKENIZER_MAX_LENGTH = 16
 

@@ -13,9 +13,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPTextModel
 
-from .errors import ModelLoadError
-from .job import DTYPES, ModelSpec
-from .models.unet3d import SUPPORTED_UNET_CLASSES, UNet3DVideoCrafterConditionModel
+from ...engine.choices import DTYPES
+from ...engine.errors import ModelLoadError
+from ...engine.job import ModelSpec
+from .model import SUPPORTED_UNET_CLASSES, UNet3DVideoCrafterConditionModel
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -30,6 +31,11 @@ class LoadedPipeline:
     scheduler_config: dict[str, Any]
     dtype: torch.dtype
     device: torch.device
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent row and column: each VAE block after the first halves the size."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -36,13 +36,6 @@ class FrameLayout:
         """[start, end) of the rank's own frames."""
         return self.starts[rank], self.starts[rank] + self.counts[rank]
 
-    def owner(self, frame: int) -> int:
-        for rank in range(self.world_size):
-            start, end = self.span(rank)
-            if start <= frame < end:
-                return rank
-        raise IndexError(f"frame {frame} is outside the video (0..{self.total - 1})")
-
     def halo(self, rank: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """Frames the rank borrows on each side, clipped to the video: ((a, b), (c, d)) as [a, b) and [c, d)."""
         start, end = self.span(rank)

@@ -1,7 +1,7 @@
-"""Dual-scope temporal attention (algorithm.md section 3), banded so memory grows with F * (2P+1+G).
+"""Banded dual-scope attention (docs/algorithm.md section 3): the masks, biases and blocked SDPA.
 
-Each rank sends the attention *input* of its halo and global frames, not K and V: one tensor instead
-of two, and to_k / to_v are applied to the received frames locally.
+Model-independent: a family hands over queries for its own frames and keys/values laid out as
+[left halo ; own ; right halo ; global frames] along the frame axis; memory grows with F * (2P+1+G).
 """
 
 from __future__ import annotations
@@ -11,73 +11,9 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from .context import TemporalContext
-
-# Upper bound on elements of the key/value blocks materialised per chunk of the B*H*W axis.
+# Upper bound on elements of the key/value blocks materialised per chunk of the batch axis.
 CHUNK_ELEMENTS = 1 << 23
-
-
-class DualScopeAttnProcessor:
-    """Attention processor for the temporal self-attentions of a UNet3D (input (B*H*W, F, C))."""
-
-    def __init__(self, ctx: TemporalContext):
-        self.ctx = ctx
-        self.plain = AttnProcessor2_0()
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("dual-scope attention patches temporal self-attention only")
-        ctx = self.ctx
-        if not ctx.active:
-            return self.plain(attn, hidden_states)
-        settings = ctx.settings
-        width = settings.local_window
-        x = hidden_states
-        left, right = ctx.borrow(x, dim=1, width=width, pad_ends=True)
-        glb = ctx.gather_global(x, dim=1) if ctx.global_indices else x[:, :0]
-        # One copy of every key frame, [left ; own ; right ; globals], shared by to_k and to_v.
-        key_frames = torch.cat([left, x, right, glb], dim=1)
-
-        heads = attn.heads
-        query = _split_heads(attn.to_q(x), heads)
-        key = _split_heads(attn.to_k(key_frames), heads)
-        value = _split_heads(attn.to_v(key_frames), heads)
-        start, _ = ctx.span
-        plan = band_plan(
-            frames=x.shape[1],
-            start=start,
-            total=ctx.layout.total,  # type: ignore[union-attr]
-            width=width,
-            globals_count=glb.shape[1],
-            mask_ends=settings.mode == "exact",
-            local_bonus=settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0,
-            global_bonus=settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0,
-            attn_scale=settings.attn_scale,
-            token_num_scale=settings.token_num_scale,
-            device=x.device,
-            dtype=query.dtype,
-        )
-        out = banded_attention(query, key, value, plan, attn.scale)
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1).to(x.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, frames, inner = x.shape
-    return x.view(batch, frames, heads, inner // heads).transpose(1, 2)
 
 
 class BandPlan:

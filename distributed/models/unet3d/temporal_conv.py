@@ -6,8 +6,8 @@ import torch
 from diffusers.models.resnet import TemporalConvLayer
 from torch import nn
 
-from .comm import Communicator
-from .context import TemporalContext
+from ...engine.comm import Communicator
+from ...engine.context import TemporalContext
 
 
 class FrameGroupNorm(nn.Module):
@@ -26,15 +26,15 @@ class FrameGroupNorm(nn.Module):
         super().__init__()
         self.norm = norm
         self.ctx = ctx
-        self.own: tuple[int, int] | None = None  # own frames of the input when it carries a halo
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, own: tuple[int, int] | None = None) -> torch.Tensor:
+        """own: [first, end) of this rank's own frames along axis 2 when x carries halo frames too."""
         ctx = self.ctx
         if not ctx.active or ctx.settings.mode != "exact":
             return self.norm(x)
         norm = self.norm
         batch, channels, frames = x.shape[:3]
-        own = self.own if self.own is not None else (0, frames)
+        own = own if own is not None else (0, frames)
         compute = torch.float32 if x.element_size() < 4 else x.dtype  # half precision: statistics in fp32
         # (B, G, C/G, F, H*W): statistics per group, over channels and pixels, and (below) over frames.
         grouped = x.to(compute).reshape(batch, norm.num_groups, channels // norm.num_groups, frames, -1)
@@ -108,10 +108,9 @@ class HaloTemporalConv(nn.Module):
     layer's own zero padding applies as on one device; reference mode feeds zero frames.
     """
 
-    def __init__(self, layer: TemporalConvLayer, norms: list[FrameGroupNorm], ctx: TemporalContext):
+    def __init__(self, layer: TemporalConvLayer, ctx: TemporalContext):
         super().__init__()
         self.layer = layer
-        self.norms = norms
         self.ctx = ctx
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
@@ -133,6 +132,13 @@ class HaloTemporalConv(nn.Module):
         return out.reshape(batch * num_frames, *out.shape[2:])
 
     def _run(self, hidden_states: torch.Tensor, num_frames: int, own: tuple[int, int] | None) -> torch.Tensor:
-        for norm in self.norms:
-            norm.own = own
-        return self.layer(hidden_states, num_frames=num_frames)
+        """TemporalConvLayer's own computation, with each stage's FrameGroupNorm told which frames are ours."""
+        layer = self.layer
+        x = hidden_states[None, :].reshape((-1, num_frames) + hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
+        identity = x
+        for stage in (layer.conv1, layer.conv2, layer.conv3, layer.conv4):
+            x = stage[0](x, own)
+            for module in stage[1:]:
+                x = module(x)
+        x = identity + x
+        return x.permute(0, 2, 1, 3, 4).reshape((x.shape[0] * x.shape[2], -1) + x.shape[3:])

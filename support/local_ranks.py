@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -18,13 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .comm import Communicator
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from distributed.engine.comm import Communicator
+from distributed.pool.netutil import free_port
 
 
 def run_on_local_ranks(
@@ -122,14 +116,14 @@ def _plain(value: Any) -> Any:
 
 def run_job(comm: Communicator, job: dict[str, Any]) -> dict[str, Any]:
     """A target for run_on_local_ranks: one engine job; frames and latents come back from rank 0."""
-    from .engine import Engine
+    from distributed.engine.job import JobSpec
+    from distributed.engine.runner import Engine
 
-    engine = Engine(comm)
-    frames = engine.run(job)
-    stats = engine.last_stats
+    result = Engine(comm).run(JobSpec.from_dict(job))
+    stats = result.stats
     return {
-        "frames": frames,
-        "latents": stats.latents,
+        "frames": result.frames,
+        "latents": result.latents,
         "bytes_sent_per_step": stats.bytes_sent_per_step,
         "bytes_received_per_step": stats.bytes_received_per_step,
         "calls_per_step": stats.calls_per_step,

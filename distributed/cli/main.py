@@ -1,9 +1,9 @@
 """Command line: generate a video without ComfyUI, or join a pool on another machine as a node agent.
 
-    python -m distributed.cli generate --model FOLDER --prompt "a red ball" --frames 48 --out video.mp4
+    python -m distributed.cli generate --model assets/tiny-shapes-t2v --prompt "a red circle moving right" --frames 64
     python -m distributed.cli join HOST:PORT --token SECRET --devices cuda:all
 
-Run from the pack folder (the engine is the `distributed` package there).
+Run it from the pack folder with the Python that has the pack's requirements (ComfyUI's, or .venv/bin/python).
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from .errors import JobCancelled, VideoInfinityError
-from .pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
-from .pool.agent import run_agent
+from ..engine import choices
+from ..engine.errors import JobCancelled, VideoInfinityError
+from ..engine.job import JobSpec, ModelSpec
+from ..engine.video_file import write_mp4
+from ..pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
+from ..pool.agent import run_agent
 
 TOKEN_ENV = "VIDEO_INFINITY_TOKEN"
 
@@ -41,18 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     gen.set_defaults(command=generate)
     gen.add_argument("--model", required=True, help="diffusers text-to-video pipeline folder")
     gen.add_argument("--unet", help="UNet override: a diffusers folder or a .safetensors file")
-    gen.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    gen.add_argument("--dtype", default="fp32", choices=choices.DTYPES)
     text = gen.add_mutually_exclusive_group(required=True)
     text.add_argument("--prompt", help="one prompt for the whole video")
     text.add_argument("--schedule", type=Path, help="a file of 'first-last: prompt' lines")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--frames", type=int, required=True)
-    gen.add_argument("--width", type=int, default=512)
-    gen.add_argument("--height", type=int, default=320)
-    gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--cfg", type=float, default=12.0)
+    model_default = "default: the model folder's video_infinity.json, else "
+    gen.add_argument("--width", type=int, help=f"{model_default}{choices.DEFAULT_WIDTH}")
+    gen.add_argument("--height", type=int, help=f"{model_default}{choices.DEFAULT_HEIGHT}")
+    gen.add_argument("--steps", type=int, help=f"{model_default}{choices.DEFAULT_STEPS}")
+    gen.add_argument("--cfg", type=float, help=f"{model_default}{choices.DEFAULT_CFG}")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--sampler", default="sde_dpmpp", choices=("ddim", "dpmpp_2m", "sde_dpmpp"))
+    gen.add_argument("--sampler", choices=choices.SAMPLERS, help=f"{model_default}{choices.DEFAULT_SAMPLER}")
     gen.add_argument("--local-window", type=int, help="dual-scope attention: local half window P (frames)")
     gen.add_argument("--global-frames", type=int, help="dual-scope attention: global frames G")
     gen.add_argument(
@@ -60,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     where = gen.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="N workers: the first N GPUs, or N CPU workers without CUDA")
-    where.add_argument("--devices", help="'cuda:all', 'cuda:0,1', 'cpu:2', ... (default: cuda:all, else cpu:1)")
+    where.add_argument(
+        "--devices", help="'auto' (default: every GPU, else 2 CPU workers), 'cuda:all', 'cuda:0,1', 'cpu:2', ..."
+    )
     gen.add_argument("--remote-workers", type=int, default=0, help="also wait for N ranks from node agents")
     gen.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV), help=f"shared secret for node agents (or ${TOKEN_ENV})"
@@ -69,14 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--join-port", type=int, default=0, help="port for node agents (default: a free one)")
     gen.add_argument("--network-interface", help="network interface for gloo/NCCL traffic between machines")
     gen.add_argument("--out", type=Path, default=Path("video.mp4"))
-    gen.add_argument("--fps", type=float, default=8.0, help="frame rate of the file (and the model's fps input)")
+    gen.add_argument(
+        "--fps",
+        type=float,
+        help=f"frame rate of the file and the model's fps input ({model_default}{choices.DEFAULT_FPS})",
+    )
     gen.add_argument("--verbose", action="store_true", help="print a failing worker's traceback")
 
     join = commands.add_parser("join", help="contribute this machine's devices to a pool (node agent)")
     join.set_defaults(command=join_pool, verbose=False)
     join.add_argument("address", help="HOST:PORT the pool prints as its join address")
     join.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"the pool's shared secret (or ${TOKEN_ENV})")
-    join.add_argument("--devices", default=None, help="devices to contribute (default: cuda:all, else cpu:1)")
+    join.add_argument("--devices", default=choices.AUTO_DEVICES, help="devices to contribute (default: auto)")
     join.add_argument(
         "--once", action="store_true", help="exit when the coordinator closes the connection instead of rejoining"
     )
@@ -88,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 def generate(args: argparse.Namespace) -> int:
     job = _job_from_args(args)
     config = PoolConfig(
-        devices=args.devices or _default_devices(args.workers),
+        devices=args.devices or _devices_for_workers(args.workers),
         workers=args.workers,
         remote_workers=args.remote_workers,
         token=args.token,
@@ -100,6 +110,12 @@ def generate(args: argparse.Namespace) -> int:
     try:
         if pool.join_address:
             print(f"waiting for {args.remote_workers} remote worker(s) at {pool.join_address}", file=sys.stderr)
+        where = ", ".join(config.local_devices()) + (f" + {args.remote_workers} remote" if args.remote_workers else "")
+        print(
+            f"generating {job.frames} frames at {job.width}x{job.height}, {job.sampler} {job.steps} steps, "
+            f"cfg {job.cfg}, {job.fps} fps, seed {job.seed}, on {where}",
+            file=sys.stderr,
+        )
         bar = ProgressBar(sys.stderr)
         bar.note("starting workers")
         handle = pool.submit(job)
@@ -120,7 +136,8 @@ def generate(args: argparse.Namespace) -> int:
         except JobCancelled as cancelled:
             print(f"error: {cancelled}", file=sys.stderr)
             return 130
-        write_video(frames, args.out, args.fps)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_mp4(str(args.out), frames, frames.shape[2], frames.shape[1], job.fps)
         print(f"wrote {frames.shape[0]} frames ({frames.shape[2]}x{frames.shape[1]}) to {args.out}", file=sys.stderr)
         return 0
     finally:
@@ -131,11 +148,10 @@ def join_pool(args: argparse.Namespace) -> int:
     if not args.token:
         print(f"error: give the pool's token with --token or ${TOKEN_ENV}", file=sys.stderr)
         return 2
-    devices = args.devices or _default_devices(None)
     return run_agent(
         args.address,
         args.token,
-        devices,
+        args.devices,
         once=args.once,
         connect_timeout_s=args.wait,
         log=lambda line: print(line, file=sys.stderr, flush=True),
@@ -143,52 +159,34 @@ def join_pool(args: argparse.Namespace) -> int:
     )
 
 
-def write_video(frames: Any, path: Path, fps: float) -> None:
-    """Writes uint8 (T, H, W, 3) frames one at a time (no float copy of the video) as H.264 mp4."""
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(str(path), fps=fps, codec="libx264", macro_block_size=8, quality=8) as writer:
-        for frame in frames:
-            writer.append_data(frame)
-
-
-def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    prompt = args.schedule.read_text() if args.schedule else args.prompt
-    job: dict[str, Any] = {
-        "model": {
-            "base": str(Path(args.model).resolve()),
-            "unet": args.unet and str(Path(args.unet).resolve()),
-            "dtype": args.dtype,
-        },
-        "prompt": prompt,
-        "negative_prompt": args.negative_prompt,
-        "frames": args.frames,
-        "width": args.width,
-        "height": args.height,
-        "steps": args.steps,
-        "cfg": args.cfg,
-        "seed": args.seed,
-        "sampler": args.sampler,
-        "fps": args.fps,
-    }
+def _job_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job; size, sampler, steps, cfg and fps not given come from the model, else the engine's defaults."""
+    base = Path(args.model).resolve()
+    model = ModelSpec(base=str(base), unet=args.unet and str(Path(args.unet).resolve()), dtype=args.dtype)
+    settings = {name: getattr(args, name) for name in choices.MODEL_RECOMMENDED}
+    settings = {**choices.recommended_settings(base), **{k: v for k, v in settings.items() if v is not None}}
     attention = {
         "local_window": args.local_window,
         "global_frames": args.global_frames,
         "norm_window": args.norm_window,
     }
-    attention = {k: v for k, v in attention.items() if v is not None}
-    if attention:
-        job["attention"] = attention
-    return job
+    prompt = args.schedule.read_text() if args.schedule else args.prompt
+    return JobSpec.build(
+        model,
+        prompt,
+        args.frames,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        attention={k: v for k, v in attention.items() if v is not None},
+        **settings,
+    )
 
 
-def _default_devices(workers: int | None) -> str:
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-        return "cuda:all"
-    return f"cpu:{workers or 1}"
+def _devices_for_workers(workers: int | None) -> str:
+    """--workers N without --devices: the first N GPUs, or N CPU workers without CUDA."""
+    if workers is None or choices.gpu_count():
+        return choices.AUTO_DEVICES
+    return f"cpu:{workers}"
 
 
 class ProgressBar:

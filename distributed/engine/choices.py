@@ -1,0 +1,68 @@
+"""Every choice list and default the nodes, the command line and the engine share: the one place to change them."""
+
+from __future__ import annotations
+
+import os
+
+# Schedulers of the engine's own sampling loop (docs/algorithm.md section 7).
+SAMPLERS = ("ddim", "dpmpp_2m", "sde_dpmpp")
+SAMPLER_HELP = "ddim (deterministic), dpmpp_2m, sde_dpmpp (the reference's)"
+STOCHASTIC_SAMPLERS = ("sde_dpmpp",)
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+# Job defaults: the reference setting for the real UNet3D models (VideoCrafter2 at 512x320).
+DEFAULT_WIDTH = 512
+DEFAULT_HEIGHT = 320
+DEFAULT_STEPS = 30
+DEFAULT_CFG = 12.0
+DEFAULT_SAMPLER = "sde_dpmpp"
+DEFAULT_FPS = 8.0
+
+MAX_FRAMES = 100_000
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+SIZE_STEP = 8  # the VAE downsamples by 8
+
+AUTO_DEVICES = "auto"
+
+
+def gpu_count() -> int:
+    """CUDA devices this process can use (0 without CUDA)."""
+    import torch  # late: ComfyUI and the command line import this module before they need torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def auto_devices() -> str:
+    """What "auto" means everywhere: every GPU, else two CPU workers (one on a one-core machine)."""
+    return "cuda:all" if gpu_count() else f"cpu:{min(2, os.cpu_count() or 1)}"
+
+
+def expand_devices(text: str | None) -> str:
+    """Normalises a device text; empty or "auto" becomes auto_devices()."""
+    text = (text or "").strip().lower().replace(" ", "")
+    return auto_devices() if text in ("", AUTO_DEVICES) else text
+
+
+# Settings a model folder may recommend in its video_infinity.json ({"recommended": {...}}), used by the
+# command line for whatever it is not told: the demo model, for one, is trained at 64x64 with DDIM.
+MODEL_RECOMMENDED = ("width", "height", "sampler", "steps", "cfg", "fps")
+MODEL_SETTINGS_FILE = "video_infinity.json"
+
+
+def recommended_settings(folder: str | os.PathLike[str]) -> dict[str, object]:
+    """The folder's recommended job settings (only the names in MODEL_RECOMMENDED); {} when it has none."""
+    import json
+    from pathlib import Path
+
+    from .errors import InvalidSettingsError
+
+    path = Path(folder) / MODEL_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text()).get("recommended", {})
+    except (OSError, ValueError, AttributeError) as error:
+        raise InvalidSettingsError(f"{path} is not a JSON object with a 'recommended' section ({error})") from error
+    return {name: value for name, value in data.items() if name in MODEL_RECOMMENDED}

@@ -1,0 +1,67 @@
+"""What crosses between the engine and its callers (the pool's workers, tests, scripts): typed, not dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .job import JobSpec
+
+ProgressFn = Callable[[int, int, str], None]  # (step, total, phase)
+CancelFn = Callable[[], bool]
+AllocateFn = Callable[[tuple[int, ...]], np.ndarray]  # where rank 0 should gather the frames
+
+PHASES = ("loading", "denoising", "decoding", "gathering")
+
+
+@dataclass
+class RunStats:
+    """Communication per denoising step of this rank, and the split of the video."""
+
+    bytes_sent_per_step: list[int] = field(default_factory=list)
+    bytes_received_per_step: list[int] = field(default_factory=list)
+    calls_per_step: list[int] = field(default_factory=list)  # communication calls of one model evaluation
+    frames_per_rank: tuple[int, ...] = ()
+
+
+@dataclass
+class GenerationResult:
+    """One job's outcome on one rank. Frames and latents are gathered on rank 0 only (None elsewhere)."""
+
+    frames: np.ndarray | None  # (T, H, W, 3) uint8
+    latents: torch.Tensor | None  # (C, T, h, w) float32, the model's own latent scale
+    stats: RunStats
+
+
+class JobEngine(Protocol):
+    """What a worker needs from an engine: run jobs, count model loads, let go of memory."""
+
+    loads: int
+
+    def run(
+        self,
+        job: JobSpec,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        allocate_output: AllocateFn | None = None,
+    ) -> GenerationResult: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass
+class RunControl:
+    """The hooks of one running job, handed to the model family."""
+
+    progress: ProgressFn
+    should_cancel: CancelFn | None
+    stats: RunStats
+
+    @classmethod
+    def create(cls, progress: ProgressFn | None, should_cancel: CancelFn | None, stats: RunStats) -> RunControl:
+        return cls(progress or (lambda step, total, phase: None), should_cancel, stats)

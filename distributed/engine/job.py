@@ -1,0 +1,130 @@
+"""A generation job: one typed, validated value from the node or command line to every rank.
+
+It crosses process boundaries as a dataclass (to rank 0) or as JSON (to the other ranks, which may be on
+other machines); `to_dict` and `from_dict` are that boundary and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from . import choices
+from .errors import InvalidSettingsError
+from .prompts import PromptSegment, parse_schedule
+from .settings import DualScopeSettings
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    base: str  # a diffusers pipeline folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)
+    unet: str | None = None  # optional UNet override: a diffusers folder or a single .safetensors file
+    dtype: str = "fp32"
+    family: str = "unet3d"  # which model family loads and runs it (engine/family.py)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in choices.DTYPES:
+            raise InvalidSettingsError(f"dtype is {self.dtype!r}; use one of {list(choices.DTYPES)}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    model: ModelSpec
+    prompts: tuple[PromptSegment, ...]
+    frames: int
+    height: int = choices.DEFAULT_HEIGHT
+    width: int = choices.DEFAULT_WIDTH
+    steps: int = choices.DEFAULT_STEPS
+    cfg: float = choices.DEFAULT_CFG
+    sampler: str = choices.DEFAULT_SAMPLER
+    seed: int = 0
+    fps: float = choices.DEFAULT_FPS
+    negative_prompt: str = ""
+    blend: int = 0  # frames over which neighbouring prompt segments cross-fade
+    attention: DualScopeSettings = field(default_factory=DualScopeSettings)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def build(cls, model: ModelSpec, prompt: Any, frames: Any, **options: Any) -> JobSpec:
+        """A job from a prompt or prompt schedule (text, or a list of segments); raises InvalidSettingsError."""
+        frames = _positive_int(frames, "frames")
+        attention = options.pop("attention", None)
+        if not isinstance(attention, DualScopeSettings):
+            attention = DualScopeSettings.from_dict(attention)
+        known = {f.name for f in fields(cls)} - {"model", "prompts", "frames", "attention"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidSettingsError(f"unknown job fields {unknown}; known: {sorted(known)}")
+        if prompt is None:
+            raise InvalidSettingsError("the job has no prompt; give prompt='...' or a prompt schedule")
+        return cls(model=model, prompts=parse_schedule(prompt, frames), frames=frames, attention=attention, **options)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["prompts"] = [asdict(p) for p in self.prompts]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        data = dict(data)
+        if "model" not in data:
+            raise InvalidSettingsError("the job names no model; give model={'base': <pipeline folder>}")
+        model = data.pop("model")
+        model = model if isinstance(model, ModelSpec) else ModelSpec(**model)
+        prompt, schedule = data.pop("prompt", None), data.pop("prompts", None)
+        return cls.build(model, schedule if schedule is not None else prompt, data.pop("frames", None), **data)
+
+    def validate(self, world_size: int | None = None) -> None:
+        """Raises InvalidSettingsError naming the problem and the fix; with world_size, checks the split too."""
+        check_job_settings(
+            frames=self.frames, height=self.height, width=self.width, steps=self.steps, cfg=self.cfg,
+            sampler=self.sampler, fps=self.fps, blend=self.blend,
+        )  # fmt: skip
+        self.attention.validate_for_video(self.frames)
+        if world_size is not None and self.frames < world_size:
+            raise InvalidSettingsError(
+                f"the video has {self.frames} frames but the pool has {world_size} workers; every worker needs at "
+                f"least one frame: ask for at least {world_size} frames or use fewer workers"
+            )
+
+
+def check_job_settings(**settings: Any) -> None:
+    """The rules for a job's plain settings, usable before the model and attention are known (node validation).
+
+    Takes any of the JobSpec fields by name; a `prompt` (text or schedule) is checked against `frames`.
+    """
+    for name in ("frames", "height", "width", "steps"):
+        if name in settings:
+            _positive_int(settings[name], name)
+    limits = {"frames": choices.MAX_FRAMES, "height": choices.MAX_SIDE, "width": choices.MAX_SIDE}
+    limits["steps"] = choices.MAX_STEPS
+    for name, limit in limits.items():
+        if settings.get(name, 0) > limit:
+            raise InvalidSettingsError(f"{name} is {settings[name]}; it must be at most {limit}")
+    for name in ("height", "width"):
+        value = settings.get(name, choices.SIZE_STEP)
+        if value % choices.SIZE_STEP:
+            lower, upper = value - value % 8, value - value % 8 + 8
+            raise InvalidSettingsError(
+                f"{name} is {value}; it must be a multiple of 8 (the VAE downsamples by 8): try {lower or 8} or {upper}"
+            )
+    if settings.get("sampler", choices.DEFAULT_SAMPLER) not in choices.SAMPLERS:
+        raise InvalidSettingsError(f"sampler is {settings['sampler']!r}; use one of {list(choices.SAMPLERS)}")
+    if settings.get("cfg", 0) < 0:
+        raise InvalidSettingsError(f"cfg is {settings['cfg']}; it must be 0 or more")
+    if settings.get("fps", 1) <= 0:
+        raise InvalidSettingsError(f"fps is {settings['fps']}; it must be greater than 0")
+    if settings.get("blend", 0) < 0:
+        raise InvalidSettingsError(f"blend is {settings['blend']}; it must be 0 or more frames")
+    if "prompt" in settings and "frames" in settings:
+        parse_schedule(settings["prompt"], settings["frames"])
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSettingsError(f"{name} must be a whole number, got {value!r}")
+    if value < 1:
+        raise InvalidSettingsError(f"{name} is {value}; it must be at least 1")
+    return value

@@ -1,0 +1,87 @@
+"""One engine per rank: keeps a patched model warm and runs jobs on it through the model's family."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+
+from .comm import Communicator
+from .context import TemporalContext
+from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
+from .family import ModelFamily, family
+from .job import JobSpec, ModelSpec
+from .layout import FrameLayout
+
+
+class Engine:
+    """Satisfies contract.JobEngine."""
+
+    def __init__(self, comm: Communicator):
+        self.comm = comm
+        self.ctx = TemporalContext(comm)
+        self.loads = 0
+        self._loaded: Any = None
+        self._family: ModelFamily | None = None
+        self._key: Hashable | None = None
+
+    def model(self, spec: ModelSpec) -> Any:
+        """The loaded, patched model for `spec`; reloads only when its family says the weights changed.
+
+        Attention settings are not part of the key: patched layers read them from the context at call
+        time, so a settings change needs no reload.
+        """
+        kind = family(spec.family)
+        key = (spec.family, kind.model_key(spec))
+        if self._loaded is None or key != self._key:
+            self.release()
+            loaded = kind.load(spec, self.comm.device)
+            kind.patch(loaded, self.ctx)
+            self._loaded, self._family, self._key = loaded, kind, key
+            self.loads += 1
+        return self._loaded
+
+    def run(
+        self,
+        job: JobSpec,
+        on_progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+        allocate_output: AllocateFn | None = None,
+    ) -> GenerationResult:
+        job.validate(self.comm.world_size)
+        control = RunControl.create(on_progress, should_cancel, RunStats())
+        control.progress(0, 1, "loading")
+        loaded = self.model(job.model)
+        control.progress(1, 1, "loading")
+        kind = family(job.model.family)
+        comm = self.comm
+        layout = FrameLayout(job.frames, comm.world_size)
+        control.stats.frames_per_rank = layout.counts
+        self.ctx.begin_job(layout, job.attention)
+        try:
+            with torch.inference_mode():
+                latents = kind.denoise(loaded, job, self.ctx, control)
+                frames = kind.decode(loaded, latents, control)
+        finally:
+            self.ctx.end_job()
+        control.progress(0, 1, "gathering")
+        own_latents = latents[0].permute(1, 0, 2, 3).contiguous()  # frames first, for the gather
+        gathered_latents = comm.gather_frames_to_root(own_latents, layout)
+        out = None
+        if comm.is_root and allocate_output is not None:
+            out = torch.from_numpy(allocate_output((job.frames, *frames.shape[1:])))
+        gathered = comm.gather_frames_to_root(frames, layout, out)
+        control.progress(1, 1, "gathering")
+        return GenerationResult(
+            frames=None if gathered is None else gathered.cpu().numpy(),
+            latents=None if gathered_latents is None else gathered_latents.permute(1, 0, 2, 3).cpu(),
+            stats=control.stats,
+        )
+
+    def release(self) -> None:
+        self._loaded = self._family = self._key = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,88 @@
+"""The engine's own denoising loop, shared by families that run diffusers-style noise predictors.
+
+Owned here so every rank makes the same collective calls in the same order: classifier-free guidance
+is batched the same way everywhere, and noise is drawn on the global timeline (docs/algorithm.md section 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from . import choices
+from .context import TemporalContext
+from .contract import RunControl
+from .errors import JobCancelled
+from .job import JobSpec
+from .layout import FrameLayout
+
+# (model input with the unconditional and conditional halves stacked on the batch axis, timestep) -> prediction
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_scheduler(name: str, config: dict[str, Any]) -> Any:
+    """DDIM, DPM++ 2M, or SDE-DPM++ as the reference uses it (linspace timesteps, no Karras sigmas)."""
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    common = dict(solver_order=2, use_karras_sigmas=False, timestep_spacing="linspace")
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", **common)
+    if name == "sde_dpmpp":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", **common)
+    raise ValueError(f"unknown sampler {name!r}; use one of {list(choices.SAMPLERS)}")
+
+
+def initial_noise(shape: tuple[int, ...], layout: FrameLayout, rank: int, job: JobSpec, step: int | None = None):
+    """Exact: one global tensor from the seed, sliced by rank (the same video for any rank count).
+    Reference: an independent tensor per rank from seed + rank. Frames are axis 2 of `shape`."""
+    start, end = layout.span(rank)
+    generator = torch.Generator("cpu")
+    if job.attention.mode == "exact":
+        salt = 0 if step is None else 1_000_003 * (step + 1)
+        generator.manual_seed((job.seed + salt) % (2**63))
+        full = torch.randn((*shape[:2], layout.total, *shape[3:]), generator=generator)
+        return full[:, :, start:end].clone()
+    salt = 0 if step is None else 7_919 * (step + 1)
+    generator.manual_seed((job.seed + rank + salt) % (2**63))
+    return torch.randn((*shape[:2], end - start, *shape[3:]), generator=generator)
+
+
+def denoise(
+    predict: Predictor,
+    scheduler_config: dict[str, Any],
+    shape: tuple[int, ...],
+    job: JobSpec,
+    ctx: TemporalContext,
+    control: RunControl,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Runs the job's scheduler from noise to this rank's final latents of `shape` (1, C, own frames, h, w)."""
+    comm, layout = ctx.comm, ctx.layout
+    assert layout is not None, "denoise runs inside a job (ctx.begin_job)"
+    scheduler = make_scheduler(job.sampler, scheduler_config)
+    scheduler.set_timesteps(job.steps)
+    latents = initial_noise(shape, layout, comm.rank, job).to(device) * scheduler.init_noise_sigma
+    stochastic = job.sampler in choices.STOCHASTIC_SAMPLERS
+    total = len(scheduler.timesteps)
+    for index, timestep in enumerate(scheduler.timesteps):
+        # Rank 0 decides and every rank learns it in the same collective, so all stop at the same step.
+        if comm.agree(bool(control.should_cancel and comm.is_root and control.should_cancel())):
+            raise JobCancelled(index)
+        comm.reset_counters()
+        ctx.timestep = float(timestep)
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
+        uncond, cond = predict(model_input.to(dtype), timestep).float().chunk(2)
+        guided = uncond + job.cfg * (cond - uncond)
+        extra = {}
+        if stochastic:
+            extra["variance_noise"] = initial_noise(shape, layout, comm.rank, job, step=index).to(device)
+        latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
+        control.stats.bytes_sent_per_step.append(comm.bytes_sent)
+        control.stats.bytes_received_per_step.append(comm.bytes_received)
+        control.stats.calls_per_step.append(comm.calls)
+        control.progress(index + 1, total, "denoising")
+    return latents

@@ -1,0 +1,1 @@
+"""The diffusers UNet3D family: ModelScope, Zeroscope and VideoCrafter2's diffusers port."""

@@ -1,0 +1,74 @@
+"""The diffusers UNet3D family (ModelScope, Zeroscope, VideoCrafter2's port) behind the engine's seam."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from pathlib import Path
+
+import torch
+
+from ...engine.context import TemporalContext
+from ...engine.contract import RunControl
+from ...engine.family import LatentLayout
+from ...engine.job import JobSpec, ModelSpec
+from ...engine.sampling import denoise
+from .loader import LoadedPipeline, load_pipeline
+from .model import run_unet3d
+from .patch import patch_unet
+from .text import frame_text
+
+DECODE_CHUNK = 8  # frames per VAE call: bounds the decoder's activation memory
+
+
+class UNet3DFamily:
+    name = "unet3d"
+
+    def model_key(self, model: ModelSpec) -> Hashable:
+        """Files by path, size and modification time, so an edited file reloads."""
+        stamps = []
+        for location in (model.base, model.unet):
+            if not location:
+                continue
+            path = Path(location)
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                try:
+                    stat = os.stat(file)
+                    stamps.append((str(file), stat.st_size, stat.st_mtime_ns))
+                except OSError:
+                    stamps.append((str(file), -1, -1))
+        return (model.dtype, tuple(stamps))
+
+    def load(self, model: ModelSpec, device: torch.device) -> LoadedPipeline:
+        return load_pipeline(model, device)
+
+    def patch(self, loaded: LoadedPipeline, ctx: TemporalContext) -> None:
+        patch_unet(loaded.unet, ctx)
+
+    def latent_layout(self, loaded: LoadedPipeline) -> LatentLayout:
+        return LatentLayout(channels=loaded.unet.config.in_channels, spatial_factor=loaded.vae_scale)
+
+    def denoise(self, loaded: LoadedPipeline, job: JobSpec, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
+        start, end = ctx.span
+        text = frame_text(loaded, job, range(start, end))
+        layout = self.latent_layout(loaded)
+        factor = layout.spatial_factor
+        shape = (1, layout.channels, end - start, job.height // factor, job.width // factor)
+
+        def predict(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return run_unet3d(loaded.unet, model_input, timestep, text, job.fps)
+
+        return denoise(predict, loaded.scheduler_config, shape, job, ctx, control, loaded.device, loaded.dtype)
+
+    def decode(self, loaded: LoadedPipeline, latents: torch.Tensor, control: RunControl) -> torch.Tensor:
+        """Per-frame VAE decode of this rank's frames to (F, H, W, 3) uint8: no exchange needed."""
+        vae = loaded.vae
+        frames = latents[0].permute(1, 0, 2, 3) / vae.config.scaling_factor
+        pieces = []
+        chunks = range(0, frames.shape[0], DECODE_CHUNK)
+        for number, first in enumerate(chunks):
+            images = vae.decode(frames[first : first + DECODE_CHUNK].to(loaded.dtype)).sample.float()
+            pieces.append(((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+            control.progress(number + 1, len(chunks), "decoding")
+        return torch.cat(pieces)
