@@ -42,7 +42,7 @@ def test_generate_takes_unset_settings_from_the_model_folder(tmp_path: Path) -> 
     out = tmp_path / "circle.mp4"
     done = cli(
         "generate", "--model", str(REPO / "assets" / "tiny-shapes-t2v"), "--prompt", "a red circle moving right",
-        "--frames", "2", "--steps", "1", "--devices", "cpu:1", "--out", str(out),
+        "--frames", "2", "--global-frames", "2", "--steps", "1", "--devices", "cpu:1", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     # The demo model's video_infinity.json recommends 64x64 with ddim; --steps given here wins over its 25.

@@ -1,0 +1,130 @@
+"""The graph's MODEL, made ready to travel to the workers (runs in the ComfyUI process).
+
+Workers cannot receive a ModelPatcher: it holds closures and objects of ComfyUI's module tree. What travels
+is the model's weights with their patches (LoRAs and the like) merged the way ComfyUI merges them when it
+loads the model, written once as safetensors (never pickle) and kept while the same model with the same
+patches is used again. Anything else a MODEL may carry is either carried over by value (the model-sampling
+shift of ModelSamplingSD3) or refused with its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...engine.errors import InvalidSettingsError
+
+SUPPORTED_CONFIGS = {"WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video", "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video"}
+TORCH_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
+OWN_TRANSFORMER_OPTIONS: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSampling:
+    """The flow model's sampling parameters (ModelSamplingSD3 and the model's own default)."""
+
+    shift: float
+    multiplier: float
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    weights: Path  # safetensors: the diffusion model's weights with their patches merged
+    dtype: str  # the dtype ComfyUI computes the model in
+    sampling: ModelSampling
+    image_to_video: bool
+
+
+def check_family(patcher: Any) -> str:
+    """The model's config name; raises InvalidSettingsError naming the supported families otherwise."""
+    config = type(patcher.model.model_config).__name__
+    if config not in SUPPORTED_CONFIGS:
+        supported = ", ".join(f"{name} ({what})" for name, what in SUPPORTED_CONFIGS.items())
+        raise InvalidSettingsError(
+            f"the MODEL is a {config} ({type(patcher.model).__name__}), which this sampler cannot run clip-parallel; "
+            f"supported: {supported}. Use core KSampler for other models"
+        )
+    return config
+
+
+def untravelled(patcher: Any) -> list[str]:
+    """Everything on the MODEL that cannot reach the workers, by name (empty when all of it can)."""
+    names = []
+    options = patcher.model_options
+    for key, value in options.items():
+        if key == "transformer_options":
+            names += [f"transformer_options[{name!r}]" for name in value if name not in OWN_TRANSFORMER_OPTIONS]
+        elif value:
+            names.append(f"model_options[{key!r}]")
+    names += [f"wrapper {kind!r}" for kind, wrappers in patcher.wrappers.items() if wrappers]
+    names += [f"callback {kind!r}" for kind, callbacks in patcher.callbacks.items() if callbacks]
+    names += [f"object patch {name!r}" for name in patcher.object_patches if name != "model_sampling"]
+    if "model_sampling" in patcher.object_patches and _sampling_of(patcher) is None:
+        names.append(f"object patch 'model_sampling' ({type(patcher.object_patches['model_sampling']).__name__})")
+    if getattr(patcher, "hook_mode", None) is not None and getattr(patcher, "hook_patches", None):
+        names.append("hook patches (scheduled LoRA keyframes)")
+    return names
+
+
+def check_travels(patcher: Any) -> None:
+    left_behind = untravelled(patcher)
+    if left_behind:
+        raise InvalidSettingsError(
+            "the MODEL carries patches that cannot reach the workers: "
+            + ", ".join(left_behind)
+            + ". Remove the nodes that add them, or use core KSampler; weight patches (LoRAs) and ModelSamplingSD3 "
+            "do travel"
+        )
+
+
+def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
+    """Writes (or reuses) the patched weights of `patcher` under cache_dir; checks the family and the patches."""
+    import comfy.float
+    import comfy.lora
+    import comfy.model_patcher
+    from safetensors.torch import save_file
+
+    config = check_family(patcher)
+    check_travels(patcher)
+    sampling = _sampling_of(patcher)
+    assert sampling is not None
+    dtype = TORCH_DTYPE_NAMES.get(patcher.model.get_dtype())
+    if dtype is None:
+        raise InvalidSettingsError(
+            f"the MODEL's weights are {patcher.model.get_dtype()}; clip-parallel sampling takes fp32, fp16 or bf16 "
+            "weights (load the model with weight_dtype 'default')"
+        )
+    identity = f"{id(patcher.model)}-{patcher.patches_uuid}-{dtype}"
+    path = cache_dir / f"wan-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.safetensors"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        weights = {}
+        for key, (base, *patches) in patcher.get_key_patches("diffusion_model.").items():
+            weight, convert = base
+            if not patches:
+                weights[key] = weight.detach().to("cpu").contiguous()
+                continue
+            merged = convert(weight.to(torch.float32, copy=True), inplace=True)
+            merged = comfy.lora.calculate_weight(patches, merged, key)
+            seed = comfy.model_patcher.string_to_seed(key)
+            weights[key] = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed).to("cpu").contiguous()
+        partial = path.with_suffix(".partial")
+        save_file(weights, str(partial))
+        partial.replace(path)  # a half-written file is never taken for a finished one
+    return ExportedModel(path, dtype, sampling, image_to_video=config == "WAN21_I2V")
+
+
+def _sampling_of(patcher: Any) -> ModelSampling | None:
+    import comfy.model_sampling
+
+    sampling = patcher.get_model_object("model_sampling")
+    if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) and isinstance(
+        sampling, comfy.model_sampling.CONST
+    ):
+        return ModelSampling(float(sampling.shift), float(sampling.multiplier))
+    return None

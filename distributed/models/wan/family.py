@@ -1,0 +1,106 @@
+"""ComfyUI's Wan models behind the engine's seam: the graph's weights, ComfyUI's samplers, no decode.
+
+The worker loads the weights file the coordinator wrote (export.py), installs dual-scope attention on a
+clone of the ModelPatcher (patch.py) and runs ComfyUI's sampler on its clip (sampling.py). The latents go
+back to the graph, whose own VAE Decode turns them into frames.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...engine.context import TemporalContext
+from ...engine.contract import RunControl
+from ...engine.errors import InvalidSettingsError, ModelLoadError
+from ...engine.family import LatentLayout
+from ...engine.job import ModelSpec
+from ...engine.latent_job import LatentJob
+from ...engine.settings import DualScopeSettings
+from .comfy_runtime import import_comfy
+from .inputs import read_inputs
+from .patch import install_dual_scope
+from .sampling import check_sampling, sample_clip
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Wan's native clip is 81 frames = 21 latent frames, so P = 10 gives each frame the window it was trained on;
+# with G = 16 a frame attends to at most 2P + 1 + G = 37 latent frames, under twice the native clip. The phase
+# bias is off: its reference setting was tuned on VideoCrafter2's timestep schedule, not on a flow model's.
+DEFAULT_ATTENTION = DualScopeSettings(local_window=10, global_frames=16, phase_bias=False)
+
+
+@dataclass
+class LoadedWan:
+    comfy: Any  # the worker's ComfyUI package
+    patcher: Any  # the plain ModelPatcher of the graph's weights
+    patched: Any  # a clone with dual-scope attention (set by patch)
+
+
+class WanFamily:
+    name = "wan"
+
+    def model_key(self, model: ModelSpec) -> Hashable:
+        try:
+            stat = os.stat(model.base)
+        except OSError:
+            return (model.base, model.dtype, -1)
+        return (model.base, model.dtype, stat.st_size, stat.st_mtime_ns)
+
+    def load(self, model: ModelSpec, device: torch.device) -> LoadedWan:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        comfy = import_comfy(on_cpu=device.type == "cpu")
+        import comfy.sd
+
+        try:
+            weights = load_file(model.base)
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(f"{model.base} is not a readable safetensors file ({error})") from error
+        patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": TORCH_DTYPES[model.dtype]})
+        if patcher is None:
+            raise ModelLoadError(f"ComfyUI does not recognise the model in {model.base}")
+        return LoadedWan(comfy, patcher, None)
+
+    def patch(self, loaded: LoadedWan, ctx: TemporalContext) -> None:
+        loaded.patched = install_dual_scope(loaded.patcher, ctx)
+
+    def latent_layout(self, loaded: LoadedWan) -> LatentLayout:
+        latent_format = loaded.patcher.model.latent_format
+        return LatentLayout(channels=latent_format.latent_channels, spatial_factor=8, temporal_factor=4)
+
+    def denoise(self, loaded: LoadedWan, job: LatentJob, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
+        if job.attention.mode == "reference":
+            raise InvalidSettingsError(
+                "mode 'reference' reproduces the UNet3D reference code and has no meaning for Wan; use 'exact' "
+                "(or 'independent' for the baseline without exchange)"
+            )
+        comfy = loaded.comfy
+        samplers = tuple(comfy.samplers.KSampler.SAMPLERS)
+        check_sampling(job.sampling, samplers, tuple(comfy.samplers.KSampler.SCHEDULERS))
+        import comfy.clip_vision
+
+        inputs = read_inputs(job.inputs, comfy.clip_vision.Output)
+        model = loaded.patched.clone()
+        model.add_object_patch("model_sampling", _model_sampling(comfy, model, inputs.sampling))
+        latents = sample_clip(comfy, model, ctx, inputs.latent, inputs.positive, inputs.negative, job.sampling, control)
+        return latents
+
+    def decode(self, loaded: LoadedWan, latents: torch.Tensor, control: RunControl) -> None:
+        return None  # the graph decodes with its own VAE
+
+
+def _model_sampling(comfy: Any, model: Any, sampling: Any) -> Any:
+    """The flow sampling the graph's MODEL had (ModelSamplingSD3's shift, or the model's default)."""
+    import comfy.model_sampling
+
+    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    result = FlowSampling(model.model.model_config)
+    result.set_parameters(shift=sampling.shift, multiplier=sampling.multiplier)
+    return result

@@ -1,0 +1,109 @@
+"""A job's tensors (latent and conditioning) as one safetensors file, written by the coordinator.
+
+ComfyUI's CONDITIONING is a list of [tensor, extras]. The tensors of the extras travel as tensors, plain
+numbers and strings as JSON metadata, a CLIP vision output as its tensors; any other value is refused with
+its name, never pickled and never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...engine.errors import InvalidSettingsError
+from .export import ModelSampling
+
+PLAIN = (bool, int, float, str, type(None))
+CLIP_VISION_FIELDS = ("last_hidden_state", "image_embeds", "penultimate_hidden_states", "mm_projected")
+CONDITIONINGS = ("positive", "negative")
+
+
+@dataclass
+class JobInputs:
+    latent: torch.Tensor  # (1, C, T, h, w), the graph's LATENT samples
+    positive: list
+    negative: list
+    sampling: ModelSampling
+
+
+def check_conditioning(name: str, conditioning: Any, text_width: int) -> None:
+    """Refuses conditioning that is not a list of [tensor, extras] or was made for another model's text width."""
+    if not isinstance(conditioning, list) or not conditioning:
+        raise InvalidSettingsError(f"{name} is empty or not CONDITIONING; connect a text encode node")
+    for entry in conditioning:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)):
+            raise InvalidSettingsError(f"{name} is not CONDITIONING ([tensor, extras] entries)")
+        width = entry[0].shape[-1]
+        if width != text_width:
+            raise InvalidSettingsError(
+                f"the {name} conditioning has width {width} but the model takes {text_width}: it was encoded for "
+                "another model (Wan needs its umT5-XXL text encoder, loaded with CLIPLoader type 'wan')"
+            )
+
+
+def write_inputs(path: Path, inputs: JobInputs) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {"latent": inputs.latent.detach().to("cpu", torch.float32).contiguous()}
+    layout: dict[str, Any] = {"sampling": asdict(inputs.sampling)}
+    for name in CONDITIONINGS:
+        layout[name] = [_pack(f"{name}/{index}", entry, tensors) for index, entry in enumerate(getattr(inputs, name))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"layout": json.dumps(layout)})
+
+
+def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> JobInputs:
+    """`clip_vision_output`: ComfyUI's comfy.clip_vision.Output class, to rebuild CLIP vision outputs."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as source:
+        layout = json.loads(source.metadata()["layout"])
+        tensors = {key: source.get_tensor(key) for key in source.keys()}
+    conditionings = {
+        name: [_unpack(f"{name}/{index}", packed, tensors, clip_vision_output) for index, packed in enumerate(layout[name])]
+        for name in CONDITIONINGS
+    }
+    return JobInputs(tensors["latent"], conditionings["positive"], conditionings["negative"], ModelSampling(**layout["sampling"]))
+
+
+def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)):
+        raise InvalidSettingsError(f"{prefix.split('/')[0]} is not CONDITIONING ([tensor, extras] entries)")
+    cross_attn, extras = entry
+    tensors[f"{prefix}/cross_attn"] = cross_attn.detach().to("cpu").contiguous()
+    packed: dict[str, Any] = {"plain": {}, "tensors": [], "clip_vision": {}}
+    for key, value in extras.items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"{prefix}/{key}"] = value.detach().to("cpu").contiguous()
+            packed["tensors"].append(key)
+        elif isinstance(value, PLAIN):
+            packed["plain"][key] = value
+        elif key == "clip_vision_output":
+            fields = [f for f in CLIP_VISION_FIELDS if isinstance(getattr(value, f, None), torch.Tensor)]
+            for field in fields:
+                tensors[f"{prefix}/clip_vision_output/{field}"] = getattr(value, field).detach().to("cpu").contiguous()
+            packed["clip_vision"] = {key: fields}
+        else:
+            raise InvalidSettingsError(
+                f"the {prefix.split('/')[0]} conditioning carries {key!r} ({type(value).__name__}), which cannot "
+                "reach the workers; remove the node that adds it or use core KSampler"
+            )
+    return packed
+
+
+def _unpack(prefix: str, packed: dict[str, Any], tensors: dict[str, torch.Tensor], clip_vision_output: type | None) -> list:
+    extras: dict[str, Any] = dict(packed["plain"])
+    for key in packed["tensors"]:
+        extras[key] = tensors[f"{prefix}/{key}"]
+    for key, fields in packed["clip_vision"].items():
+        if clip_vision_output is None:
+            raise InvalidSettingsError("a CLIP vision output arrived but ComfyUI's clip_vision module is not at hand")
+        output = clip_vision_output()
+        for field in fields:
+            setattr(output, field, tensors[f"{prefix}/clip_vision_output/{field}"])
+        extras[key] = output
+    return [tensors[f"{prefix}/cross_attn"], extras]

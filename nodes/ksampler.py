@@ -1,0 +1,138 @@
+"""Clip-Parallel KSampler: core KSampler(Advanced) on the graph's own Wan MODEL, one long video over many workers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from . import pool_access
+from .api import CATEGORY, Attention, Pool, io
+from .progress import JobProgress, wait_for
+from .values import PoolChoice
+
+DEFAULT_POOL = PoolChoice(devices="auto")
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def _samplers() -> list[str]:
+    import comfy.samplers
+
+    from ..distributed.models.wan.sampling import ADAPTIVE_SAMPLERS
+
+    return [name for name in comfy.samplers.KSampler.SAMPLERS if name not in ADAPTIVE_SAMPLERS]
+
+
+def _schedulers() -> list[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+class ClipParallelKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoInfinityClipParallelKSampler",
+            display_name="Clip-Parallel KSampler (Video-Infinity)",
+            category=CATEGORY,
+            description="KSampler for long videos on ComfyUI's own Wan models: the latent's frames are split into "
+            "clips, one per worker, kept consistent by dual-scope attention. Takes the MODEL with its LoRAs; "
+            "chain two (start/end step) for Wan 2.2's high- and low-noise experts.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 A14B model from core loaders (LoRAs included)."),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input(
+                    "latent_image",
+                    tooltip="From EmptyHunyuanLatentVideo, WanImageToVideo and the like; every worker needs at "
+                    "least one latent frame (4 video frames).",
+                ),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="The same seed gives the same video for any number of workers."),
+                io.Int.Input("steps", default=20, min=1, max=10000),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Combo.Input("sampler_name", options=_samplers(), default="euler"),
+                io.Combo.Input("scheduler", options=_schedulers(), default="simple"),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Boolean.Input("add_noise", default=True, tooltip="Off for the second of two chained samplers."),
+                io.Int.Input("start_at_step", default=0, min=0, max=10000),
+                io.Int.Input("end_at_step", default=10000, min=0, max=10000),
+                io.Boolean.Input("return_with_leftover_noise", default=False,
+                                 tooltip="On for the first of two chained samplers (Wan 2.2 high-noise expert)."),
+                Attention.Input("attention", optional=True,
+                                tooltip="From Dual-Scope Attention; unconnected: the Wan defaults (P 10, G 16 latent "
+                                "frames, no phase bias)."),
+                Pool.Input("pool", optional=True, tooltip="From Worker Pool; unconnected uses every GPU, else 2 CPU workers."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(
+        cls, model: Any, positive: list, negative: list, latent_image: dict, seed: int, steps: int, cfg: float,
+        sampler_name: str, scheduler: str, denoise: float, add_noise: bool, start_at_step: int, end_at_step: int,
+        return_with_leftover_noise: bool, attention: dict[str, Any] | None = None, pool: PoolChoice | None = None,
+    ) -> io.NodeOutput:
+        from ..distributed.engine.latent_job import ComfySampling
+        from ..distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, comfy_root_of_this_process
+
+        sampling = ComfySampling(
+            sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=seed, denoise=denoise,
+            add_noise=add_noise, start_at_step=start_at_step, end_at_step=end_at_step,
+            return_with_leftover_noise=return_with_leftover_noise,
+        )
+        pool = pool or DEFAULT_POOL
+        os.environ.setdefault(COMFY_ROOT_ENV, comfy_root_of_this_process() or "")  # the workers import this ComfyUI
+        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention)
+        engine_pool = pool_access.get_pool(pool)
+        try:
+            handle = engine_pool.submit(job)
+            window = max(1, min(steps, end_at_step) - start_at_step)
+            wait_for(handle, JobProgress(window, cls.hidden.unique_id, engine_pool.world_size), pool.job_timeout_s)
+            latents = handle.latents(0)
+        finally:
+            inputs.unlink(missing_ok=True)
+            pool_access.release_if_cold(engine_pool)
+        import torch
+
+        out = dict(latent_image)
+        out["samples"] = torch.from_numpy(latents).unsqueeze(0)
+        return io.NodeOutput(out)
+
+
+def build_latent_job(model: Any, positive: list, negative: list, latent: dict, sampling: Any, attention: Any):
+    """The job and its inputs file; every problem found here is an InvalidSettingsError naming the fix."""
+    import folder_paths
+
+    from ..distributed.engine.errors import InvalidSettingsError
+    from ..distributed.engine.job import ModelSpec
+    from ..distributed.engine.latent_job import LatentJob
+    from ..distributed.engine.settings import DualScopeSettings
+    from ..distributed.models.wan.export import export_model
+    from ..distributed.models.wan.family import DEFAULT_ATTENTION
+    from ..distributed.models.wan.inputs import JobInputs, check_conditioning, write_inputs
+
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise InvalidSettingsError(
+            f"latent_image has shape {tuple(samples.shape)}; a video latent (batch, channels, frames, height, width) is "
+            "needed, e.g. from EmptyHunyuanLatentVideo or WanImageToVideo"
+        )
+    if samples.shape[0] != 1:
+        raise InvalidSettingsError(f"latent_image holds a batch of {samples.shape[0]} videos; use batch_size 1")
+    if "noise_mask" in latent:
+        raise InvalidSettingsError("latent_image carries a noise mask, which clip-parallel sampling does not support yet")
+    root = Path(folder_paths.get_temp_directory()) / "video-infinity"
+    exported = export_model(model, root / "models")
+    text_width = model.get_model_object("diffusion_model").text_embedding[0].in_features
+    for name, conditioning in (("positive", positive), ("negative", negative)):
+        check_conditioning(name, conditioning, text_width)
+    settings = attention if isinstance(attention, DualScopeSettings) else None
+    settings = settings or (DualScopeSettings.from_dict(attention) if attention else DEFAULT_ATTENTION)
+    inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
+    write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling))
+    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+    return LatentJob(spec, str(inputs), int(samples.shape[2]), sampling, settings), inputs

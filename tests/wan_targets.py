@@ -1,0 +1,72 @@
+"""Functions run in real rank processes for the Wan family tests: ComfyUI is imported there, never in pytest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.contract import RunControl, RunStats
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.wan.comfy_runtime import import_comfy
+from distributed.models.wan.patch import install_dual_scope
+from distributed.engine.latent_job import ComfySampling
+from distributed.models.wan.sampling import sample_clip
+
+TEXT_TOKENS = 8
+
+
+def save_tiny_wan_target(comm: Communicator, path: str, seed: int = 0, image_to_video: bool = False) -> str:
+    import_comfy(on_cpu=True)
+    from support.tiny_wan import save_tiny_wan
+
+    return str(save_tiny_wan(__import__("pathlib").Path(path), seed, image_to_video))
+
+
+def _load(comfy: Any, weights: str) -> Any:
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    return comfy.sd.load_diffusion_model_state_dict(load_file(weights), model_options={"dtype": torch.float32})
+
+
+def _conditioning(seed: int) -> list:
+    text = torch.randn(1, TEXT_TOKENS, 4096, generator=torch.Generator().manual_seed(seed))
+    return [[text, {}]]
+
+
+def _sampling(kwargs: dict[str, Any]) -> ComfySampling:
+    return ComfySampling(**kwargs)
+
+
+def core_ksampler(comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any]) -> torch.Tensor:
+    """What core KSampler makes of the same model, latent, conditioning and seed, on one device."""
+    comfy = import_comfy(on_cpu=True)
+    model = _load(comfy, weights)
+    spec = _sampling(sampling)
+    latent = torch.zeros(latent_shape)
+    noise = comfy.sample.prepare_noise(latent, spec.seed)
+    return comfy.sample.sample(
+        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, _conditioning(1), _conditioning(2),
+        latent, denoise=spec.denoise, seed=spec.seed, disable_pbar=True,
+    )  # fmt: skip
+
+
+def clip_parallel(
+    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any], settings: dict[str, Any]
+) -> torch.Tensor | None:
+    """The same job clip-parallel over this group's ranks; rank 0 returns the whole latent."""
+    comfy = import_comfy(on_cpu=True)
+    ctx = TemporalContext(comm)
+    model = install_dual_scope(_load(comfy, weights), ctx)
+    latent = torch.zeros(latent_shape)
+    layout = FrameLayout(latent_shape[2], comm.world_size)
+    ctx.begin_job(layout, DualScopeSettings(**settings))
+    control = RunControl.create(None, None, RunStats())
+    own = sample_clip(comfy, model, ctx, latent, _conditioning(1), _conditioning(2), _sampling(sampling), control)
+    ctx.end_job()
+    gathered = comm.gather_frames_to_root(own[0].permute(1, 0, 2, 3).contiguous(), layout)
+    return None if gathered is None else gathered.permute(1, 0, 2, 3).unsqueeze(0)
