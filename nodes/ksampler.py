@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,14 @@ class ClipParallelKSampler(io.ComfyNode):
                     tooltip="From EmptyHunyuanLatentVideo, WanImageToVideo and the like; every worker needs at "
                     "least one latent frame (4 video frames).",
                 ),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
-                             tooltip="The same seed gives the same video for any number of workers."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=MAX_SEED,
+                    control_after_generate=True,
+                    tooltip="The same seed gives the same video for any number of workers.",
+                ),
                 io.Int.Input("steps", default=20, min=1, max=10000),
                 io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.Combo.Input("sampler_name", options=_samplers(), default="euler"),
@@ -59,12 +64,20 @@ class ClipParallelKSampler(io.ComfyNode):
                 io.Boolean.Input("add_noise", default=True, tooltip="Off for the second of two chained samplers."),
                 io.Int.Input("start_at_step", default=0, min=0, max=10000),
                 io.Int.Input("end_at_step", default=10000, min=0, max=10000),
-                io.Boolean.Input("return_with_leftover_noise", default=False,
-                                 tooltip="On for the first of two chained samplers (Wan 2.2 high-noise expert)."),
-                Attention.Input("attention", optional=True,
-                                tooltip="From Dual-Scope Attention; unconnected: the Wan defaults (P 10, G 16 latent "
-                                "frames, no phase bias)."),
-                Pool.Input("pool", optional=True, tooltip="From Worker Pool; unconnected uses every GPU, else 2 CPU workers."),
+                io.Boolean.Input(
+                    "return_with_leftover_noise",
+                    default=False,
+                    tooltip="On for the first of two chained samplers (Wan 2.2 high-noise expert).",
+                ),
+                Attention.Input(
+                    "attention",
+                    optional=True,
+                    tooltip="From Dual-Scope Attention; unconnected: the Wan defaults (P 10, G 16 latent "
+                    "frames, no phase bias).",
+                ),
+                Pool.Input(
+                    "pool", optional=True, tooltip="From Worker Pool; unconnected uses every GPU, else 2 CPU workers."
+                ),
             ],
             outputs=[io.Latent.Output(display_name="LATENT")],
             hidden=[io.Hidden.unique_id],
@@ -72,20 +85,39 @@ class ClipParallelKSampler(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model: Any, positive: list, negative: list, latent_image: dict, seed: int, steps: int, cfg: float,
-        sampler_name: str, scheduler: str, denoise: float, add_noise: bool, start_at_step: int, end_at_step: int,
-        return_with_leftover_noise: bool, attention: dict[str, Any] | None = None, pool: PoolChoice | None = None,
+        cls,
+        model: Any,
+        positive: list,
+        negative: list,
+        latent_image: dict,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        denoise: float,
+        add_noise: bool,
+        start_at_step: int,
+        end_at_step: int,
+        return_with_leftover_noise: bool,
+        attention: dict[str, Any] | None = None,
+        pool: PoolChoice | None = None,
     ) -> io.NodeOutput:
         from ..distributed.engine.latent_job import ComfySampling
-        from ..distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, comfy_root_of_this_process
 
         sampling = ComfySampling(
-            sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=seed, denoise=denoise,
-            add_noise=add_noise, start_at_step=start_at_step, end_at_step=end_at_step,
+            sampler_name=sampler_name,
+            scheduler=scheduler,
+            steps=steps,
+            cfg=cfg,
+            seed=seed,
+            denoise=denoise,
+            add_noise=add_noise,
+            start_at_step=start_at_step,
+            end_at_step=end_at_step,
             return_with_leftover_noise=return_with_leftover_noise,
         )
         pool = pool or DEFAULT_POOL
-        os.environ.setdefault(COMFY_ROOT_ENV, comfy_root_of_this_process() or "")  # the workers import this ComfyUI
         job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention)
         engine_pool = pool_access.get_pool(pool)
         try:
@@ -124,7 +156,9 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     if samples.shape[0] != 1:
         raise InvalidSettingsError(f"latent_image holds a batch of {samples.shape[0]} videos; use batch_size 1")
     if "noise_mask" in latent:
-        raise InvalidSettingsError("latent_image carries a noise mask, which clip-parallel sampling does not support yet")
+        raise InvalidSettingsError(
+            "latent_image carries a noise mask, which clip-parallel sampling does not support yet"
+        )
     root = Path(folder_paths.get_temp_directory()) / "video-infinity"
     exported = export_model(model, root / "models")
     text_width = model.get_model_object("diffusion_model").text_embedding[0].in_features

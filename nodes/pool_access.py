@@ -6,6 +6,7 @@ The engine is imported late so that loading the pack (and ComfyUI's start) stays
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 from .values import PoolChoice
@@ -13,8 +14,11 @@ from .values import PoolChoice
 
 def get_pool(choice: PoolChoice):
     """The shared pool for this choice: the warm one while the devices stay the same, else a fresh one."""
+    from ..distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, comfy_root_of_this_process
     from ..distributed.pool import PoolConfig, shared_pool
 
+    # Workers started from here import this ComfyUI when a job runs one of its models.
+    os.environ.setdefault(COMFY_ROOT_ENV, comfy_root_of_this_process() or "")
     config = PoolConfig(devices=choice.devices, collective_timeout_s=choice.timeout_s, keep_warm=choice.keep_warm)
     config.local_devices()  # resolves "auto" and checks the devices before anything starts
     return shared_pool(config)

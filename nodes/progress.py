@@ -42,9 +42,9 @@ class JobProgress:
         else:
             self._text(_PHASES.get(phase, str(phase)))
 
-    def finish(self, frames: int) -> None:
+    def finish(self, text: str) -> None:
         self._bar(self.steps + 1)
-        self._text(f"{frames} frames done")
+        self._text(text)
 
     def _bar(self, value: int) -> None:
         if value > self.last_value:  # every rank reports its steps: send each value once, never backwards
@@ -98,7 +98,7 @@ def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> 
     except (WorkerError, PoolError) as error:
         # The worker's own text (rank, device, error kind and message) becomes the node's error.
         raise WorkerFailed(f"Video-Infinity {error}") from error
-    progress.finish(int(frames.shape[0]))
+    progress.finish(f"{frames.shape[0]} frames done" if frames is not None else "latent done")
     return frames
 
 

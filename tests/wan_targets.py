@@ -9,11 +9,11 @@ import torch
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
 from distributed.engine.contract import RunControl, RunStats
+from distributed.engine.latent_job import ComfySampling
 from distributed.engine.layout import FrameLayout
 from distributed.engine.settings import DualScopeSettings
 from distributed.models.wan.comfy_runtime import import_comfy
 from distributed.models.wan.patch import install_dual_scope
-from distributed.engine.latent_job import ComfySampling
 from distributed.models.wan.sampling import sample_clip
 
 TEXT_TOKENS = 8
@@ -42,11 +42,15 @@ def _sampling(kwargs: dict[str, Any]) -> ComfySampling:
     return ComfySampling(**kwargs)
 
 
-def core_ksampler(comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any]) -> torch.Tensor:
+def core_ksampler(
+    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any]
+) -> torch.Tensor:
     """What core KSampler makes of the same model, latent, conditioning and seed, on one device."""
     comfy = import_comfy(on_cpu=True)
-    model = _load(comfy, weights)
-    spec = _sampling(sampling)
+    return _core(comfy, _load(comfy, weights), latent_shape, _sampling(sampling))
+
+
+def _core(comfy: Any, model: Any, latent_shape: tuple[int, ...], spec: ComfySampling) -> torch.Tensor:
     latent = torch.zeros(latent_shape)
     noise = comfy.sample.prepare_noise(latent, spec.seed)
     return comfy.sample.sample(
@@ -55,18 +59,44 @@ def core_ksampler(comm: Communicator, weights: str, latent_shape: tuple[int, ...
     )  # fmt: skip
 
 
+def core_and_clip_parallel(
+    comm: Communicator, weights: str, latent_shape: tuple[int, ...], samplings: list[dict[str, Any]], settings: dict
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For each sampling on one rank: (core KSampler's latent, the clip-parallel latent), one model load."""
+    comfy = import_comfy(on_cpu=True)
+    plain = _load(comfy, weights)
+    ctx = TemporalContext(comm)
+    patched = install_dual_scope(plain, ctx)
+    pairs = []
+    for sampling in samplings:
+        spec = _sampling(sampling)
+        ours = _clip_parallel(comfy, patched, ctx, latent_shape, spec, settings)
+        pairs.append((_core(comfy, plain, latent_shape, spec), ours))
+    return pairs
+
+
 def clip_parallel(
-    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any], settings: dict[str, Any]
-) -> torch.Tensor | None:
-    """The same job clip-parallel over this group's ranks; rank 0 returns the whole latent."""
+    comm: Communicator, weights: str, latent_shape: tuple[int, ...], samplings: list[dict[str, Any]], settings: dict
+) -> list[torch.Tensor | None]:
+    """Each sampling clip-parallel over this group's ranks; rank 0 returns the whole latents."""
     comfy = import_comfy(on_cpu=True)
     ctx = TemporalContext(comm)
     model = install_dual_scope(_load(comfy, weights), ctx)
-    latent = torch.zeros(latent_shape)
+    return [_clip_parallel(comfy, model, ctx, latent_shape, _sampling(s), settings) for s in samplings]
+
+
+def _clip_parallel(
+    comfy: Any, model: Any, ctx: TemporalContext, latent_shape: tuple[int, ...], spec: ComfySampling, settings: dict
+) -> torch.Tensor | None:
+    comm = ctx.comm
     layout = FrameLayout(latent_shape[2], comm.world_size)
     ctx.begin_job(layout, DualScopeSettings(**settings))
     control = RunControl.create(None, None, RunStats())
-    own = sample_clip(comfy, model, ctx, latent, _conditioning(1), _conditioning(2), _sampling(sampling), control)
-    ctx.end_job()
+    try:
+        own = sample_clip(
+            comfy, model, ctx, torch.zeros(latent_shape), _conditioning(1), _conditioning(2), spec, control
+        )
+    finally:
+        ctx.end_job()
     gathered = comm.gather_frames_to_root(own[0].permute(1, 0, 2, 3).contiguous(), layout)
     return None if gathered is None else gathered.permute(1, 0, 2, 3).unsqueeze(0)

@@ -11,6 +11,7 @@ import torch
 
 if TYPE_CHECKING:
     from .job import JobSpec
+    from .latent_job import LatentJob
 
 ProgressFn = Callable[[int, int, str], None]  # (step, total, phase)
 CancelFn = Callable[[], bool]
@@ -33,7 +34,7 @@ class RunStats:
 class GenerationResult:
     """One job's outcome on one rank. Frames and latents are gathered on rank 0 only (None elsewhere)."""
 
-    frames: np.ndarray | None  # (T, H, W, 3) uint8
+    frames: np.ndarray | None  # (T, H, W, 3) uint8; None for latent jobs
     latents: torch.Tensor | None  # (C, T, h, w) float32, the model's own latent scale
     stats: RunStats
 
@@ -45,7 +46,7 @@ class JobEngine(Protocol):
 
     def run(
         self,
-        job: JobSpec,
+        job: JobSpec | LatentJob,
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,

@@ -19,12 +19,13 @@ import torch
 from .context import TemporalContext
 from .contract import RunControl
 from .errors import InvalidSettingsError
-from .job import JobSpec, ModelSpec
+from .job import ModelSpec
 
 # Family name -> "module:class", relative to the package root. Imported on first use, so a family's
 # libraries (diffusers, ComfyUI) load only in processes that run that family.
 FAMILIES: dict[str, str] = {
     "unet3d": "models.unet3d.family:UNet3DFamily",
+    "wan": "models.wan.family:WanFamily",
 }
 
 
@@ -54,12 +55,12 @@ class ModelFamily(Protocol):
 
     def latent_layout(self, loaded: Any) -> LatentLayout: ...
 
-    def denoise(self, loaded: Any, job: JobSpec, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
+    def denoise(self, loaded: Any, job: Any, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
         """This rank's final latents, (1, C, own frames, h, w). Checks control for cancel every step."""
         ...
 
-    def decode(self, loaded: Any, latents: torch.Tensor, control: RunControl) -> torch.Tensor:
-        """This rank's frames as uint8 (own frames, H, W, 3)."""
+    def decode(self, loaded: Any, latents: torch.Tensor, control: RunControl) -> torch.Tensor | None:
+        """This rank's frames as uint8 (own frames, H, W, 3); None when the caller decodes (latent jobs)."""
         ...
 
 

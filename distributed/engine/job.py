@@ -64,11 +64,12 @@ class JobSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["prompts"] = [asdict(p) for p in self.prompts]
+        data["kind"] = "video"
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        data = dict(data)
+        data = {key: value for key, value in data.items() if key != "kind"}
         if "model" not in data:
             raise InvalidSettingsError("the job names no model; give model={'base': <pipeline folder>}")
         model = data.pop("model")
@@ -128,3 +129,12 @@ def _positive_int(value: Any, name: str) -> int:
     if value < 1:
         raise InvalidSettingsError(f"{name} is {value}; it must be at least 1")
     return value
+
+
+def job_from_dict(data: dict[str, Any]) -> Any:
+    """A JobSpec or a LatentJob (by its "kind"), at a process boundary."""
+    if data.get("kind") == "latent":
+        from .latent_job import LatentJob
+
+        return LatentJob.from_dict(data)
+    return JobSpec.from_dict(data)

@@ -13,6 +13,7 @@ from .context import TemporalContext
 from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
 from .family import ModelFamily, family
 from .job import JobSpec, ModelSpec
+from .latent_job import LatentJob
 from .layout import FrameLayout
 
 
@@ -45,7 +46,7 @@ class Engine:
 
     def run(
         self,
-        job: JobSpec,
+        job: JobSpec | LatentJob,
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,
@@ -69,10 +70,12 @@ class Engine:
         control.progress(0, 1, "gathering")
         own_latents = latents[0].permute(1, 0, 2, 3).contiguous()  # frames first, for the gather
         gathered_latents = comm.gather_frames_to_root(own_latents, layout)
-        out = None
-        if comm.is_root and allocate_output is not None:
-            out = torch.from_numpy(allocate_output((job.frames, *frames.shape[1:])))
-        gathered = comm.gather_frames_to_root(frames, layout, out)
+        gathered = None
+        if frames is not None:
+            out = None
+            if comm.is_root and allocate_output is not None:
+                out = torch.from_numpy(allocate_output((job.frames, *frames.shape[1:])))
+            gathered = comm.gather_frames_to_root(frames, layout, out)
         control.progress(1, 1, "gathering")
         return GenerationResult(
             frames=None if gathered is None else gathered.cpu().numpy(),

@@ -48,7 +48,7 @@ class Progress(WorkerEvent):
 @dataclass(frozen=True)
 class Result(WorkerEvent):
     job: int
-    shm: str  # shared-memory block holding the frames
+    shm: str | None  # shared-memory block holding the frames (None: a latent job, no frames)
     shape: tuple[int, ...]
     loads: int | None
     latents: np.ndarray | None  # small next to the frames (1/48 of them as float32), so it rides the queue

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine.job import JobSpec
+from ..engine.latent_job import LatentJob
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ProgressEvent:
 class JobHandle:
     """Filled in by the pool (record_progress, complete); read by the caller."""
 
-    def __init__(self, job_id: int, job: JobSpec, request_cancel: Callable[[int], None]):
+    def __init__(self, job_id: int, job: JobSpec | LatentJob, request_cancel: Callable[[int], None]):
         self.id = job_id
         self.job = job
         self.finished_at: float | None = None
@@ -56,12 +57,12 @@ class JobHandle:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        """(T, H, W, 3) uint8 frames. Raises JobCancelled, WorkerError, PoolError, or TimeoutError."""
+    def result(self, timeout: float | None = None) -> np.ndarray | None:
+        """(T, H, W, 3) uint8 frames (None for a latent job: see latents()).
+        Raises JobCancelled, WorkerError, PoolError, or TimeoutError."""
         self._wait_or_raise(timeout)
         if self._error is not None:
             raise self._error
-        assert self._frames is not None
         return self._frames
 
     def latents(self, timeout: float | None = None) -> np.ndarray | None:

@@ -17,6 +17,7 @@ import psutil
 
 from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityError
 from ..engine.job import JobSpec
+from ..engine.latent_job import LatentJob
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
 from .events import AgentLost, Cancelled, Died, Failed, Progress, Ready, Result, Stats, WorkerEvent, from_wire
@@ -76,10 +77,10 @@ class WorkerPool:
             if not self.running:
                 self._start_session()
 
-    def submit(self, job: JobSpec) -> JobHandle:
+    def submit(self, job: JobSpec | LatentJob) -> JobHandle:
         """Checks the job against the pool, starts the pool if needed, and hands the job to rank 0."""
-        if not isinstance(job, JobSpec):
-            raise InvalidSettingsError(f"submit takes a JobSpec (JobSpec.build or from_dict), not {type(job).__name__}")
+        if not isinstance(job, (JobSpec, LatentJob)):
+            raise InvalidSettingsError(f"submit takes a JobSpec or a LatentJob, not {type(job).__name__}")
         job.validate(self.world_size)
         with self._submit_lock:
             current = self._job
@@ -348,10 +349,11 @@ class WorkerPool:
             job.record_progress(ProgressEvent(event.step, event.total, event.phase, event.time))
         elif isinstance(event, Result):
             if not current:
-                unlink_quietly(event.shm)
+                if event.shm:
+                    unlink_quietly(event.shm)
                 return
             assert job is not None
-            frames = take_frames(event.shm, event.shape)
+            frames = take_frames(event.shm, event.shape) if event.shm else None
             with self._lock:
                 self._model = asdict(job.job.model)
                 self._loads = event.loads

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from ..engine.contract import JobEngine
 from ..engine.errors import JobCancelled, VideoInfinityError
-from ..engine.job import JobSpec
+from ..engine.job import job_from_dict
 from .collectives import broadcast_json, self_test
 from .events import Cancelled, Failed, Progress, Ready, Result, Stats, Stopped, WorkerEvent, to_wire
 from .shm import OutputBuffer
@@ -114,7 +114,7 @@ class Worker:
         root = self.rank == 0
         output = OutputBuffer()
         try:
-            job = JobSpec.from_dict(command["job"])  # the process boundary: plain data becomes the typed job
+            job = job_from_dict(command["job"])  # the process boundary: plain data becomes the typed job
             result = self.engine.run(
                 job,
                 on_progress=self._progress if root else None,
@@ -122,8 +122,10 @@ class Worker:
                 allocate_output=output.allocate if root else None,
             )
             if root:
-                name, shape = output.hand_over(result.frames)
-                result.frames = None
+                name, shape = None, ()
+                if result.frames is not None:
+                    name, shape = output.hand_over(result.frames)
+                    result.frames = None
                 output.release()
                 latents = None if result.latents is None else result.latents.numpy()
                 self._send(

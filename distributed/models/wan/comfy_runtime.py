@@ -42,5 +42,11 @@ def import_comfy(on_cpu: bool) -> ModuleType:
             comfy.cli_args.args.cpu = True
         import comfy.model_management  # noqa: F401 - probes the device once, as set above
     import comfy
+    import comfy.clip_vision
+    import comfy.k_diffusion.sampling
+    import comfy.model_sampling
+    import comfy.sample
+    import comfy.samplers
+    import comfy.sd  # noqa: F401 - the submodules the Wan family uses, reached as attributes of `comfy`
 
     return comfy

@@ -55,8 +55,6 @@ class WanFamily:
         from safetensors.torch import load_file
 
         comfy = import_comfy(on_cpu=device.type == "cpu")
-        import comfy.sd
-
         try:
             weights = load_file(model.base)
         except (SafetensorError, OSError) as error:
@@ -82,8 +80,6 @@ class WanFamily:
         comfy = loaded.comfy
         samplers = tuple(comfy.samplers.KSampler.SAMPLERS)
         check_sampling(job.sampling, samplers, tuple(comfy.samplers.KSampler.SCHEDULERS))
-        import comfy.clip_vision
-
         inputs = read_inputs(job.inputs, comfy.clip_vision.Output)
         model = loaded.patched.clone()
         model.add_object_patch("model_sampling", _model_sampling(comfy, model, inputs.sampling))
@@ -96,7 +92,6 @@ class WanFamily:
 
 def _model_sampling(comfy: Any, model: Any, sampling: Any) -> Any:
     """The flow sampling the graph's MODEL had (ModelSamplingSD3's shift, or the model's default)."""
-    import comfy.model_sampling
 
     class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
         pass

@@ -64,10 +64,14 @@ def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> Job
         layout = json.loads(source.metadata()["layout"])
         tensors = {key: source.get_tensor(key) for key in source.keys()}
     conditionings = {
-        name: [_unpack(f"{name}/{index}", packed, tensors, clip_vision_output) for index, packed in enumerate(layout[name])]
+        name: [
+            _unpack(f"{name}/{index}", packed, tensors, clip_vision_output) for index, packed in enumerate(layout[name])
+        ]
         for name in CONDITIONINGS
     }
-    return JobInputs(tensors["latent"], conditionings["positive"], conditionings["negative"], ModelSampling(**layout["sampling"]))
+    return JobInputs(
+        tensors["latent"], conditionings["positive"], conditionings["negative"], ModelSampling(**layout["sampling"])
+    )
 
 
 def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -95,7 +99,9 @@ def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str
     return packed
 
 
-def _unpack(prefix: str, packed: dict[str, Any], tensors: dict[str, torch.Tensor], clip_vision_output: type | None) -> list:
+def _unpack(
+    prefix: str, packed: dict[str, Any], tensors: dict[str, torch.Tensor], clip_vision_output: type | None
+) -> list:
     extras: dict[str, Any] = dict(packed["plain"])
     for key in packed["tensors"]:
         extras[key] = tensors[f"{prefix}/{key}"]

@@ -64,7 +64,10 @@ def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
             options = dict(conds.get("transformer_options", {}))
             options["rope_options"] = dict(options.get("rope_options", {}), shift_t=float(start))
             conds = dict(conds, transformer_options=options)
-        outputs = [apply_model(x[i : i + 1], timestep[i : i + 1], **_batch_item(conds, i, x.shape[0])) for i in range(x.shape[0])]
+        outputs = [
+            apply_model(x[i : i + 1], timestep[i : i + 1], **_batch_item(conds, i, x.shape[0]))
+            for i in range(x.shape[0])
+        ]
         return torch.cat(outputs)
 
     model.model_options["transformer_options"]["optimized_attention_override"] = attention_override
@@ -81,7 +84,9 @@ def _batch_item(conds: dict[str, Any], index: int, batch: int) -> dict[str, Any]
         if isinstance(value, torch.Tensor) and value.shape[:1] == (batch,):
             item[name] = value[index : index + 1]
         elif name == "transformer_options":
-            item[name] = {key: _item_of(entry, index, batch) if key in BATCHED_OPTIONS else entry for key, entry in value.items()}
+            item[name] = {
+                key: _item_of(entry, index, batch) if key in BATCHED_OPTIONS else entry for key, entry in value.items()
+            }
         else:
             item[name] = value
     return item
