@@ -7,6 +7,7 @@ import logging
 from . import model_paths
 from .api import ComfyExtension, io
 from .attention import DualScopeAttention
+from .ksampler import ClipParallelKSampler
 from .loader import LoadVideoModel
 from .pool import UnloadPool, WorkerPool
 from .sampler import ClipParallelSampler
@@ -17,6 +18,7 @@ NODES: list[type[io.ComfyNode]] = [
     DualScopeAttention,
     WorkerPool,
     ClipParallelSampler,
+    ClipParallelKSampler,
     SaveVideo,
     UnloadPool,
 ]

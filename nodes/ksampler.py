@@ -6,13 +6,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..distributed.engine import choices
 from . import pool_access
 from .api import CATEGORY, Attention, Pool, io
 from .progress import JobProgress, wait_for
-from .values import PoolChoice
+from .values import DEFAULT_POOL, PoolChoice
 
-DEFAULT_POOL = PoolChoice(devices="auto")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_STEPS = choices.COMFY_MAX_STEPS
 
 
 def _samplers() -> list[str]:
@@ -41,8 +42,8 @@ class ClipParallelKSampler(io.ComfyNode):
             "chain two (start/end step) for Wan 2.2's high- and low-noise experts.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 A14B model from core loaders (LoRAs included)."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="What the video shows (Wan's umT5 text encoder)."),
+                io.Conditioning.Input("negative", tooltip="What to steer away from."),
                 io.Latent.Input(
                     "latent_image",
                     tooltip="From EmptyHunyuanLatentVideo, WanImageToVideo and the like; every worker needs at "
@@ -56,14 +57,47 @@ class ClipParallelKSampler(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="The same seed gives the same video for any number of workers.",
                 ),
-                io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=_samplers(), default="euler"),
-                io.Combo.Input("scheduler", options=_schedulers(), default="simple"),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Int.Input("steps", default=20, min=1, max=MAX_STEPS, tooltip="Denoising steps, as in KSampler."),
+                io.Float.Input(
+                    "cfg",
+                    default=6.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale, as in KSampler.",
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=_samplers(),
+                    default="euler",
+                    tooltip="ComfyUI's samplers; dpm_adaptive is left out (its step count depends on "
+                    "the data, so workers would disagree).",
+                ),
+                io.Combo.Input("scheduler", options=_schedulers(), default="simple", tooltip="As in KSampler."),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Below 1 keeps part of latent_image, as in KSampler.",
+                ),
                 io.Boolean.Input("add_noise", default=True, tooltip="Off for the second of two chained samplers."),
-                io.Int.Input("start_at_step", default=0, min=0, max=10000),
-                io.Int.Input("end_at_step", default=10000, min=0, max=10000),
+                io.Int.Input(
+                    "start_at_step",
+                    default=0,
+                    min=0,
+                    max=MAX_STEPS,
+                    tooltip="First step to run, as in KSamplerAdvanced.",
+                ),
+                io.Int.Input(
+                    "end_at_step",
+                    default=MAX_STEPS,
+                    min=0,
+                    max=MAX_STEPS,
+                    tooltip="Step to stop at, as in KSamplerAdvanced.",
+                ),
                 io.Boolean.Input(
                     "return_with_leftover_noise",
                     default=False,

@@ -10,9 +10,7 @@ from ..distributed.engine import choices
 from . import pool_access
 from .api import CATEGORY, Attention, Frames, Pool, VideoModel, io
 from .progress import JobProgress, wait_for
-from .values import ModelChoice, PoolChoice, VideoFrames
-
-DEFAULT_POOL = PoolChoice(devices=choices.AUTO_DEVICES)
+from .values import DEFAULT_POOL, ModelChoice, PoolChoice, VideoFrames
 
 
 def build_job(model: ModelChoice | None, attention: dict[str, Any] | None, **settings: Any):

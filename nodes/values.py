@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..distributed.engine.choices import AUTO_DEVICES
+
 
 @dataclass(frozen=True)
 class ModelChoice:
@@ -28,6 +30,9 @@ class PoolChoice:
     keep_warm: bool = True
     timeout_s: float = 600.0  # the longest a worker may wait for the others inside a collective
     job_timeout_s: float = 0.0  # the longest the node waits for the video before cancelling it; 0: no limit
+
+
+DEFAULT_POOL = PoolChoice(devices=AUTO_DEVICES)  # what a sampler uses with no Worker Pool connected
 
 
 @dataclass

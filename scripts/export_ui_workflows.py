@@ -27,8 +27,27 @@ COLUMNS = {
     "VideoInfinityClipParallelSampler": (1, 0),
     "VideoInfinitySaveVideo": (2, 0),
 }
+# The Wan workflows: core loaders, then prompts and latent, our settings, the sampler, decode and save.
+WAN_COLUMNS = {
+    "UNETLoader": (0, 0),
+    "ModelSamplingSD3": (0, 1),
+    "CLIPLoader": (0, 2),
+    "VAELoader": (0, 3),
+    "CLIPVisionLoader": (0, 4),
+    "LoadImage": (0, 5),
+    "CLIPTextEncode": (1, 0),
+    "CLIPVisionEncode": (1, 1),
+    "EmptyHunyuanLatentVideo": (1, 2),
+    "WanImageToVideo": (1, 2),
+    "VideoInfinityDualScopeAttention": (2, 0),
+    "VideoInfinityWorkerPool": (2, 1),
+    "VideoInfinityClipParallelKSampler": (3, 0),
+    "VAEDecodeTiled": (4, 0),
+    "CreateVideo": (4, 1),
+    "SaveVideo": (4, 2),
+}
 
-CONVERT = """async (api) => {
+CONVERT = """async ([api, COLUMNS]) => {
   await window.app.loadApiJson(api, "workflow.json");
   const nodes = window.app.graph._nodes;
   const heights = {};
@@ -38,7 +57,7 @@ CONVERT = """async (api) => {
     }
     const [column, row] = COLUMNS[node.type] ?? [3, 0];
     node.size = node.computeSize();
-    if (node.type === "VideoInfinityClipParallelSampler") node.size[0] = Math.max(node.size[0], 360);
+    if (node.type.startsWith("VideoInfinityClipParallel")) node.size[0] = Math.max(node.size[0], 360);
     const y = heights[column] ?? 40;
     node.pos = [40 + column * 420, y];
     heights[column] = y + node.size[1] + 60;
@@ -49,7 +68,7 @@ CONVERT = """async (api) => {
   canvas.ds.offset[1] = 150 / 0.75 - 40;  // and below the top bar and the workflow menu
   window.app.graph.setDirtyCanvas(true, true);
   return JSON.parse(JSON.stringify(window.app.graph.serialize()));  // drops undefined fields (not null)
-}""".replace("COLUMNS", json.dumps(COLUMNS))
+}"""
 
 
 def main() -> int:
@@ -64,7 +83,8 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             comfy_browser.open_app(page, server.url)
             for api_file in sorted((WORKFLOWS / "api").glob("*.json")):
-                graph = page.evaluate(CONVERT, json.loads(api_file.read_text()))
+                columns = WAN_COLUMNS if api_file.stem.startswith("wan_") else COLUMNS
+                graph = page.evaluate(CONVERT, [json.loads(api_file.read_text()), columns])
                 target = WORKFLOWS / api_file.name
                 target.write_text(json.dumps(graph, indent=2) + "\n")
                 print(f"wrote {target.relative_to(comfy_host.REPO)} ({len(graph['nodes'])} nodes)")

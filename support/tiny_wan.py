@@ -11,6 +11,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+# Where the workflow tests put them, relative to a ComfyUI models folder.
+TINY_WAN_FILES = {
+    "t2v": "diffusion_models/video-infinity-tiny-wan-t2v.safetensors",
+    "i2v": "diffusion_models/video-infinity-tiny-wan-i2v.safetensors",
+    "vae": "vae/video-infinity-tiny-wan-vae.safetensors",
+    "lora": "loras/video-infinity-tiny-wan-lora.safetensors",
+}
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default
 WEIGHT_SCALE = 0.3
@@ -45,4 +52,32 @@ def tiny_wan_state_dict(seed: int = 0, image_to_video: bool = False, **overrides
 def save_tiny_wan(path: Path, seed: int = 0, image_to_video: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_wan_state_dict(seed, image_to_video), str(path))
+    return path
+
+
+def save_tiny_wan_vae(path: Path, seed: int = 0, dim: int = 8) -> Path:
+    """A random Wan 2.1 VAE that ComfyUI's VAELoader accepts (it reads the width from the weights)."""
+    import comfy.ldm.wan.vae
+
+    torch.manual_seed(seed)  # the modules' own initialisation, made reproducible
+    vae = comfy.ldm.wan.vae.WanVAE(  # the layout ComfyUI builds for a Wan 2.1 VAE, at a small width
+        dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in vae.state_dict().items()}, str(path))
+    return path
+
+
+def save_tiny_wan_lora(path: Path, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA on the self-attention projections of the tiny Wan, in the lora_up / lora_down layout."""
+    generator = torch.Generator().manual_seed(seed)
+    dim = TINY_WAN["dim"]
+    weights = {}
+    for block in range(TINY_WAN["num_layers"]):
+        for projection in ("q", "k", "v", "o"):
+            key = f"diffusion_model.blocks.{block}.self_attn.{projection}"
+            weights[f"{key}.lora_down.weight"] = torch.randn(rank, dim, generator=generator) * 0.3
+            weights[f"{key}.lora_up.weight"] = torch.randn(dim, rank, generator=generator) * 0.3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(path))
     return path

@@ -209,8 +209,10 @@ def test_single_file_unet_override_with_fps_weights(tiny_pipeline, tmp_path):
 
 
 def test_an_unknown_model_family_names_the_supported_ones():
-    with pytest.raises(InvalidSettingsError, match=r"model family 'wan' is not supported; supported: \['unet3d'\]"):
-        family("wan")
+    with pytest.raises(
+        InvalidSettingsError, match=r"model family 'hunyuan' is not supported; supported: \['unet3d', 'wan'\]"
+    ):
+        family("hunyuan")
 
 
 def test_the_engine_core_imports_neither_the_pool_nor_an_entry_point_nor_a_family():

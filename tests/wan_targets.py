@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,25 @@ def save_tiny_wan_target(comm: Communicator, path: str, seed: int = 0, image_to_
     import_comfy(on_cpu=True)
     from support.tiny_wan import save_tiny_wan
 
-    return str(save_tiny_wan(__import__("pathlib").Path(path), seed, image_to_video))
+    return str(save_tiny_wan(Path(path), seed, image_to_video))
+
+
+def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
+    """The files the Wan workflows load, under a ComfyUI models folder (existing ones are kept)."""
+    import_comfy(on_cpu=True)
+    from support.tiny_wan import TINY_WAN_FILES, save_tiny_wan, save_tiny_wan_lora, save_tiny_wan_vae
+
+    root = Path(models)
+    paths = {name: root / relative for name, relative in TINY_WAN_FILES.items()}
+    if not paths["t2v"].exists():
+        save_tiny_wan(paths["t2v"], seed=0)
+    if not paths["i2v"].exists():
+        save_tiny_wan(paths["i2v"], seed=1, image_to_video=True)
+    if not paths["vae"].exists():
+        save_tiny_wan_vae(paths["vae"])
+    if not paths["lora"].exists():
+        save_tiny_wan_lora(paths["lora"])
+    return {name: str(path) for name, path in paths.items()}
 
 
 def _load(comfy: Any, weights: str) -> Any:

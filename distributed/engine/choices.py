@@ -22,6 +22,7 @@ DEFAULT_FPS = 8.0
 MAX_FRAMES = 100_000
 MAX_SIDE = 4096
 MAX_STEPS = 1000
+COMFY_MAX_STEPS = 10000  # core KSampler's limit, for jobs run with ComfyUI's samplers
 SIZE_STEP = 8  # the VAE downsamples by 8
 
 AUTO_DEVICES = "auto"

@@ -31,8 +31,9 @@ class ComfySampling:
     return_with_leftover_noise: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= choices.MAX_STEPS:
-            raise InvalidSettingsError(f"steps is {self.steps!r}; use a whole number from 1 to {choices.MAX_STEPS}")
+        limit = choices.COMFY_MAX_STEPS
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= limit:
+            raise InvalidSettingsError(f"steps is {self.steps!r}; use a whole number from 1 to {limit}")
         if self.cfg < 0:
             raise InvalidSettingsError(f"cfg is {self.cfg}; it must be 0 or more")
         if not 0.0 <= self.denoise <= 1.0:

@@ -17,6 +17,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 import comfy_host  # noqa: E402
 from comfy_client import ComfyClient  # noqa: E402
 
+from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV  # noqa: E402
+
 TEST_BASE = comfy_host.HOST_DIR / "test-base"
 EXTRA_MODELS = comfy_host.HOST_DIR / "test-extra-models"
 TINY_MODEL = "tiny-random"
@@ -25,6 +27,8 @@ UNET_FILE = "tiny-unet.safetensors"  # a UNet override given as one file (config
 BROKEN_MODEL = "tiny-broken"  # its UNet weights file is not safetensors: the workers fail to load it
 WORDS = ["red", "blue", "green", "yellow", "circle", "square", "moving", "left", "right", "up", "down"]
 WORKFLOWS = REPO / "workflows"
+TEST_NODES = Path(__file__).resolve().parent / "test_nodes" / "video_infinity_test_conditioning"
+
 TIMINGS: dict[str, float] = {}
 
 
@@ -34,6 +38,21 @@ def _build_model(folder: Path, seed: int) -> None:
     from support.tiny_models import build_tiny_pipeline
 
     build_tiny_pipeline(folder, seed=seed, words=WORDS)
+
+
+def _install_wan_test_files(base: Path) -> None:
+    """Tiny random Wan models, VAE and LoRA where core loaders find them, and the test-only conditioning node
+    (Wan's real text encoder is far too big for these tests)."""
+    import os
+
+    from support.local_ranks import run_on_local_ranks
+    from tests.wan_targets import save_tiny_wan_files
+
+    os.environ[COMFY_ROOT_ENV] = str(comfy_host.TREE)
+    run_on_local_ranks(1, save_tiny_wan_files, {"models": str(base / "models")}, timeout=600)
+    target = base / "custom_nodes" / TEST_NODES.name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(TEST_NODES, target, ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +72,7 @@ def host():
     if not broken.exists():
         shutil.copytree(base / "models" / "video_infinity" / TINY_MODEL, broken)
         (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"this is not a safetensors file")
+    _install_wan_test_files(base)
     extra = comfy_host.HOST_DIR / "test-extra_model_paths.yaml"
     extra.write_text(f"video-infinity-tests:\n    video_infinity: {EXTRA_MODELS}\n")
     server = comfy_host.start_server(base, extra_args=("--extra-model-paths-config", str(extra)))

@@ -1,0 +1,174 @@
+"""The Clip-Parallel KSampler on ComfyUI's own Wan models, through /prompt on the real server: core loader
+nodes (UNETLoader, LoraLoaderModelOnly, VAELoader, WanImageToVideo), tiny random Wan weights, CPU workers.
+
+Wan's text encoder cannot run here, so a test-only node (installed by conftest, not shipped) emits
+CONDITIONING of Wan's width in place of CLIPLoader + CLIPTextEncode."""
+
+from __future__ import annotations
+
+import copy
+
+import av
+import numpy as np
+import pytest
+from conftest import api_workflow
+from safetensors.numpy import load_file
+
+from support.tiny_wan import TINY_WAN_FILES
+
+pytestmark = [pytest.mark.comfy, pytest.mark.wan]
+T2V = TINY_WAN_FILES["t2v"].split("/")[-1]
+I2V = TINY_WAN_FILES["i2v"].split("/")[-1]
+VAE = TINY_WAN_FILES["vae"].split("/")[-1]
+LORA = TINY_WAN_FILES["lora"].split("/")[-1]
+LENGTH = 17  # video frames: 5 latent frames
+FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
+DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
+
+
+def conditioning(text: str, width: int = 4096) -> dict:
+    return {"class_type": "VideoInfinityTestConditioning", "inputs": {"text": text, "width": width}}
+
+
+def tiny(workflow: str = "wan_t2v", devices: str = "cpu:2", steps: int = 2, **sampler) -> dict:
+    """The shipped Wan workflow with tiny files, test conditioning, a 64x64 video and CPU workers."""
+    prompt = copy.deepcopy(api_workflow(workflow))
+    by_type = {node["class_type"]: key for key, node in prompt.items()}
+    for key in [
+        k for k, node in prompt.items() if node["class_type"] in ("CLIPLoader", "CLIPVisionLoader", "CLIPVisionEncode")
+    ]:
+        del prompt[key]
+    encodes = sorted(k for k, node in prompt.items() if node["class_type"] == "CLIPTextEncode")
+    prompt[encodes[0]] = conditioning("a red circle moving right")
+    prompt[encodes[1]] = conditioning("blurry")
+    prompt[by_type["UNETLoader"]]["inputs"]["unet_name"] = I2V if workflow == "wan_i2v" else T2V
+    prompt[by_type["VAELoader"]]["inputs"]["vae_name"] = VAE
+    latent = by_type.get("EmptyHunyuanLatentVideo") or by_type["WanImageToVideo"]
+    prompt[latent]["inputs"].update(width=64, height=64, length=LENGTH)
+    prompt[latent]["inputs"].pop("clip_vision_output", None)
+    prompt[by_type["VideoInfinityWorkerPool"]]["inputs"]["devices"] = devices
+    sampler_key = by_type["VideoInfinityClipParallelKSampler"]
+    prompt[sampler_key]["inputs"].update(steps=steps, sampler_name="euler", **sampler)
+    prompt[by_type["VAEDecodeTiled"]]["inputs"].update(tile_size=64, overlap=0)
+    return prompt
+
+
+def save_latent(prompt: dict, key: str, source: str) -> None:
+    prompt[key] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0], "filename_prefix": f"wan-test/{key}"}}
+
+
+def core_sampler(prompt: dict, key: str, model: str, latent: list, positive: list, negative: list) -> None:
+    """Core KSampler with the same settings as the pack's sampler in `prompt`."""
+    ours = next(node["inputs"] for node in prompt.values() if node["class_type"] == "VideoInfinityClipParallelKSampler")
+    prompt[key] = {
+        "class_type": "KSampler",
+        "inputs": {"model": [model, 0], "positive": positive, "negative": negative, "latent_image": latent,
+                   "seed": ours["seed"], "steps": ours["steps"], "cfg": ours["cfg"], "sampler_name": ours["sampler_name"],
+                   "scheduler": ours["scheduler"], "denoise": 1.0},
+    }  # fmt: skip
+
+
+def our_sampler(prompt: dict, key: str, model: str, attention: dict, devices: str) -> None:
+    """Another Clip-Parallel KSampler in `prompt`, like the workflow's, with its own attention and pool."""
+    template = next(k for k, node in prompt.items() if node["class_type"] == "VideoInfinityClipParallelKSampler")
+    attention_key, pool_key = f"{key}a", f"{key}p"
+    base_attention = next(node for node in prompt.values() if node["class_type"] == "VideoInfinityDualScopeAttention")
+    base_pool = next(node for node in prompt.values() if node["class_type"] == "VideoInfinityWorkerPool")
+    prompt[attention_key] = copy.deepcopy(base_attention)
+    prompt[attention_key]["inputs"].update(attention)
+    prompt[pool_key] = copy.deepcopy(base_pool)
+    prompt[pool_key]["inputs"]["devices"] = devices
+    prompt[key] = copy.deepcopy(prompt[template])
+    prompt[key]["inputs"].update(model=[model, 0], attention=[attention_key, 0], pool=[pool_key, 0])
+
+
+def latents(host, client, run, keys: list[str]) -> dict[str, np.ndarray]:
+    outputs = client.history(run.prompt_id)["outputs"]
+    found = {}
+    for key in keys:
+        saved = outputs[key]["latents"][0]
+        found[key] = load_file(str(host.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    return found
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_wan_t2v_workflow_runs_to_a_saved_video(host, client):
+    prompt = tiny()
+    prompt["8"]["inputs"].update(DUAL_SCOPE)
+    run = client.wait(client.queue(prompt), timeout=600)
+    assert run.outcome == "execution_success", run.events
+    progress = [e for e in run.of_type("progress") if e["data"]["node"] == "10"]
+    assert progress and progress[-1]["data"]["value"] == progress[-1]["data"]["max"]
+    saved = client.history(run.prompt_id)["outputs"]["13"]["images"][0]
+    with av.open(str(host.base / "output" / saved["subfolder"] / saved["filename"])) as container:
+        frames = [frame for frame in container.decode(video=0)]
+    assert (len(frames), frames[0].height, frames[0].width) == (LENGTH, 64, 64)
+
+
+def test_lora_travels_and_one_worker_with_a_full_window_equals_core_ksampler(host, client):
+    prompt = tiny(devices="cpu:1")
+    prompt["20"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["1", 0], "lora_name": LORA, "strength_model": 1.0},
+    }
+    prompt["21"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["20", 0], "shift": 8.0}}
+    core_sampler(prompt, "22", "21", ["7", 0], ["4", 0], ["5", 0])
+    our_sampler(prompt, "23", "21", FULL_WINDOW, "cpu:1")
+    our_sampler(prompt, "24", "2", FULL_WINDOW, "cpu:1")  # the same without the LoRA
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24")):
+        save_latent(prompt, key, source)
+    for key in ("10", "11", "12", "13"):  # the workflow's own sampler and decode are not needed here
+        del prompt[key]
+    run = client.wait(client.queue(prompt), timeout=600)
+    assert run.outcome == "execution_success", run.events
+    found = latents(host, client, run, ["30", "31", "32"])
+    error = relative(found["31"], found["30"])
+    print(f"LoRA, one worker, full window: relative difference to core KSampler {error:.2e}")
+    assert error < 1e-5
+    assert relative(found["32"], found["31"]) > 1e-3, "the LoRA should change the result"
+
+
+def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
+    from PIL import Image
+
+    gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(host.base / "input" / "example.png")
+    prompt = tiny("wan_i2v", devices="cpu:1")
+    core_sampler(prompt, "22", "2", ["10", 2], ["10", 0], ["10", 1])
+    our_sampler(prompt, "23", "2", FULL_WINDOW, "cpu:1")
+    our_sampler(prompt, "24", "2", DUAL_SCOPE, "cpu:1")
+    our_sampler(prompt, "25", "2", DUAL_SCOPE, "cpu:2")
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
+        save_latent(prompt, key, source)
+    for key in ("13", "14", "15", "16"):
+        del prompt[key]
+    run = client.wait(client.queue(prompt), timeout=900)
+    assert run.outcome == "execution_success", run.events
+    found = latents(host, client, run, ["30", "31", "32", "33"])
+    error = relative(found["31"], found["30"])
+    print(f"I2V, one worker, full window: relative difference to core KSampler {error:.2e}")
+    assert error < 1e-5
+    assert relative(found["33"], found["32"]) < 1e-5, "2 workers must give the 1-worker video"
+    assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda p: p["4"]["inputs"].update(width=768), "conditioning has width 768 but the model takes 4096"),
+        (lambda p: p["7"]["inputs"].update(length=1), "every worker needs at least one latent frame"),
+        (lambda p: p["7"]["inputs"].update(batch_size=2), "batch of 2 videos"),
+    ],
+    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "batch"],
+)
+def test_bad_wan_inputs_name_the_problem_and_the_server_stays_up(host, client, change, message):
+    prompt = tiny()
+    change(prompt)
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_error", run.events
+    error = run.of_type("execution_error")[0]["data"]
+    assert error["node_id"] == "10" and message in error["exception_message"], error["exception_message"]
+    assert host.alive()

@@ -1,0 +1,102 @@
+"""The Wan family's pieces that need no ComfyUI: frame-window attention, job inputs, latent jobs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distributed.engine.errors import InvalidSettingsError
+from distributed.engine.job import ModelSpec, job_from_dict
+from distributed.engine.latent_job import ComfySampling, LatentJob
+from distributed.engine.settings import DualScopeSettings
+from distributed.models.wan.attention import frame_window_attention
+from distributed.models.wan.export import ModelSampling
+from distributed.models.wan.inputs import JobInputs, check_conditioning, read_inputs, write_inputs
+
+
+def dense_reference(q, k, v, k_glb, v_glb, left, window, local_bonus, global_bonus):
+    """Every query token against every key token, with a frame-level mask: the definition, computed plainly."""
+    batch, heads, frames, tokens, dim = q.shape
+    extended = k.shape[2]
+    keys = torch.cat([k.flatten(2, 3), k_glb.flatten(2, 3)], dim=2)
+    values = torch.cat([v.flatten(2, 3), v_glb.flatten(2, 3)], dim=2)
+    bias = torch.full((frames * tokens, keys.shape[2]), float("-inf"), dtype=q.dtype)
+    for frame in range(frames):
+        rows = slice(frame * tokens, (frame + 1) * tokens)
+        for key_frame in range(extended):
+            if abs(key_frame - (frame + left)) <= window:
+                bias[rows, key_frame * tokens : (key_frame + 1) * tokens] = local_bonus
+        bias[rows, extended * tokens :] = global_bonus
+    scores = q.flatten(2, 3) @ keys.transpose(-1, -2) / dim**0.5 + bias
+    return (scores.softmax(-1) @ values).view(q.shape)
+
+
+@pytest.mark.parametrize("left,right,window,globals_,bonus", [(0, 2, 2, 0, 0.0), (1, 1, 1, 3, 0.0), (2, 0, 3, 2, 4.0)])
+def test_frame_window_attention_is_banded_attention_over_frame_blocks(left, right, window, globals_, bonus):
+    generator = torch.Generator().manual_seed(0)
+    frames, tokens = 5, 3
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    q = rand(1, 2, frames, tokens, 4)
+    k, v = rand(1, 2, left + frames + right, tokens, 4), rand(1, 2, left + frames + right, tokens, 4)
+    k_glb, v_glb = rand(1, 2, globals_, tokens, 4), rand(1, 2, globals_, tokens, 4)
+    ours = frame_window_attention(q, k, v, k_glb, v_glb, left, window, local_bonus=bonus, global_bonus=-bonus)
+    expected = dense_reference(q, k, v, k_glb, v_glb, left, window, bonus, -bonus)
+    assert torch.allclose(ours, expected, atol=1e-12)
+
+
+def inputs(tmp_path, extras):
+    latent = torch.randn(1, 16, 3, 4, 4)
+    positive = [[torch.randn(1, 8, 32), extras]]
+    negative = [[torch.randn(1, 8, 32), {}]]
+    return JobInputs(
+        latent, positive, negative, ModelSampling(shift=8.0, multiplier=1000.0)
+    ), tmp_path / "job.safetensors"
+
+
+class VisionOutput:  # stands in for comfy.clip_vision.Output, which is a plain attribute holder
+    pass
+
+
+def test_job_inputs_round_trip_tensors_numbers_and_clip_vision_output(tmp_path):
+    vision = VisionOutput()
+    vision.penultimate_hidden_states = torch.randn(1, 257, 32)
+    extras = {"concat_latent_image": torch.randn(1, 16, 3, 4, 4), "strength": 0.5, "clip_vision_output": vision}
+    original, path = inputs(tmp_path, extras)
+    write_inputs(path, original)
+    back = read_inputs(path, VisionOutput)
+    assert torch.equal(back.latent, original.latent) and back.sampling == original.sampling
+    assert torch.equal(back.positive[0][0], original.positive[0][0])
+    assert torch.equal(back.positive[0][1]["concat_latent_image"], extras["concat_latent_image"])
+    assert back.positive[0][1]["strength"] == 0.5
+    assert torch.equal(
+        back.positive[0][1]["clip_vision_output"].penultimate_hidden_states, vision.penultimate_hidden_states
+    )
+    assert back.negative[0][1] == {}
+
+
+def test_job_inputs_refuse_values_that_cannot_travel(tmp_path):
+    original, path = inputs(tmp_path, {"control": object()})
+    with pytest.raises(InvalidSettingsError, match="carries 'control' \\(object\\), which cannot reach the workers"):
+        write_inputs(path, original)
+
+
+def test_conditioning_of_another_model_is_refused_naming_both_widths():
+    with pytest.raises(InvalidSettingsError, match="width 768 but the model takes 4096"):
+        check_conditioning("positive", [[torch.zeros(1, 77, 768), {}]], 4096)
+
+
+def test_a_latent_job_crosses_the_process_boundary_as_plain_data():
+    sampling = ComfySampling(
+        "euler", "simple", steps=4, cfg=5.0, seed=3, end_at_step=2, return_with_leftover_noise=True
+    )
+    job = LatentJob(
+        ModelSpec("/tmp/w.safetensors", family="wan"), "/tmp/in.safetensors", 6, sampling, DualScopeSettings(2, 2)
+    )
+    assert job_from_dict(job.to_dict()) == job
+    with pytest.raises(InvalidSettingsError, match="every worker needs at least one latent frame"):
+        job.validate(world_size=7)
+    with pytest.raises(InvalidSettingsError, match="denoise is 1.5"):
+        ComfySampling("euler", "simple", steps=4, cfg=5.0, seed=3, denoise=1.5)
