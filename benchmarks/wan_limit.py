@@ -85,7 +85,9 @@ def main() -> None:
         f"Wan clip parallelism: P={args.local_window}, G={args.global_frames} (a frame attends to {window} latent "
         f"frames), {args.frames_per_rank} latent frames per rank, {args.peak_tflops:.0f} TFLOP/s at {args.mfu:.0%}"
     )
-    print("(in brackets: scaling efficiency when the exchange is not hidden behind compute, compute / (compute + link))")
+    print(
+        "(in brackets: scaling efficiency when the exchange is not hidden behind compute, compute / (compute + link))"
+    )
     print(markdown_table(header, rows))
 
 

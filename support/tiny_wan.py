@@ -59,12 +59,21 @@ def save_tiny_wan_vae(path: Path, seed: int = 0, dim: int = 8) -> Path:
     """A random Wan 2.1 VAE that ComfyUI's VAELoader accepts (it reads the width from the weights)."""
     import comfy.ldm.wan.vae
 
-    torch.manual_seed(seed)  # the modules' own initialisation, made reproducible
-    vae = comfy.ldm.wan.vae.WanVAE(  # the layout ComfyUI builds for a Wan 2.1 VAE, at a small width
-        dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
-    )
+    with torch.device("meta"):  # ComfyUI's layers skip initialisation: the values are drawn below
+        vae = comfy.ldm.wan.vae.WanVAE(  # the layout ComfyUI builds for a Wan 2.1 VAE, at a small width
+            dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]
+        )
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in vae.state_dict().items():
+        if name.endswith("gamma"):
+            state[name] = torch.ones(tensor.shape)
+        elif tensor.ndim < 2:
+            state[name] = torch.zeros(tensor.shape)
+        else:  # fan-in scaled, so activations keep their size through the layers
+            state[name] = torch.randn(tensor.shape, generator=generator) / tensor[0].numel() ** 0.5
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({name: tensor.contiguous() for name, tensor in vae.state_dict().items()}, str(path))
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path))
     return path
 
 

@@ -91,6 +91,17 @@ def latents(host, client, run, keys: list[str]) -> dict[str, np.ndarray]:
     return found
 
 
+def failure(run) -> str:
+    errors = run.of_type("execution_error")
+    if not errors:
+        return str(run.events)[-3000:]
+    data = errors[0]["data"]
+    return (
+        f"node {data.get('node_type')}: {data.get('exception_type')}: {data.get('exception_message')}\n"
+        + "".join(data.get("traceback", []))[-3000:]
+    )
+
+
 def relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -99,7 +110,7 @@ def test_wan_t2v_workflow_runs_to_a_saved_video(host, client):
     prompt = tiny()
     prompt["8"]["inputs"].update(DUAL_SCOPE)
     run = client.wait(client.queue(prompt), timeout=600)
-    assert run.outcome == "execution_success", run.events
+    assert run.outcome == "execution_success", failure(run)
     progress = [e for e in run.of_type("progress") if e["data"]["node"] == "10"]
     assert progress and progress[-1]["data"]["value"] == progress[-1]["data"]["max"]
     saved = client.history(run.prompt_id)["outputs"]["13"]["images"][0]
@@ -123,7 +134,7 @@ def test_lora_travels_and_one_worker_with_a_full_window_equals_core_ksampler(hos
     for key in ("10", "11", "12", "13"):  # the workflow's own sampler and decode are not needed here
         del prompt[key]
     run = client.wait(client.queue(prompt), timeout=600)
-    assert run.outcome == "execution_success", run.events
+    assert run.outcome == "execution_success", failure(run)
     found = latents(host, client, run, ["30", "31", "32"])
     error = relative(found["31"], found["30"])
     print(f"LoRA, one worker, full window: relative difference to core KSampler {error:.2e}")
@@ -146,7 +157,7 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     for key in ("13", "14", "15", "16"):
         del prompt[key]
     run = client.wait(client.queue(prompt), timeout=900)
-    assert run.outcome == "execution_success", run.events
+    assert run.outcome == "execution_success", failure(run)
     found = latents(host, client, run, ["30", "31", "32", "33"])
     error = relative(found["31"], found["30"])
     print(f"I2V, one worker, full window: relative difference to core KSampler {error:.2e}")
@@ -159,7 +170,10 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     "change,message",
     [
         (lambda p: p["4"]["inputs"].update(width=768), "conditioning has width 768 but the model takes 4096"),
-        (lambda p: p["7"]["inputs"].update(length=1), "every worker needs at least one latent frame"),
+        (
+            lambda p: (p["7"]["inputs"].update(length=1), p["8"]["inputs"].update(global_frames=1)),
+            "at least one latent frame",
+        ),
         (lambda p: p["7"]["inputs"].update(batch_size=2), "batch of 2 videos"),
     ],
     ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "batch"],

@@ -104,15 +104,17 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         weights = {}
-        for key, (base, *patches) in patcher.get_key_patches("diffusion_model.").items():
+        prefix = "diffusion_model."
+        for key, (base, *patches) in patcher.get_key_patches(prefix).items():
+            name = key[len(prefix) :]  # saved as a diffusion-model file, the layout UNETLoader reads
             weight, convert = base
             if not patches:
-                weights[key] = weight.detach().to("cpu").contiguous()
+                weights[name] = weight.detach().to("cpu").contiguous()
                 continue
             merged = convert(weight.to(torch.float32, copy=True), inplace=True)
             merged = comfy.lora.calculate_weight(patches, merged, key)
             seed = comfy.model_patcher.string_to_seed(key)
-            weights[key] = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed).to("cpu").contiguous()
+            weights[name] = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed).to("cpu").contiguous()
         partial = path.with_suffix(".partial")
         save_file(weights, str(partial))
         partial.replace(path)  # a half-written file is never taken for a finished one

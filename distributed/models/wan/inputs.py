@@ -78,18 +78,18 @@ def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str
     if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)):
         raise InvalidSettingsError(f"{prefix.split('/')[0]} is not CONDITIONING ([tensor, extras] entries)")
     cross_attn, extras = entry
-    tensors[f"{prefix}/cross_attn"] = cross_attn.detach().to("cpu").contiguous()
+    tensors[f"{prefix}/cross_attn"] = cross_attn.detach().to("cpu").clone()
     packed: dict[str, Any] = {"plain": {}, "tensors": [], "clip_vision": {}}
     for key, value in extras.items():
         if isinstance(value, torch.Tensor):
-            tensors[f"{prefix}/{key}"] = value.detach().to("cpu").contiguous()
+            tensors[f"{prefix}/{key}"] = value.detach().to("cpu").clone()
             packed["tensors"].append(key)
         elif isinstance(value, PLAIN):
             packed["plain"][key] = value
         elif key == "clip_vision_output":
             fields = [f for f in CLIP_VISION_FIELDS if isinstance(getattr(value, f, None), torch.Tensor)]
             for field in fields:
-                tensors[f"{prefix}/clip_vision_output/{field}"] = getattr(value, field).detach().to("cpu").contiguous()
+                tensors[f"{prefix}/clip_vision_output/{field}"] = getattr(value, field).detach().to("cpu").clone()
             packed["clip_vision"] = {key: fields}
         else:
             raise InvalidSettingsError(
