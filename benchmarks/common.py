@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: peak memory, sliding-window schedules, temporal-layer
-shapes and the traffic model of algorithm.md section 8 (ours and the reference scheme's)."""
+shapes and the traffic model of docs/algorithm.md section 8 (ours and the reference scheme's)."""
 
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ def main() -> None:
     lines += [
         "",
         "Traffic per denoising step of an interior rank (sent; received is the same for an interior rank). "
-        "Reference scheme: K and V halos, K/V global gather, conv halos; algorithm.md section 8 quotes about 4.3 GB "
+        "Reference scheme: K and V halos, K/V global gather, conv halos; docs/algorithm.md section 8 quotes about 4.3 GB "
         "(2.2 GB halos, 1.9 GB globals, 0.24 GB conv):",
         "",
         markdown_table(["part", "ours", "reference scheme", "ours / reference"], traffic_rows),

@@ -17,6 +17,7 @@ TINY_WAN_FILES = {
     "i2v": "diffusion_models/video-infinity-tiny-wan-i2v.safetensors",
     "vae": "vae/video-infinity-tiny-wan-vae.safetensors",
     "lora": "loras/video-infinity-tiny-wan-lora.safetensors",
+    "ti2v": "diffusion_models/video-infinity-tiny-wan22-ti2v.safetensors",  # a family the sampler refuses
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default
@@ -49,9 +50,9 @@ def tiny_wan_state_dict(seed: int = 0, image_to_video: bool = False, **overrides
     return state
 
 
-def save_tiny_wan(path: Path, seed: int = 0, image_to_video: bool = False) -> Path:
+def save_tiny_wan(path: Path, seed: int = 0, image_to_video: bool = False, **overrides: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_wan_state_dict(seed, image_to_video), str(path))
+    save_file(tiny_wan_state_dict(seed, image_to_video, **overrides), str(path))
     return path
 
 

@@ -116,7 +116,7 @@ def test_videocrafter2_traffic_matches_the_cost_model() -> None:
     settings = DualScopeSettings()
     ours, _ = interior_traffic(shapes, 8, 288, settings, 2, "ours")
     reference, _ = interior_traffic(shapes, 8, 288, settings, 2, "reference")
-    assert 4.1e9 < reference.total < 4.5e9  # algorithm.md section 8: about 4.3 GB
+    assert 4.1e9 < reference.total < 4.5e9  # docs/algorithm.md section 8: about 4.3 GB
     assert ours.attention_halo * 2 == reference.attention_halo
     assert ours.attention_global * 2 == reference.attention_global
     assert ours.conv_halo == reference.conv_halo

@@ -68,3 +68,32 @@ def test_pool_waiting_for_agents_times_out_with_instructions(tiny_pipeline: Path
         assert pool.status()["state"] == "stopped"
     finally:
         pool.shutdown()
+
+
+def _hello(address: tuple[str, int], line: bytes) -> dict:
+    import json
+    import socket
+
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(line)
+        return json.loads(sock.makefile("r").readline() or "{}")
+
+
+@pytest.mark.parametrize(
+    "line,error",
+    [
+        (b'{"token": "t", "devices": ["cpu"], "version": 0}\n', "speaks join protocol 0 but this pool speaks"),
+        (b"[1, 2, 3]\n", "the token was refused"),
+        (b'{"token": "wrong", "devices": ["cpu"], "version": 1}\n', "the token was refused"),
+    ],
+    ids=["old-protocol", "not-an-object", "wrong-token"],
+)
+def test_a_join_listener_refuses_a_bad_hello_with_its_reason(line: bytes, error: str) -> None:
+    from distributed.pool.join import JoinListener
+
+    listener = JoinListener("127.0.0.1", 0, "t")
+    try:
+        reply = _hello(("127.0.0.1", listener.port), line)
+        assert reply.get("ok") is False and error in reply.get("error", ""), reply
+    finally:
+        listener.close()

@@ -31,8 +31,9 @@ def dense_reference(q, k, v, k_glb, v_glb, left, window, local_bonus, global_bon
     return (scores.softmax(-1) @ values).view(q.shape)
 
 
+@pytest.mark.parametrize("block", [1, 2, None])
 @pytest.mark.parametrize("left,right,window,globals_,bonus", [(0, 2, 2, 0, 0.0), (1, 1, 1, 3, 0.0), (2, 0, 3, 2, 4.0)])
-def test_frame_window_attention_is_banded_attention_over_frame_blocks(left, right, window, globals_, bonus):
+def test_frame_window_attention_is_banded_attention_over_frame_blocks(left, right, window, globals_, bonus, block):
     generator = torch.Generator().manual_seed(0)
     frames, tokens = 5, 3
 
@@ -42,7 +43,9 @@ def test_frame_window_attention_is_banded_attention_over_frame_blocks(left, righ
     q = rand(1, 2, frames, tokens, 4)
     k, v = rand(1, 2, left + frames + right, tokens, 4), rand(1, 2, left + frames + right, tokens, 4)
     k_glb, v_glb = rand(1, 2, globals_, tokens, 4), rand(1, 2, globals_, tokens, 4)
-    ours = frame_window_attention(q, k, v, k_glb, v_glb, left, window, local_bonus=bonus, global_bonus=-bonus)
+    ours = frame_window_attention(
+        q, k, v, k_glb, v_glb, left, window, local_bonus=bonus, global_bonus=-bonus, start=3, block_frames=block
+    )
     expected = dense_reference(q, k, v, k_glb, v_glb, left, window, bonus, -bonus)
     assert torch.allclose(ours, expected, atol=1e-12)
 

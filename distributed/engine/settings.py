@@ -1,4 +1,4 @@
-"""Dual-scope attention settings (algorithm.md sections 3-5), one object for every patched layer."""
+"""Dual-scope attention settings (docs/algorithm.md sections 3-5), one object for every patched layer."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ T2V = TINY_WAN_FILES["t2v"].split("/")[-1]
 I2V = TINY_WAN_FILES["i2v"].split("/")[-1]
 VAE = TINY_WAN_FILES["vae"].split("/")[-1]
 LORA = TINY_WAN_FILES["lora"].split("/")[-1]
+TI2V = TINY_WAN_FILES["ti2v"].split("/")[-1]
 LENGTH = 17  # video frames: 5 latent frames
 FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
@@ -166,6 +167,34 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
 
 
+def test_two_chained_samplers_equal_core_ksampler_advanced_chained(host, client):
+    """Wan 2.2 A14B's high- and low-noise experts run as two chained samplers (here the same tiny model twice)."""
+    prompt = tiny(devices="cpu:1")
+    for key in ("10", "11", "12", "13"):
+        del prompt[key]
+    common = {"noise_seed": 5, "steps": 4, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple",
+              "positive": ["4", 0], "negative": ["5", 0], "model": ["2", 0]}  # fmt: skip
+    prompt["20"] = {"class_type": "KSamplerAdvanced", "inputs": dict(common, add_noise="enable", latent_image=["7", 0],
+                    start_at_step=0, end_at_step=2, return_with_leftover_noise="enable")}  # fmt: skip
+    prompt["21"] = {"class_type": "KSamplerAdvanced", "inputs": dict(common, add_noise="disable", latent_image=["20", 0],
+                    start_at_step=2, end_at_step=10000, return_with_leftover_noise="disable")}  # fmt: skip
+    ours = {"seed": 5, "steps": 4, "cfg": 4.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0,
+            "positive": ["4", 0], "negative": ["5", 0], "model": ["2", 0], "attention": ["8", 0], "pool": ["9", 0]}  # fmt: skip
+    prompt["8"]["inputs"].update(FULL_WINDOW)
+    prompt["22"] = {"class_type": "VideoInfinityClipParallelKSampler", "inputs": dict(ours, add_noise=True,
+                    latent_image=["7", 0], start_at_step=0, end_at_step=2, return_with_leftover_noise=True)}  # fmt: skip
+    prompt["23"] = {"class_type": "VideoInfinityClipParallelKSampler", "inputs": dict(ours, add_noise=False,
+                    latent_image=["22", 0], start_at_step=2, end_at_step=10000, return_with_leftover_noise=False)}  # fmt: skip
+    save_latent(prompt, "30", "21")
+    save_latent(prompt, "31", "23")
+    run = client.wait(client.queue(prompt), timeout=600)
+    assert run.outcome == "execution_success", failure(run)
+    found = latents(host, client, run, ["30", "31"])
+    error = relative(found["31"], found["30"])
+    print(f"two chained samplers: relative difference to core KSamplerAdvanced {error:.2e}")
+    assert error < 1e-5
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
@@ -175,8 +204,9 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
             "at least one latent frame",
         ),
         (lambda p: p["7"]["inputs"].update(batch_size=2), "batch of 2 videos"),
+        (lambda p: p["1"]["inputs"].update(unet_name=TI2V), "cannot run clip-parallel; supported: WAN21_T2V"),
     ],
-    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "batch"],
+    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "batch", "unsupported-family"],
 )
 def test_bad_wan_inputs_name_the_problem_and_the_server_stays_up(host, client, change, message):
     prompt = tiny()

@@ -79,11 +79,18 @@ def sample_clip(
     sampler = _sampler(comfy, sampling, tuple(latent.shape), (start, end), sigmas, device)
     total_steps = len(sigmas) - 1
 
+    comm = ctx.comm
+
     def on_step(step: int, denoised: Any, x: Any, steps: int) -> None:
+        control.stats.bytes_sent_per_step.append(comm.bytes_sent)
+        control.stats.bytes_received_per_step.append(comm.bytes_received)
+        control.stats.calls_per_step.append(comm.calls)
         control.progress(step + 1, total_steps, "denoising")
         _check_cancel(ctx, control, step + 1)
+        comm.reset_counters()  # after the cancel check, so a step's count holds only the model's exchanges
 
     _check_cancel(ctx, control, 0)
+    comm.reset_counters()
     samples = comfy.samplers.sample(
         model,
         noise[:, :, start:end],

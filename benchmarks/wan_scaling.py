@@ -1,0 +1,168 @@
+"""Clip-parallel Wan against ComfyUI's own long-video options, with a tiny random Wan on CPU, in one run.
+
+Per-frame cost on one worker, at 4x and 16x the native clip (Wan: 81 video frames = 21 latent frames):
+- Video-Infinity: frame-block dual-scope attention (P 10, G 16 latent frames), every frame evaluated once;
+- core "WAN Context Windows (Manual)" at its defaults (length 81, overlap 30 video frames, i.e. 21 and 8
+  latent frames, pyramid fuse), the same model and sampler;
+- full attention over the whole video (core KSampler, no windows).
+Then, with frames and workers doubled together, each worker's peak memory and the bytes it exchanges per
+step (both should stay flat), and the bytes per step of one interior rank as the video grows.
+
+    python -m benchmarks.wan_scaling
+    python -m benchmarks.wan_scaling --lengths 4 16 --steps 2 --size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.contract import RunControl, RunStats
+from distributed.engine.latent_job import ComfySampling
+from distributed.engine.layout import FrameLayout
+from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
+from distributed.models.wan.family import DEFAULT_ATTENTION
+from distributed.models.wan.patch import install_dual_scope
+from distributed.models.wan.sampling import sample_clip
+from support.local_ranks import run_on_local_ranks
+
+from .common import human_bytes, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE_LATENT_FRAMES = 21  # Wan's 81 video frames
+CONTEXT_LENGTH, CONTEXT_OVERLAP = 21, 8  # core WAN Context Windows defaults (81 / 30 video frames), in latent frames
+
+
+def _model(comfy: Any, weights: str) -> Any:
+    from safetensors.torch import load_file
+
+    return comfy.sd.load_diffusion_model_state_dict(load_file(weights), model_options={"dtype": torch.float32})
+
+
+def _conditioning(seed: int) -> list:
+    return [[torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(seed)), {}]]
+
+
+def _core(comfy: Any, model: Any, latent: torch.Tensor, spec: ComfySampling) -> torch.Tensor:
+    noise = comfy.sample.prepare_noise(latent, spec.seed)
+    return comfy.sample.sample(
+        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, _conditioning(1), _conditioning(2),
+        latent, seed=spec.seed, disable_pbar=True,
+    )  # fmt: skip
+
+
+def one_worker_costs(comm: Communicator, weights: str, frames: int, size: int, steps: int) -> dict[str, float]:
+    """Seconds per latent frame and step of each method on this one process."""
+    comfy = import_comfy(on_cpu=True)
+    plain = _model(comfy, weights)
+    spec = ComfySampling("euler", "simple", steps=steps, cfg=4.0, seed=1)
+    latent = torch.zeros(1, 16, frames, size, size)
+    costs = {}
+
+    began = time.perf_counter()
+    ctx = TemporalContext(comm)
+    ours = install_dual_scope(plain, ctx)
+    ctx.begin_job(FrameLayout(frames, 1), DEFAULT_ATTENTION)
+    sample_clip(
+        comfy, ours, ctx, latent, _conditioning(1), _conditioning(2), spec, RunControl.create(None, None, RunStats())
+    )
+    ctx.end_job()
+    costs["Video-Infinity (P 10, G 16)"] = time.perf_counter() - began
+
+    windowed = plain.clone()
+    windows = comfy.context_windows
+    windowed.model_options["context_handler"] = windows.IndexListContextHandler(
+        context_schedule=windows.get_matching_context_schedule(windows.ContextSchedules.STATIC_STANDARD),
+        fuse_method=windows.get_matching_fuse_method(windows.ContextFuseMethods.PYRAMID),
+        context_length=CONTEXT_LENGTH, context_overlap=CONTEXT_OVERLAP, context_stride=1, closed_loop=False, dim=2,
+    )  # fmt: skip
+    windows.create_prepare_sampling_wrapper(windowed)
+    began = time.perf_counter()
+    _core(comfy, windowed, latent, spec)
+    costs["core WAN Context Windows (81 / 30)"] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    _core(comfy, plain, latent, spec)
+    costs["full attention (core KSampler)"] = time.perf_counter() - began
+    return {name: seconds / (frames * steps) for name, seconds in costs.items()}
+
+
+def per_worker(comm: Communicator, weights: str, frames: int, size: int, steps: int) -> dict[str, Any]:
+    """Peak memory of this rank's process and its exchange per step, for one clip-parallel job."""
+    comfy = import_comfy(on_cpu=True)
+    ctx = TemporalContext(comm)
+    model = install_dual_scope(_model(comfy, weights), ctx)
+    ctx.begin_job(FrameLayout(frames, comm.world_size), DEFAULT_ATTENTION)
+    stats = RunStats()
+    spec = ComfySampling("euler", "simple", steps=steps, cfg=4.0, seed=1)
+    latent = torch.zeros(1, 16, frames, size, size)
+    sample_clip(
+        comfy, model, ctx, latent, _conditioning(1), _conditioning(2), spec, RunControl.create(None, None, stats)
+    )
+    ctx.end_job()
+    return {
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "bytes_received_per_step": max(stats.bytes_received_per_step),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4, 16], help="multiples of the native clip")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--size", type=int, default=8, help="latent height and width (8: 64x64 video)")
+    args = parser.parse_args()
+    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    with tempfile.TemporaryDirectory() as folder:
+        from tests.wan_targets import save_tiny_wan_target
+
+        weights = run_on_local_ranks(1, save_tiny_wan_target, {"path": f"{folder}/tiny.safetensors"})[0]
+        rows = []
+        for multiple in args.lengths:
+            frames = multiple * NATIVE_LATENT_FRAMES
+            kwargs = {"weights": weights, "frames": frames, "size": args.size, "steps": args.steps}
+            costs = run_on_local_ranks(1, one_worker_costs, kwargs, timeout=3600)[0]
+            ours = costs["Video-Infinity (P 10, G 16)"]
+            for name, cost in costs.items():
+                rows.append([f"{multiple}x ({frames} latent frames)", name, f"{cost * 1e3:.2f}", f"{cost / ours:.2f}"])
+        print(
+            f"One worker, tiny Wan at {args.size * 8}x{args.size * 8}, {args.steps} euler steps, cfg 4 (two model calls)"
+        )
+        print(markdown_table(["video", "method", "ms per latent frame-step", "against Video-Infinity"], rows))
+
+        rows = []
+        for workers in (1, 2, 4):
+            frames = NATIVE_LATENT_FRAMES * workers
+            kwargs = {"weights": weights, "frames": frames, "size": args.size, "steps": args.steps}
+            ranks = run_on_local_ranks(workers, per_worker, kwargs, timeout=3600)
+            peak = max(rank["peak_rss"] for rank in ranks)
+            traffic = max(rank["bytes_received_per_step"] for rank in ranks)
+            rows.append([str(workers), str(frames), human_bytes(peak), human_bytes(traffic)])
+        print("\nFrames and workers doubled together (each worker: 21 latent frames)")
+        print(
+            markdown_table(
+                ["workers", "latent frames", "peak memory per worker (RSS)", "received per step, most"], rows
+            )
+        )
+
+        rows = []
+        for multiple in (1, 2, 4):
+            frames = NATIVE_LATENT_FRAMES * multiple * 3
+            kwargs = {"weights": weights, "frames": frames, "size": args.size, "steps": args.steps}
+            ranks = run_on_local_ranks(3, per_worker, kwargs, timeout=3600)
+            rows.append([str(frames), human_bytes(ranks[1]["bytes_received_per_step"])])
+        print("\nThree workers, the video growing: what the middle worker receives per step")
+        print(markdown_table(["latent frames", "received per step (rank 1)"], rows))
+
+
+if __name__ == "__main__":
+    main()
