@@ -195,6 +195,37 @@ def test_two_chained_samplers_equal_core_ksampler_advanced_chained(host, client)
     assert error < 1e-5
 
 
+def test_cancel_stops_every_worker_and_the_warm_pool_runs_the_next_prompt(host, client):
+    import time
+
+    import requests
+
+    prompt = tiny(steps=400)
+    prompt["8"]["inputs"].update(DUAL_SCOPE)
+    for key in ("11", "12", "13"):
+        del prompt[key]
+    save_latent(prompt, "30", "10")
+    prompt_id = client.queue(prompt)
+    try:
+        client.wait_for_event(
+            prompt_id, lambda e: e["type"] == "progress" and e["data"]["node"] == "10" and e["data"]["value"] >= 1, 300
+        )
+    except AssertionError:
+        raise AssertionError(failure(client.wait(prompt_id))) from None
+    asked = time.monotonic()
+    assert requests.post(f"{host.url}/interrupt", timeout=10).status_code == 200
+    run = client.wait(prompt_id, timeout=60)
+    assert run.outcome == "execution_interrupted", failure(run)
+    stopped = run.of_type("execution_interrupted")[0]["t"] - asked
+    print(f"Wan cancel: interrupted {stopped:.2f} s after the request")
+    assert stopped < 15
+    pool = requests.get(f"{host.url}/video_infinity/pool", timeout=10).json()
+    assert pool["state"] == "ready", pool
+    prompt["10"]["inputs"]["steps"] = 2
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_success", failure(run)
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
