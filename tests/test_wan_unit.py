@@ -103,3 +103,17 @@ def test_a_latent_job_crosses_the_process_boundary_as_plain_data():
         job.validate(world_size=7)
     with pytest.raises(InvalidSettingsError, match="denoise is 1.5"):
         ComfySampling("euler", "simple", steps=4, cfg=5.0, seed=3, denoise=1.5)
+
+
+def test_exported_models_on_disk_are_pruned_to_the_two_most_recent(tmp_path):
+    import os
+
+    from distributed.models.wan.export import KEEP_EXPORTS, _prune
+
+    files = [tmp_path / f"wan-{index}.safetensors" for index in range(4)]
+    for age, file in enumerate(files):
+        file.write_bytes(b"x")
+        os.utime(file, (1000 + age, 1000 + age))
+    _prune(tmp_path, keep=files[0])  # just written (or used again): kept even though it is the oldest here
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([files[0].name, files[3].name])
+    assert KEEP_EXPORTS == 2

@@ -19,6 +19,7 @@ import torch
 from ...engine.errors import InvalidSettingsError
 
 SUPPORTED_CONFIGS = {"WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video", "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video"}
+KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
 TORCH_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
 OWN_TRANSFORMER_OPTIONS: tuple[str, ...] = ()
@@ -118,7 +119,17 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
         partial = path.with_suffix(".partial")
         save_file(weights, str(partial))
         partial.replace(path)  # a half-written file is never taken for a finished one
+        _prune(cache_dir, keep=path)
+    else:
+        path.touch()  # used again: the newest, kept by _prune
     return ExportedModel(path, dtype, sampling, image_to_video=config == "WAN21_I2V")
+
+
+def _prune(cache_dir: Path, keep: Path) -> None:
+    """Keeps the KEEP_EXPORTS most recently used exports (Wan 2.2 A14B alternates two experts), deletes the rest."""
+    exports = sorted(cache_dir.glob("wan-*.safetensors"), key=lambda file: file.stat().st_mtime, reverse=True)
+    for old in [file for file in exports if file != keep][KEEP_EXPORTS - 1 :]:
+        old.unlink(missing_ok=True)
 
 
 def _sampling_of(patcher: Any) -> ModelSampling | None:
