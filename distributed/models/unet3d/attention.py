@@ -12,6 +12,8 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from ...engine.banded import band_plan, banded_attention
 from ...engine.context import TemporalContext
 
+PROFILE_LABEL = "video_infinity.temporal_attention"
+
 
 class DualScopeAttnProcessor:
     """Attention processor for the temporal self-attentions of a UNet3D (input (B*H*W, F, C))."""
@@ -31,6 +33,10 @@ class DualScopeAttnProcessor:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("dual-scope attention patches temporal self-attention only")
+        with torch.profiler.record_function(PROFILE_LABEL):  # the GPU check reads this share of the step
+            return self._attend(attn, hidden_states)
+
+    def _attend(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
         ctx = self.ctx
         if not ctx.active:
             return self.plain(attn, hidden_states)

@@ -1,0 +1,320 @@
+"""The GPU check: what a first run on a CUDA machine must find out, in one command, as a report.
+
+Each section runs on its own and records its numbers or its error, so one failure never costs the rest
+of a scarce GPU session:
+- correctness: the tiny random model on one rank, CUDA fp32 against the same job on the CPU, then fp16
+  and bf16 (finite, and their difference to fp32), and the banded attention's masked rows (-inf bias)
+  in half precision, the usual source of NaNs;
+- videocrafter2: the real VideoCrafter2 configuration with random weights at 320x512 in fp16, one rank,
+  at several lengths: seconds per denoising step, peak GPU memory, achieved TFLOP/s against the FLOP
+  count of benchmarks/physical_limit.py, and the share of time in temporal attention (torch profiler);
+- pool: a worker pool on cuda:0 runs a job, cancels one, survives a killed worker, frees memory on unload;
+- nccl: two NCCL ranks, which need two GPUs (one GPU cannot host both: said, not faked with gloo);
+- wan: the real Wan 2.1 1.3B configuration with random weights at 480p, one rank (ComfyUI's model class).
+With --cpu (or no CUDA) the CUDA rows say "not available" and the CPU half of the correctness section runs.
+
+    bash scripts/gpu_check.sh OUT_DIR [--cpu]        (writes OUT_DIR/gpu_check.md and gpu_check.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distributed.engine.banded import band_plan, banded_attention
+from distributed.engine.comm import Communicator
+from distributed.engine.job import JobSpec, ModelSpec
+from distributed.engine.runner import Engine
+
+NOT_AVAILABLE = "not available"
+ROOT = Path(__file__).resolve().parent.parent
+Section = Callable[[argparse.Namespace, Path], dict[str, Any]]
+
+
+def tiny_model(folder: Path) -> Path:
+    from support.tiny_models import build_tiny_pipeline
+
+    return build_tiny_pipeline(folder / "tiny", words=["red", "ball"])
+
+
+def tiny_job(model: Path, dtype: str = "fp32", **changes: Any) -> JobSpec:
+    options = dict(height=32, width=32, steps=3, cfg=7.0, sampler="ddim", seed=0)
+    options.update(changes)
+    attention = {"local_window": 2, "global_frames": 2}
+    return JobSpec.build(ModelSpec(str(model), dtype=dtype), "a red ball", 8, attention=attention, **options)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+def correctness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    model = tiny_model(work)
+
+    def latents(device: str, dtype: str) -> torch.Tensor:
+        result = Engine(Communicator.single(device)).run(tiny_job(model, dtype))
+        assert result.latents is not None
+        return result.latents
+
+    reference = latents("cpu", "fp32")
+    rows: dict[str, Any] = {}
+    device = args.device
+    if device == "cpu":
+        rows["cuda fp32 vs cpu fp32"] = NOT_AVAILABLE
+        for dtype in ("fp16", "bf16"):
+            rows[f"cuda {dtype}"] = NOT_AVAILABLE
+        half = latents("cpu", "bf16")  # what the CPU can say about half precision
+        rows["cpu bf16"] = {"finite": bool(torch.isfinite(half).all()), "relative_to_fp32": relative(half, reference)}
+    else:
+        on_device = latents(device, "fp32")
+        rows["cuda fp32 vs cpu fp32"] = {"relative": relative(on_device, reference)}
+        for dtype in ("fp16", "bf16"):
+            half = latents(device, dtype)
+            rows[f"cuda {dtype}"] = {
+                "finite": bool(torch.isfinite(half).all()),
+                "relative_to_fp32": relative(half, on_device),
+            }
+    rows["masked rows in half precision"] = masked_rows(device)
+    return rows
+
+
+def masked_rows(device: str) -> dict[str, Any]:
+    """Banded attention with masked ends (-inf bias columns) in fp16 and bf16 on `device`: finite?"""
+    found = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        generator = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(4, 2, 6 + (4 if i else 0), 8, generator=generator) for i in range(3))
+        plan = band_plan(6, 0, 6, 2, 0, True, 0.0, 10.0, 1.0, False, torch.device(device), dtype)
+        out = banded_attention(q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), plan, 8**-0.5)
+        found[str(dtype).removeprefix("torch.")] = bool(torch.isfinite(out).all())
+    return found
+
+
+def videocrafter2(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from distributed.engine.context import TemporalContext
+    from distributed.engine.layout import FrameLayout
+    from distributed.engine.settings import DualScopeSettings
+    from distributed.models.unet3d.attention import PROFILE_LABEL
+    from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
+    from distributed.models.unet3d.patch import patch_unet
+
+    from .physical_limit import TEXT, count_flops, videocrafter2_unet
+
+    device = torch.device(args.device)
+    with torch.device(device):
+        unet = UNet3DVideoCrafterConditionModel(fps_cond=True).to(torch.float16).eval()
+    ctx = TemporalContext(Communicator.single(device))
+    patch_unet(unet, ctx)
+    meta_unet = videocrafter2_unet()
+    rows = {}
+    for frames in args.frames:
+        ctx.begin_job(FrameLayout(frames, 1), DualScopeSettings())
+        ctx.timestep = 500.0
+        sample = torch.randn(2, 4, frames, 40, 64, device=device, dtype=torch.float16)
+        text = torch.randn(2, frames, *TEXT, device=device, dtype=torch.float16)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.inference_mode():
+            run_unet3d(unet, sample, 500.0, text, fps=24)  # warm-up
+            torch.cuda.synchronize(device)
+            began = time.perf_counter()
+            for _ in range(args.repeats):
+                run_unet3d(unet, sample, 500.0, text, fps=24)
+            torch.cuda.synchronize(device)
+            seconds = (time.perf_counter() - began) / args.repeats
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as profile:
+                run_unet3d(unet, sample, 500.0, text, fps=24)
+                torch.cuda.synchronize(device)
+        ctx.end_job()
+        events = profile.key_averages()
+        total = sum(e.self_device_time_total for e in events)
+        attention = sum(e.device_time_total for e in events if e.key == PROFILE_LABEL)
+        flops = count_flops(meta_unet, frames, 40, 64).total
+        rows[f"{frames} frames"] = {
+            "seconds_per_step": seconds,  # one CFG-batched UNet call is one denoising step
+            "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
+            "tflops": flops / seconds / 1e12,
+            "fraction_of_peak": flops / seconds / (args.peak_tflops * 1e12),
+            "temporal_attention_share": attention / total if total else None,
+        }
+    return rows
+
+
+def pool(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from distributed.engine.errors import JobCancelled
+    from distributed.pool import PoolConfig, WorkerError, WorkerPool
+
+    model = tiny_model(work)
+    free_before = torch.cuda.mem_get_info(0)[0]
+    rows: dict[str, Any] = {}
+    with WorkerPool(PoolConfig(devices="cuda:0")) as workers:
+        frames = workers.run(tiny_job(model), timeout=600)
+        rows["job"] = {"frames": list(frames.shape), "mean": float(np.mean(frames))}
+        handle = workers.submit(tiny_job(model, steps=500))
+        while not any(e.phase == "denoising" for e in handle.poll_events()):
+            time.sleep(0.05)
+        asked = time.monotonic()
+        handle.cancel()
+        try:
+            handle.result(120)
+            rows["cancel"] = "the job finished instead of stopping"
+        except JobCancelled:
+            rows["cancel"] = {"seconds_to_stop": time.monotonic() - asked}
+        handle = workers.submit(tiny_job(model, steps=500))
+        while not any(e.phase == "denoising" for e in handle.poll_events()):
+            time.sleep(0.05)
+        os.kill(workers.worker_pids()[0], signal.SIGKILL)
+        try:
+            handle.result(120)
+            rows["killed worker"] = "the job finished although its worker was killed"
+        except WorkerError as error:
+            rows["killed worker"] = {"error": str(error), "rank": error.rank}
+        frames = workers.run(tiny_job(model, seed=1), timeout=600)  # a fresh pool runs the next job
+        rows["job after the fault"] = {"frames": list(frames.shape)}
+    time.sleep(2)
+    rows["memory freed after unload (GB still held)"] = max(0.0, (free_before - torch.cuda.mem_get_info(0)[0]) / 1e9)
+    return rows
+
+
+def nccl(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return {
+            "result": f"not run: {count} GPU(s) here; NCCL refuses two ranks on one GPU, so a two-rank NCCL check "
+            "needs two GPUs (gloo is not a stand-in for it)"
+        }
+    from distributed.pool import PoolConfig, WorkerPool
+
+    model = tiny_model(work)
+    with WorkerPool(PoolConfig(devices="cuda:0,1")) as workers:
+        two = workers.run(tiny_job(model), timeout=600)
+    with WorkerPool(PoolConfig(devices="cuda:0")) as workers:
+        one = workers.run(tiny_job(model), timeout=600)
+    return {"frames_differ_from_one_rank": int((two != one).sum()), "frames": list(two.shape)}
+
+
+def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Wan 2.1 1.3B at 480p (81 frames = 21 latent frames), random weights, one rank, ComfyUI's classes."""
+    from distributed.engine.context import TemporalContext
+    from distributed.engine.contract import RunControl, RunStats
+    from distributed.engine.latent_job import ComfySampling
+    from distributed.engine.layout import FrameLayout
+    from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
+    from distributed.models.wan.family import DEFAULT_ATTENTION
+    from distributed.models.wan.patch import install_dual_scope
+    from distributed.models.wan.sampling import sample_clip
+
+    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    comfy = import_comfy(on_cpu=False)
+    config = {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30, "in_dim": 16, "out_dim": 16}
+    with torch.device("meta"):
+        shapes = comfy.ldm.wan.model.WanModel(text_dim=4096, operations=comfy.ops.disable_weight_init, **config)
+    weights = {name: torch.randn(t.shape, dtype=torch.bfloat16) * 0.02 for name, t in shapes.state_dict().items()}
+    patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.bfloat16})
+    ctx = TemporalContext(Communicator.single(args.device))
+    model = install_dual_scope(patcher, ctx)
+    latent = torch.zeros(1, 16, 21, 60, 104)
+    text = [[torch.randn(1, 512, 4096), {}]]
+    steps = 2
+    ctx.begin_job(FrameLayout(21, 1), DEFAULT_ATTENTION)
+    torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    spec = ComfySampling("euler", "simple", steps=steps, cfg=5.0, seed=0)
+    sample_clip(comfy, model, ctx, latent, text, text, spec, RunControl.create(None, None, RunStats()))
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - began) / steps
+    ctx.end_job()
+    from .wan_limit import CONFIGS, flops_per_frame_step, tokens_per_frame
+
+    window = 2 * DEFAULT_ATTENTION.local_window + 1 + DEFAULT_ATTENTION.global_frames
+    flops = flops_per_frame_step(CONFIGS[0], tokens_per_frame(832, 480), min(window, 21)) * 21
+    return {
+        "seconds_per_step (first steps included)": seconds,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "fraction_of_peak": flops / seconds / (args.peak_tflops * 1e12),
+    }
+
+
+SECTIONS: dict[str, tuple[Section, bool]] = {  # name: (function, needs CUDA)
+    "correctness": (correctness, False),
+    "videocrafter2": (videocrafter2, True),
+    "pool": (pool, True),
+    "nccl": (nccl, False),
+    "wan": (wan, True),
+}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = torch.cuda.is_available() and not args.cpu
+    args.device = "cuda:0" if cuda else "cpu"
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu (CUDA rows not available)",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "sections": {},
+    }
+    for name, (section, needs_cuda) in SECTIONS.items():
+        if needs_cuda and not cuda:
+            report["sections"][name] = {"result": NOT_AVAILABLE}
+            continue
+        began = time.monotonic()
+        with tempfile.TemporaryDirectory() as work:
+            try:
+                result = section(args, Path(work))
+            except Exception as error:  # noqa: BLE001 - one failing section must not cost the others
+                result = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-3000:]}
+        result["seconds"] = round(time.monotonic() - began, 1)
+        report["sections"][name] = result
+        print(f"[gpu check] {name}: {json.dumps(result, default=str)[:400]}", flush=True)
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# GPU check, {report['date']}",
+        "",
+        f"- device: {report['device']}",
+        f"- torch {report['torch']}, CUDA {report['cuda']}",
+        "",
+    ]
+    for name, result in report["sections"].items():
+        lines += [f"## {name}", "", "| what | value |", "|---|---|"]
+        for key, value in result.items():
+            if key != "traceback":
+                lines.append(f"| {key} | {json.dumps(value, default=str) if not isinstance(value, str) else value} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.md and gpu_check.json")
+    parser.add_argument("--cpu", action="store_true", help="no CUDA: run what the CPU can, mark the rest")
+    parser.add_argument("--frames", type=int, nargs="+", default=[16, 64, 128], help="VideoCrafter2 lengths")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense fp16/bf16 peak (H100/H200: 989)")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (args.out / "gpu_check.md").write_text(markdown(report) + "\n")
+    print(f"[gpu check] wrote {args.out / 'gpu_check.md'}")
+
+
+if __name__ == "__main__":
+    main()
