@@ -97,3 +97,14 @@ def test_a_join_listener_refuses_a_bad_hello_with_its_reason(line: bytes, error:
         assert reply.get("ok") is False and error in reply.get("error", ""), reply
     finally:
         listener.close()
+
+
+def test_an_endless_hello_line_is_cut_off_and_refused() -> None:
+    from distributed.pool.join import MAX_HELLO_BYTES, JoinListener
+
+    listener = JoinListener("127.0.0.1", 0, "t")
+    try:
+        reply = _hello(("127.0.0.1", listener.port), b"x" * (MAX_HELLO_BYTES * 2))
+        assert reply.get("ok") is False and "the token was refused" in reply.get("error", "")
+    finally:
+        listener.close()

@@ -3,6 +3,8 @@ Uses the stand-in engine: what is tested is the pool's lifetime, not generation.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -38,3 +40,22 @@ def test_equal_config_reuses_the_warm_pool_and_a_new_config_replaces_it() -> Non
     shutdown_shared_pool()
     assert current_shared_pool() is None
     assert wait_for(lambda: not alive(new_pids), 5)
+
+
+def test_store_folders_of_dead_coordinators_are_removed() -> None:
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from distributed.pool.session import STORE_DIR_PREFIX, remove_stale_store_dirs
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = Path(tempfile.mkdtemp(prefix=f"{STORE_DIR_PREFIX}{finished.stdout.strip()}-"))
+    alive_owner = Path(tempfile.mkdtemp(prefix=f"{STORE_DIR_PREFIX}{os.getppid()}-"))
+    try:
+        removed = remove_stale_store_dirs()
+        assert str(dead) in removed and not dead.exists()
+        assert alive_owner.exists()
+    finally:
+        alive_owner.rmdir()

@@ -21,6 +21,7 @@ from .events import AgentLost, to_wire
 from .worker_args import GroupSettings
 
 HELLO_TIMEOUT_S = 10.0
+MAX_HELLO_BYTES = 64 * 1024  # a hello is a short JSON line; nothing longer is read before the token check
 PROTOCOL_VERSION = 1
 
 
@@ -172,7 +173,8 @@ class JoinListener:
         try:
             conn.settimeout(HELLO_TIMEOUT_S)
             reader = conn.makefile("r", encoding="utf-8")
-            hello = json.loads(reader.readline() or "{}")
+            line = reader.readline(MAX_HELLO_BYTES)
+            hello = json.loads(line) if line.endswith("\n") else {}  # cut off at the bound: refused
             if not isinstance(hello, dict):
                 hello = {}
             if not token_matches(hello.get("token"), self._token):

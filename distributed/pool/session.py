@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 from .events import Failed, Stats
 from .join import AgentLink
@@ -23,6 +27,20 @@ class RankInfo:
     local: bool = True
     ready: bool = False
     stats: Stats | None = None  # the rank's latest memory report
+
+
+STORE_DIR_PREFIX = "video-infinity-pool-"
+
+
+def remove_stale_store_dirs() -> list[str]:
+    """Store folders of coordinators that are gone (killed with -9, say): removed. Returns what was removed."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{STORE_DIR_PREFIX}*"):
+        owner = folder.name.removeprefix(STORE_DIR_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return removed
 
 
 class Session:
@@ -50,7 +68,8 @@ class Session:
 
     def file_store(self) -> StoreAddress:
         """A store in a private folder: a one-machine pool needs no listening port for rendezvous."""
-        self.store_dir = tempfile.mkdtemp(prefix="video-infinity-pool-")
+        remove_stale_store_dirs()
+        self.store_dir = tempfile.mkdtemp(prefix=f"{STORE_DIR_PREFIX}{os.getpid()}-")
         return StoreAddress("file", path=f"{self.store_dir}/store")
 
     def close_resources(self) -> None:
