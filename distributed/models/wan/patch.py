@@ -36,7 +36,6 @@ class _SelfAttentionTurn:
 def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
     """A clone of `patcher` whose self-attentions are dual-scope while ctx has a job. Weights are shared."""
     model = patcher.clone()
-    model_sampling = model.get_model_object("model_sampling")
     diffusion_model = model.get_model_object("diffusion_model")
     _, patch_h, patch_w = diffusion_model.patch_size
     clip = {"tokens_per_frame": 0}  # set from each model call's input, read by its attention calls
@@ -58,7 +57,8 @@ def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
     def model_wrapper(apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
         x, timestep, conds = args["input"], args["timestep"], args["c"]
         clip["tokens_per_frame"] = -(-x.shape[-2] // patch_h) * -(-x.shape[-1] // patch_w)  # padded to patches
-        ctx.timestep = float(model_sampling.timestep(timestep[:1]).item())
+        # apply_model belongs to the model being sampled, with the job's model_sampling patched in.
+        ctx.timestep = float(apply_model.__self__.model_sampling.timestep(timestep[:1]).item())
         if ctx.active:
             start = ctx.span[0]
             options = dict(conds.get("transformer_options", {}))
