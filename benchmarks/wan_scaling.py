@@ -34,6 +34,7 @@ from distributed.models.wan.family import DEFAULT_ATTENTION
 from distributed.models.wan.patch import install_dual_scope
 from distributed.models.wan.sampling import sample_clip
 from support.local_ranks import run_on_local_ranks
+from support.tiny_wan import core_sample, load_tiny_wan, random_conditioning
 
 from .common import human_bytes, markdown_table
 
@@ -42,28 +43,10 @@ NATIVE_LATENT_FRAMES = 21  # Wan's 81 video frames
 CONTEXT_LENGTH, CONTEXT_OVERLAP = 21, 8  # core WAN Context Windows defaults (81 / 30 video frames), in latent frames
 
 
-def _model(comfy: Any, weights: str) -> Any:
-    from safetensors.torch import load_file
-
-    return comfy.sd.load_diffusion_model_state_dict(load_file(weights), model_options={"dtype": torch.float32})
-
-
-def _conditioning(seed: int) -> list:
-    return [[torch.randn(1, 8, 4096, generator=torch.Generator().manual_seed(seed)), {}]]
-
-
-def _core(comfy: Any, model: Any, latent: torch.Tensor, spec: ComfySampling) -> torch.Tensor:
-    noise = comfy.sample.prepare_noise(latent, spec.seed)
-    return comfy.sample.sample(
-        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, _conditioning(1), _conditioning(2),
-        latent, seed=spec.seed, disable_pbar=True,
-    )  # fmt: skip
-
-
 def one_worker_costs(comm: Communicator, weights: str, frames: int, size: int, steps: int) -> dict[str, float]:
     """Seconds per latent frame and step of each method on this one process."""
     comfy = import_comfy(on_cpu=True)
-    plain = _model(comfy, weights)
+    plain = load_tiny_wan(comfy, weights)
     spec = ComfySampling("euler", "simple", steps=steps, cfg=4.0, seed=1)
     latent = torch.zeros(1, 16, frames, size, size)
     costs = {}
@@ -73,7 +56,14 @@ def one_worker_costs(comm: Communicator, weights: str, frames: int, size: int, s
     ours = install_dual_scope(plain, ctx)
     ctx.begin_job(FrameLayout(frames, 1), DEFAULT_ATTENTION)
     sample_clip(
-        comfy, ours, ctx, latent, _conditioning(1), _conditioning(2), spec, RunControl.create(None, None, RunStats())
+        comfy,
+        ours,
+        ctx,
+        latent,
+        random_conditioning(1),
+        random_conditioning(2),
+        spec,
+        RunControl.create(None, None, RunStats()),
     )
     ctx.end_job()
     costs["Video-Infinity (P 10, G 16)"] = time.perf_counter() - began
@@ -87,11 +77,11 @@ def one_worker_costs(comm: Communicator, weights: str, frames: int, size: int, s
     )  # fmt: skip
     windows.create_prepare_sampling_wrapper(windowed)
     began = time.perf_counter()
-    _core(comfy, windowed, latent, spec)
+    core_sample(comfy, windowed, latent, spec)
     costs["core WAN Context Windows (81 / 30)"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    _core(comfy, plain, latent, spec)
+    core_sample(comfy, plain, latent, spec)
     costs["full attention (core KSampler)"] = time.perf_counter() - began
     return {name: seconds / (frames * steps) for name, seconds in costs.items()}
 
@@ -100,13 +90,20 @@ def per_worker(comm: Communicator, weights: str, frames: int, size: int, steps: 
     """Peak memory of this rank's process and its exchange per step, for one clip-parallel job."""
     comfy = import_comfy(on_cpu=True)
     ctx = TemporalContext(comm)
-    model = install_dual_scope(_model(comfy, weights), ctx)
+    model = install_dual_scope(load_tiny_wan(comfy, weights), ctx)
     ctx.begin_job(FrameLayout(frames, comm.world_size), DEFAULT_ATTENTION)
     stats = RunStats()
     spec = ComfySampling("euler", "simple", steps=steps, cfg=4.0, seed=1)
     latent = torch.zeros(1, 16, frames, size, size)
     sample_clip(
-        comfy, model, ctx, latent, _conditioning(1), _conditioning(2), spec, RunControl.create(None, None, stats)
+        comfy,
+        model,
+        ctx,
+        latent,
+        random_conditioning(1),
+        random_conditioning(2),
+        spec,
+        RunControl.create(None, None, stats),
     )
     ctx.end_job()
     return {

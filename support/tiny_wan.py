@@ -7,6 +7,7 @@ leave self-attention almost without effect), and saved as safetensors where Comf
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -91,3 +92,28 @@ def save_tiny_wan_lora(path: Path, seed: int = 0, rank: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(path))
     return path
+
+
+TEXT_TOKENS = 8
+
+
+def load_tiny_wan(comfy: Any, weights: str) -> Any:
+    """The saved weights as ComfyUI's ModelPatcher, in fp32 (the precision the comparisons are made in)."""
+    from safetensors.torch import load_file
+
+    return comfy.sd.load_diffusion_model_state_dict(load_file(weights), model_options={"dtype": torch.float32})
+
+
+def random_conditioning(seed: int) -> list:
+    """CONDITIONING of Wan's text width, drawn from a seed (Wan's text encoder is far too big for tests)."""
+    text = torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+    return [[text, {}]]
+
+
+def core_sample(comfy: Any, model: Any, latent: torch.Tensor, spec: Any) -> torch.Tensor:
+    """Core KSampler on `model` (ComfySampling `spec`), with random_conditioning(1) and (2) as the prompts."""
+    noise = comfy.sample.prepare_noise(latent, spec.seed)
+    return comfy.sample.sample(
+        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, random_conditioning(1),
+        random_conditioning(2), latent, denoise=spec.denoise, seed=spec.seed, disable_pbar=True,
+    )  # fmt: skip

@@ -96,7 +96,7 @@ def test_a_latent_job_crosses_the_process_boundary_as_plain_data():
         "euler", "simple", steps=4, cfg=5.0, seed=3, end_at_step=2, return_with_leftover_noise=True
     )
     job = LatentJob(
-        ModelSpec("/tmp/w.safetensors", family="wan"), "/tmp/in.safetensors", 6, sampling, DualScopeSettings(2, 2)
+        ModelSpec("weights.safetensors", family="wan"), "inputs.safetensors", 6, sampling, DualScopeSettings(2, 2)
     )
     assert job_from_dict(job.to_dict()) == job
     with pytest.raises(InvalidSettingsError, match="every worker needs at least one latent frame"):

@@ -16,8 +16,7 @@ from distributed.engine.settings import DualScopeSettings
 from distributed.models.wan.comfy_runtime import import_comfy
 from distributed.models.wan.patch import install_dual_scope
 from distributed.models.wan.sampling import sample_clip
-
-TEXT_TOKENS = 8
+from support.tiny_wan import core_sample, load_tiny_wan, random_conditioning
 
 
 def save_tiny_wan_target(comm: Communicator, path: str, seed: int = 0, image_to_video: bool = False) -> str:
@@ -48,36 +47,12 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
 
 
 def _load(comfy: Any, weights: str) -> Any:
-    from safetensors.torch import load_file
-
     torch.set_num_threads(1)
-    return comfy.sd.load_diffusion_model_state_dict(load_file(weights), model_options={"dtype": torch.float32})
-
-
-def _conditioning(seed: int) -> list:
-    text = torch.randn(1, TEXT_TOKENS, 4096, generator=torch.Generator().manual_seed(seed))
-    return [[text, {}]]
+    return load_tiny_wan(comfy, weights)
 
 
 def _sampling(kwargs: dict[str, Any]) -> ComfySampling:
     return ComfySampling(**kwargs)
-
-
-def core_ksampler(
-    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any]
-) -> torch.Tensor:
-    """What core KSampler makes of the same model, latent, conditioning and seed, on one device."""
-    comfy = import_comfy(on_cpu=True)
-    return _core(comfy, _load(comfy, weights), latent_shape, _sampling(sampling))
-
-
-def _core(comfy: Any, model: Any, latent_shape: tuple[int, ...], spec: ComfySampling) -> torch.Tensor:
-    latent = torch.zeros(latent_shape)
-    noise = comfy.sample.prepare_noise(latent, spec.seed)
-    return comfy.sample.sample(
-        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, _conditioning(1), _conditioning(2),
-        latent, denoise=spec.denoise, seed=spec.seed, disable_pbar=True,
-    )  # fmt: skip
 
 
 def core_and_clip_parallel(
@@ -92,7 +67,7 @@ def core_and_clip_parallel(
     for sampling in samplings:
         spec = _sampling(sampling)
         ours = _clip_parallel(comfy, patched, ctx, latent_shape, spec, settings)
-        pairs.append((_core(comfy, plain, latent_shape, spec), ours))
+        pairs.append((core_sample(comfy, plain, torch.zeros(latent_shape), spec), ours))
     return pairs
 
 
@@ -115,7 +90,7 @@ def _clip_parallel(
     control = RunControl.create(None, None, RunStats())
     try:
         own = sample_clip(
-            comfy, model, ctx, torch.zeros(latent_shape), _conditioning(1), _conditioning(2), spec, control
+            comfy, model, ctx, torch.zeros(latent_shape), random_conditioning(1), random_conditioning(2), spec, control
         )
     finally:
         ctx.end_job()

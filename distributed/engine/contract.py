@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from .comm import Communicator
+from .errors import JobCancelled
+
 if TYPE_CHECKING:
     from .job import JobSpec
     from .latent_job import LatentJob
@@ -66,3 +69,14 @@ class RunControl:
     @classmethod
     def create(cls, progress: ProgressFn | None, should_cancel: CancelFn | None, stats: RunStats) -> RunControl:
         return cls(progress or (lambda step, total, phase: None), should_cancel, stats)
+
+    def check_cancel(self, comm: Communicator, step: int) -> None:
+        """Rank 0 decides and every rank learns it in one collective, so all stop at the same step."""
+        if comm.agree(bool(self.should_cancel and comm.is_root and self.should_cancel())):
+            raise JobCancelled(step)
+
+    def record_step(self, comm: Communicator) -> None:
+        """The communication of the step just run, as the communicator counted it since its last reset."""
+        self.stats.bytes_sent_per_step.append(comm.bytes_sent)
+        self.stats.bytes_received_per_step.append(comm.bytes_received)
+        self.stats.calls_per_step.append(comm.calls)

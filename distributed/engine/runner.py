@@ -56,7 +56,8 @@ class Engine:
         control.progress(0, 1, "loading")
         loaded = self.model(job.model)
         control.progress(1, 1, "loading")
-        kind = family(job.model.family)
+        kind = self._family
+        assert kind is not None
         comm = self.comm
         layout = FrameLayout(job.frames, comm.world_size)
         control.stats.frames_per_rank = layout.counts

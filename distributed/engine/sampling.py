@@ -15,7 +15,6 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from . import choices
 from .context import TemporalContext
 from .contract import RunControl
-from .errors import JobCancelled
 from .job import JobSpec
 from .layout import FrameLayout
 
@@ -69,9 +68,7 @@ def denoise(
     stochastic = job.sampler in choices.STOCHASTIC_SAMPLERS
     total = len(scheduler.timesteps)
     for index, timestep in enumerate(scheduler.timesteps):
-        # Rank 0 decides and every rank learns it in the same collective, so all stop at the same step.
-        if comm.agree(bool(control.should_cancel and comm.is_root and control.should_cancel())):
-            raise JobCancelled(index)
+        control.check_cancel(comm, index)
         comm.reset_counters()
         ctx.timestep = float(timestep)
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
@@ -81,8 +78,6 @@ def denoise(
         if stochastic:
             extra["variance_noise"] = initial_noise(shape, layout, comm.rank, job, step=index).to(device)
         latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
-        control.stats.bytes_sent_per_step.append(comm.bytes_sent)
-        control.stats.bytes_received_per_step.append(comm.bytes_received)
-        control.stats.calls_per_step.append(comm.calls)
+        control.record_step(comm)
         control.progress(index + 1, total, "denoising")
     return latents

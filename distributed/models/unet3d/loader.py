@@ -13,12 +13,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPTextModel
 
-from ...engine.choices import DTYPES
+from ...engine.dtypes import torch_dtype
 from ...engine.errors import ModelLoadError
 from ...engine.job import ModelSpec
 from .model import SUPPORTED_UNET_CLASSES, UNet3DVideoCrafterConditionModel
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
@@ -36,12 +35,6 @@ class LoadedPipeline:
     def vae_scale(self) -> int:
         """Pixels per latent row and column: each VAE block after the first halves the size."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in TORCH_DTYPES:
-        raise ModelLoadError(f"dtype {name!r} is not supported; use one of {list(DTYPES)}")
-    return TORCH_DTYPES[name]
 
 
 def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedPipeline:

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from ...engine.dtypes import DTYPE_NAMES
 from ...engine.errors import InvalidSettingsError
 
 SUPPORTED_CONFIGS = {"WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video", "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video"}
 KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
-TORCH_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
 OWN_TRANSFORMER_OPTIONS: tuple[str, ...] = ()
 
@@ -94,7 +94,7 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     check_travels(patcher)
     sampling = _sampling_of(patcher)
     assert sampling is not None
-    dtype = TORCH_DTYPE_NAMES.get(patcher.model.get_dtype())
+    dtype = DTYPE_NAMES.get(patcher.model.get_dtype())
     if dtype is None:
         raise InvalidSettingsError(
             f"the MODEL's weights are {patcher.model.get_dtype()}; clip-parallel sampling takes fp32, fp16 or bf16 "

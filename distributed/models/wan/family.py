@@ -16,6 +16,7 @@ import torch
 
 from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
+from ...engine.dtypes import torch_dtype
 from ...engine.errors import InvalidSettingsError, ModelLoadError
 from ...engine.family import LatentLayout
 from ...engine.job import ModelSpec
@@ -26,7 +27,6 @@ from .inputs import read_inputs
 from .patch import install_dual_scope
 from .sampling import check_sampling, sample_clip
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Wan's native clip is 81 frames = 21 latent frames, so P = 10 gives each frame the window it was trained on;
 # with G = 16 a frame attends to at most 2P + 1 + G = 37 latent frames, under twice the native clip. The phase
 # bias is off: its reference setting was tuned on VideoCrafter2's timestep schedule, not on a flow model's.
@@ -59,7 +59,7 @@ class WanFamily:
             weights = load_file(model.base)
         except (SafetensorError, OSError) as error:
             raise ModelLoadError(f"{model.base} is not a readable safetensors file ({error})") from error
-        patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": TORCH_DTYPES[model.dtype]})
+        patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch_dtype(model.dtype)})
         if patcher is None:
             raise ModelLoadError(f"ComfyUI does not recognise the model in {model.base}")
         return LoadedWan(comfy, patcher, None)

@@ -35,8 +35,7 @@ def check_conditioning(name: str, conditioning: Any, text_width: int) -> None:
     if not isinstance(conditioning, list) or not conditioning:
         raise InvalidSettingsError(f"{name} is empty or not CONDITIONING; connect a text encode node")
     for entry in conditioning:
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)):
-            raise InvalidSettingsError(f"{name} is not CONDITIONING ([tensor, extras] entries)")
+        _check_entry(name, entry)
         width = entry[0].shape[-1]
         if width != text_width:
             raise InvalidSettingsError(
@@ -74,9 +73,13 @@ def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> Job
     )
 
 
-def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _check_entry(name: str, entry: Any) -> None:
     if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)):
-        raise InvalidSettingsError(f"{prefix.split('/')[0]} is not CONDITIONING ([tensor, extras] entries)")
+        raise InvalidSettingsError(f"{name} is not CONDITIONING ([tensor, extras] entries)")
+
+
+def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    _check_entry(prefix.split("/")[0], entry)
     cross_attn, extras = entry
     tensors[f"{prefix}/cross_attn"] = cross_attn.detach().to("cpu").clone()
     packed: dict[str, Any] = {"plain": {}, "tensors": [], "clip_vision": {}}

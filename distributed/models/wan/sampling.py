@@ -16,7 +16,7 @@ import torch
 
 from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
-from ...engine.errors import InvalidSettingsError, JobCancelled
+from ...engine.errors import InvalidSettingsError
 from ...engine.latent_job import ComfySampling
 
 # Samplers whose step count depends on the data: ranks would disagree on how many model calls to make.
@@ -82,14 +82,12 @@ def sample_clip(
     comm = ctx.comm
 
     def on_step(step: int, denoised: Any, x: Any, steps: int) -> None:
-        control.stats.bytes_sent_per_step.append(comm.bytes_sent)
-        control.stats.bytes_received_per_step.append(comm.bytes_received)
-        control.stats.calls_per_step.append(comm.calls)
+        control.record_step(comm)
         control.progress(step + 1, total_steps, "denoising")
-        _check_cancel(ctx, control, step + 1)
+        control.check_cancel(comm, step + 1)
         comm.reset_counters()  # after the cancel check, so a step's count holds only the model's exchanges
 
-    _check_cancel(ctx, control, 0)
+    control.check_cancel(comm, 0)
     comm.reset_counters()
     samples = comfy.samplers.sample(
         model,
@@ -108,13 +106,6 @@ def sample_clip(
         seed=sampling.seed,
     )
     return samples.to("cpu", torch.float32)
-
-
-def _check_cancel(ctx: TemporalContext, control: RunControl, step: int) -> None:
-    """Rank 0 decides and every rank learns it in one collective, so all stop at the same step."""
-    comm = ctx.comm
-    if comm.agree(bool(control.should_cancel and comm.is_root and control.should_cancel())):
-        raise JobCancelled(step)
 
 
 def _sigmas(sigmas: torch.Tensor, sampling: ComfySampling) -> torch.Tensor | None:
