@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import get_args
 
+from ..distributed.engine import choices
 from ..distributed.engine.settings import DualScopeSettings, Mode
 from .api import CATEGORY, Attention, io
+from .validation import given, validate_node
 
 _DEFAULTS = DualScopeSettings()
 
@@ -25,22 +27,22 @@ class DualScopeAttention(io.ComfyNode):
                     "local_window",
                     default=d.local_window,
                     min=0,
-                    max=256,
+                    max=choices.MAX_LOCAL_WINDOW,
                     tooltip="P: frames on each side that local attention sees (latent frames).",
                 ),
                 io.Int.Input(
                     "global_frames",
                     default=d.global_frames,
                     min=0,
-                    max=1024,
+                    max=choices.MAX_GLOBAL_FRAMES,
                     tooltip="G: frames sampled over the whole video that every frame also attends to; "
-                    "at most the video's frame count. 0 turns the global scope off.",
+                    "a video with fewer frames uses every frame. 0 turns the global scope off.",
                 ),
                 io.Int.Input(
                     "conv_halo",
                     default=d.conv_halo,
                     min=0,
-                    max=64,
+                    max=choices.MAX_CONV_HALO,
                     tooltip="Frames borrowed from neighbouring workers for temporal convolutions "
                     "(4 covers their receptive field: exact).",
                 ),
@@ -56,7 +58,7 @@ class DualScopeAttention(io.ComfyNode):
                     "phase_threshold",
                     default=d.phase_threshold,
                     min=0.0,
-                    max=1000.0,
+                    max=choices.MAX_TIMESTEP,
                     step=1.0,
                     tooltip="Timestep where the bias switches from global to local (of 1000).",
                 ),
@@ -64,7 +66,7 @@ class DualScopeAttention(io.ComfyNode):
                     "global_bias",
                     default=d.global_bias,
                     min=0.0,
-                    max=100.0,
+                    max=choices.MAX_BIAS,
                     step=0.5,
                     tooltip="Logit bias given to global keys before the threshold.",
                 ),
@@ -72,7 +74,7 @@ class DualScopeAttention(io.ComfyNode):
                     "local_bias",
                     default=d.local_bias,
                     min=0.0,
-                    max=100.0,
+                    max=choices.MAX_BIAS,
                     step=0.5,
                     tooltip="Logit bias given to local keys after the threshold.",
                 ),
@@ -80,7 +82,7 @@ class DualScopeAttention(io.ComfyNode):
                     "attn_scale",
                     default=d.attn_scale,
                     min=0.01,
-                    max=10.0,
+                    max=choices.MAX_ATTN_SCALE,
                     step=0.01,
                     tooltip="Multiplies the attention logits' softmax scale (1.0 = standard).",
                 ),
@@ -101,7 +103,7 @@ class DualScopeAttention(io.ComfyNode):
                     "norm_window",
                     default=d.norm_window,
                     min=0,
-                    max=4096,
+                    max=choices.MAX_NORM_WINDOW,
                     optional=True,
                     tooltip="Exact mode: frames whose statistics each temporal GroupNorm uses. 0 = the "
                     "whole video; 16 to 24 = about what the model saw in training.",
@@ -111,14 +113,9 @@ class DualScopeAttention(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **settings) -> bool | str:
-        if any(value is None for value in settings.values()):
-            return True  # fed by a link: checked when it runs
-        try:
-            DualScopeSettings.from_dict(settings)
-        except ValueError as error:
-            return str(error)
-        return True
+    def validate_inputs(cls, **settings) -> bool:
+        # Inputs fed by a link (None here) take their defaults for the check; they are checked again when it runs.
+        return validate_node(cls, settings, lambda: DualScopeSettings.from_dict(given(settings)))
 
     @classmethod
     def execute(cls, **settings) -> io.NodeOutput:

@@ -9,7 +9,7 @@ from typing import Any
 from ..distributed.engine import choices
 from . import pool_access
 from .api import CATEGORY, Attention, Pool, io
-from .progress import JobProgress, wait_for
+from .progress import JobProgress, submit, wait_for
 from .values import DEFAULT_POOL, PoolChoice
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -155,9 +155,10 @@ class ClipParallelKSampler(io.ComfyNode):
         job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention)
         engine_pool = pool_access.get_pool(pool)
         try:
-            handle = engine_pool.submit(job)
             window = max(1, min(steps, end_at_step) - start_at_step)
-            wait_for(handle, JobProgress(window, cls.hidden.unique_id, engine_pool.world_size), pool.job_timeout_s)
+            progress = JobProgress(window, cls.hidden.unique_id, engine_pool.world_size)
+            handle = submit(engine_pool, job, progress)
+            wait_for(handle, progress, pool.job_timeout_s)
             latents = handle.latents(0)
         finally:
             inputs.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..distributed.engine.choices import DTYPES
 from . import model_paths
 from .api import CATEGORY, VideoModel, io
+from .validation import validate_node
 from .values import ModelChoice
 
 
@@ -48,14 +49,12 @@ class LoadVideoModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str, unet_override: str, dtype: str) -> bool | str:
-        if None in (model_name, unet_override, dtype):
-            return True  # fed by a link: checked when it runs
-        try:
-            choose(model_name, unet_override, dtype)
-        except ValueError as error:
-            return str(error)
-        return True
+    def validate_inputs(cls, **values) -> bool:
+        names = ("model_name", "unet_override", "dtype")
+        if any(values.get(name) is None for name in names):
+            return True  # fed by a link or missing (ComfyUI reports that): checked when it runs
+        # The model lists are not checked as options here: choose() says where the files should be.
+        return validate_node(cls, {}, lambda: choose(*(values[name] for name in names)))
 
     @classmethod
     def execute(cls, model_name: str, unet_override: str, dtype: str) -> io.NodeOutput:

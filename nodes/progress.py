@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -9,11 +10,21 @@ import numpy as np
 
 STOP_WAIT_S = 60.0  # a cancelled job stops at the next step; past this the pool's own timeouts act
 POLL_S = 0.1
-_PHASES = {"loading": "loading the model", "denoising": "denoising", "decoding": "decoding", "gathering": "gathering"}
+_PHASES = {
+    "starting": "starting the workers",
+    "loading": "loading the model",
+    "denoising": "denoising",
+    "decoding": "decoding",
+    "gathering": "gathering",
+}
 
 
 class WorkerFailed(RuntimeError):
     """A worker's own error text, shown as the node's error."""
+
+
+# ComfyUI reports an error's type as module + name; without this it would carry the pack's install path.
+WorkerFailed.__module__ = "video_infinity"
 
 
 class JobProgress:
@@ -61,6 +72,38 @@ class JobProgress:
             PromptServer.instance.send_progress_text(text, self.node_id)
         except Exception:  # noqa: BLE001 - the text is a nicety; the bar carries the progress
             pass
+
+
+def submit(pool: Any, job: Any, progress: JobProgress) -> Any:
+    """Starts the pool if needed (a Cancel meanwhile stops the start) and hands it the job."""
+    import comfy.model_management as mm
+
+    if not pool.running:
+        progress.on_event(_Phase("starting"))
+        failures: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                pool.start()
+            except BaseException as error:  # noqa: BLE001 - re-raised in the node's thread below
+                failures.append(error)
+
+        starter = threading.Thread(target=start, name="video-infinity-start", daemon=True)
+        starter.start()
+        while starter.is_alive():
+            if mm.processing_interrupted():
+                pool.stop()
+                starter.join(STOP_WAIT_S)
+                mm.throw_exception_if_processing_interrupted()
+            starter.join(POLL_S)
+        if failures:
+            raise failures[0]
+    return pool.submit(job)
+
+
+class _Phase:
+    def __init__(self, phase: str):
+        self.phase = phase
 
 
 def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> np.ndarray:

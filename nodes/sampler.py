@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 
 from ..distributed.engine import choices
-from . import pool_access
+from . import devices, pool_access
 from .api import CATEGORY, Attention, Frames, Pool, VideoModel, io
-from .progress import JobProgress, wait_for
+from .progress import JobProgress, submit, wait_for
+from .validation import InvalidInput, given, validate_node
 from .values import DEFAULT_POOL, ModelChoice, PoolChoice, VideoFrames
 
 
@@ -80,7 +81,7 @@ class ClipParallelSampler(io.ComfyNode):
                     "cfg",
                     default=choices.DEFAULT_CFG,
                     min=0.0,
-                    max=100.0,
+                    max=choices.MAX_CFG,
                     step=0.5,
                     tooltip="Classifier-free guidance scale; 1 turns the negative prompt pass off.",
                 ),
@@ -102,7 +103,7 @@ class ClipParallelSampler(io.ComfyNode):
                     "fps",
                     default=choices.DEFAULT_FPS,
                     min=0.1,
-                    max=120.0,
+                    max=choices.MAX_FPS,
                     step=0.1,
                     tooltip="Frame rate the model is conditioned on and the video is saved at.",
                 ),
@@ -110,7 +111,7 @@ class ClipParallelSampler(io.ComfyNode):
                     "blend",
                     default=0,
                     min=0,
-                    max=1000,
+                    max=choices.MAX_BLEND,
                     tooltip="Frames over which neighbouring prompt-schedule segments cross-fade (0: cut).",
                 ),
                 io.Boolean.Input(
@@ -145,40 +146,19 @@ class ClipParallelSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(
-        cls,
-        prompt: str,
-        negative_prompt: str,
-        frames: int,
-        width: int,
-        height: int,
-        steps: int,
-        cfg: float,
-        sampler: str,
-        seed: int,
-        fps: float,
-        blend: int,
-    ) -> bool | str:
-        # The model, attention and pool come through links (no value yet): check what the widgets alone decide.
-        settings = dict(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            frames=frames,
-            width=width,
-            height=height,
-            steps=steps,
-            cfg=cfg,
-            sampler=sampler,
-            seed=seed,
-            fps=fps,
-            blend=blend,
-        )
-        settings = {name: value for name, value in settings.items() if value is not None}
-        try:
+    def validate_inputs(cls, **values: Any) -> bool:
+        # The model, attention and pool come through links (None here): check what the widgets alone decide.
+        known = given(values)
+        settings = {name: value for name, value in known.items() if name != "return_images"}
+
+        def check() -> None:
             build_job(None, None, **settings)
-        except ValueError as error:
-            return str(error)
-        return True
+            if "pool" not in values and "frames" in known:  # no Worker Pool connected: the default pool runs it
+                check_split(known["frames"], len(devices.resolve(DEFAULT_POOL.devices)))
+            if {"frames", "width", "height"} <= known.keys():
+                check_video_fits(known["frames"], known["width"], known["height"], known.get("return_images", True))
+
+        return validate_node(cls, values, check)
 
     @classmethod
     def execute(
@@ -193,9 +173,11 @@ class ClipParallelSampler(io.ComfyNode):
         job = build_job(model, attention, **settings)
         engine_pool = pool_access.get_pool(pool)
         workers = engine_pool.world_size
-        handle = engine_pool.submit(job)  # refuses an impossible split before any worker starts
+        job.validate(workers)  # an impossible split is refused before any worker starts
+        progress = JobProgress(job.steps, cls.hidden.unique_id, workers)
         try:
-            video = wait_for(handle, JobProgress(job.steps, cls.hidden.unique_id, workers), pool.job_timeout_s)
+            handle = submit(engine_pool, job, progress)
+            video = wait_for(handle, progress, pool.job_timeout_s)
         finally:
             pool_access.release_if_cold(engine_pool)
         latent = {"samples": to_latent(handle.latents(0))}  # the engine always gathers the final latents
@@ -203,6 +185,29 @@ class ClipParallelSampler(io.ComfyNode):
         result = VideoFrames(frames=video, fps=job.fps, info=info)
         images = to_image(video if return_images else video[:1])
         return io.NodeOutput(images, result, job.fps, latent)
+
+
+def check_split(frames: int, workers: int) -> None:
+    if frames < workers:
+        raise InvalidInput(
+            f"the video has {frames} frames but the pool has {workers} workers; every worker needs at least one "
+            f"frame: ask for at least {workers} frames, or connect a Worker Pool with fewer workers"
+        )
+
+
+def check_video_fits(frames: int, width: int, height: int, return_images: bool) -> None:
+    """The finished video is held in this process (uint8, and float32 as IMAGE too): refuse what cannot fit."""
+    import psutil
+
+    need = frames * width * height * 3 * (5 if return_images else 1)
+    available = psutil.virtual_memory().available
+    if need > 0.8 * available:
+        image_note = " plus its float32 IMAGE copy" if return_images else ""
+        fix = "; turning return_images off saves four fifths" if return_images else ""
+        raise InvalidInput(
+            f"the finished video alone ({frames} frames of {width}x{height}{image_note}) needs {need / 2**30:.1f} GiB "
+            f"of memory and this machine has {available / 2**30:.1f} GiB free: make it shorter or smaller{fix}"
+        )
 
 
 def to_image(frames: np.ndarray):

@@ -12,6 +12,15 @@ from .api import CATEGORY, Frames, io, ui
 from .values import VideoFrames
 
 
+def _inside_output(prefix: str) -> bool:
+    """Whether files named by `prefix` land in the output folder (ComfyUI refuses the rest when saving)."""
+    import folder_paths
+
+    output = os.path.realpath(folder_paths.get_output_directory())
+    target = os.path.realpath(os.path.join(output, os.path.normpath(prefix)))
+    return os.path.commonpath([output, target]) == output
+
+
 def _uint8_frames(video: VideoFrames | None, images) -> tuple[Iterator[np.ndarray], int, int, int]:
     """Yields frames one at a time as uint8 (H, W, 3), from our uint8 frames or from a float IMAGE batch."""
     if video is not None:
@@ -72,8 +81,15 @@ class SaveVideo(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, filename_prefix: str) -> bool | str:
-        if filename_prefix is not None and not filename_prefix.strip():
+        if filename_prefix is None:
+            return True  # fed by a link: checked when it runs
+        if not filename_prefix.strip():
             return "filename_prefix is empty; give a name such as 'video-infinity/video'"
+        if not _inside_output(filename_prefix):
+            return (
+                f"filename_prefix {filename_prefix!r} points outside ComfyUI's output folder; use a name or a "
+                "subfolder inside it, such as 'video-infinity/video'"
+            )
         return True
 
     @classmethod

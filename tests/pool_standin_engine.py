@@ -3,7 +3,9 @@ handling, where loading a real model would only make every worker start slower.
 
 Loaded by file path inside worker processes (PoolConfig.engine_factory). Frame t of a job is filled with
 (seed + t) % 256; each denoising step sleeps briefly; rank 0 decides about cancel and broadcasts it.
-A job whose negative prompt is "stand-in: hang rank N" makes rank N stop answering (a hung rank).
+A job whose negative prompt is "stand-in: hang rank N" makes rank N stop answering (a hung rank);
+"stand-in: long first step" keeps every rank in a first step that never ends (a step far longer than a
+cancel's grace); "stand-in: grow memory" makes every rank allocate 64 MiB every 50 ms (up to 4 GiB each).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ class StandInEngine:
         frames, height, width, steps = job.frames, job.height, job.width, job.steps
         if job.negative_prompt == f"stand-in: hang rank {self.rank}":
             time.sleep(3600)
+        if job.negative_prompt == "stand-in: long first step":
+            progress(0, steps, "denoising")
+            time.sleep(3600)
+        if job.negative_prompt == "stand-in: grow memory":
+            held = []
+            for _ in range(64):
+                held.append(np.ones(64 * 2**20, np.uint8))  # written, so the pages are really taken
+                time.sleep(STEP_S)
         for step in range(steps):
             flag = torch.tensor([int(bool(should_cancel and should_cancel()))])
             if self.world_size > 1:

@@ -126,7 +126,12 @@ def test_uneven_layout_and_multi_rank_halos():
 BAD_JOBS = [
     ({"frames": 2, "attention": {"global_frames": 0}}, "every worker needs at least one frame"),
     ({"attention": {"local_window": -1}}, "local_window"),
-    ({"attention": {"global_frames": 40}}, "larger than the video"),
+    ({"attention": {"global_frames": 2000}}, "global_frames is 2000; it must be at most 1024"),
+    ({"attention": {"local_window": 10**6}}, "local_window is 1000000; it must be at most 256"),
+    ({"frames": 10**9}, "frames is 1000000000; it must be at most 100000"),
+    ({"width": 8192}, "width is 8192; it must be at most 4096"),
+    ({"steps": 5000}, "steps is 5000; it must be at most 1000"),
+    ({"cfg": 1e6}, "cfg is 1000000.0; it must be at most 100.0"),
     ({"height": 60}, "multiple of 8"),
     ({"steps": 0}, "steps is 0"),
     ({"prompts": [{"start": 0, "end": 9, "prompt": "a"}, {"start": 8, "end": 15, "prompt": "b"}]}, "overlaps"),
@@ -221,3 +226,12 @@ def test_the_engine_core_imports_neither_the_pool_nor_an_entry_point_nor_a_famil
         text = module.read_text()
         for layer in ("..pool", "..cli", "..models", "nodes", "comfy"):
             assert f"from {layer}" not in text and f"import {layer}" not in text, f"{module.name} imports {layer}"
+
+
+@pytest.mark.parametrize("mode", ["exact", "reference"])
+def test_more_global_frames_than_the_video_means_every_frame(mode):
+    # G is "up to G": a video shorter than G attends to all of its frames, once each.
+    ctx = TemporalContext(Communicator(0, 1, torch.device("cpu")))
+    ctx.begin_job(FrameLayout(6, 1), DualScopeSettings(global_frames=40, mode=mode))
+    assert sorted(ctx.global_indices) == list(range(6))
+    JobSpec.from_dict({"model": {"base": "/x"}, "prompt": "a", "frames": 6, "attention": {"global_frames": 40}})

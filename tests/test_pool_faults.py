@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from distributed.engine.errors import JobCancelled
 from distributed.engine.job import JobSpec
-from distributed.pool import PoolConfig, WorkerError, WorkerPool
+from distributed.pool import PoolConfig, PoolError, WorkerError, WorkerPool
+from distributed.pool.launch import describe_exit
+from distributed.pool.memory import available_bytes
 from tests.pool_fixtures import STANDIN_ENGINE, alive, first_denoising_step, tiny_job, wait_for
 
 pytestmark = [pytest.mark.pool, pytest.mark.timeout(300)]
@@ -27,9 +30,11 @@ def pool() -> WorkerPool:
         yield private
 
 
-def test_worker_exception_reaches_the_caller_with_its_message(
+def test_worker_exception_reaches_the_caller_and_the_pool_stays_warm(
     pool: WorkerPool, tiny_pipeline: Path, tmp_path: Path
 ) -> None:
+    pool.start()
+    pids, starts = pool.worker_pids(), pool.status()["starts"]
     broken = Path(shutil.copytree(tiny_pipeline, tmp_path / "broken-model"))
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(b"not a safetensors file")
@@ -38,10 +43,14 @@ def test_worker_exception_reaches_the_caller_with_its_message(
     error = failed.value
     assert error.kind == "ModelLoadError"
     assert f"could not load the UNet from {broken / 'unet'}" in error.message
-    assert str(weights) in error.message
+    assert str(weights) in error.message and "not a safetensors file" in error.message
     assert error.rank in (0, 1) and f"worker rank {error.rank}" in str(error)
     assert "Traceback" in error.traceback_text and "load_pipeline" in error.traceback_text
     assert pool.status()["last_error"] == str(error)
+    # Every rank failed while preparing, before any exchange: the group is in step and stays warm.
+    assert pool.status()["state"] == "ready" and pool.worker_pids() == pids
+    assert pool.submit(tiny_job(tiny_pipeline)).result(180).shape == (4, 32, 32, 3)
+    assert pool.status()["starts"] == starts and pool.worker_pids() == pids
 
 
 def test_sigkilled_worker_fails_the_job_naming_its_rank_and_a_fresh_pool_runs_the_next(
@@ -112,14 +121,83 @@ def test_a_hung_rank_cannot_hang_the_caller_past_the_collective_timeout() -> Non
     try:
         pool.start()
         pids = pool.worker_pids()
-        job = {"model": {"base": "stand-in"}, "prompt": "a red ball", "frames": 2, "height": 16, "width": 16,
-               "steps": 2, "negative_prompt": "stand-in: hang rank 1",
-               "attention": {"global_frames": 1, "local_window": 1}}  # fmt: skip
         began = time.monotonic()
         with pytest.raises(WorkerError) as failed:
-            pool.submit(JobSpec.from_dict(job)).result(30)
+            pool.submit(standin_job("stand-in: hang rank 1")).result(30)
         assert time.monotonic() - began < 15
-        assert failed.value.rank == 0 and "timed out" in failed.value.message.lower(), str(failed.value)
+        # Rank 0 reported the timeout; rank 1 is alive but never came to the exchange: it is the one to blame.
+        error = failed.value
+        assert error.rank == 1 and error.kind == "WorkerStuck", str(error)
+        assert "rank 0 reported" in error.message and "timed out" in error.message.lower(), str(error)
         assert wait_for(lambda: not alive(pids), 5), "the hung rank was left running"
     finally:
         pool.shutdown()
+
+
+def standin_job(negative_prompt: str = "", steps: int = 2) -> JobSpec:
+    job = {"model": {"base": "stand-in"}, "prompt": "a red ball", "frames": 2, "height": 16, "width": 16,
+           "steps": steps, "negative_prompt": negative_prompt, "attention": {"global_frames": 1, "local_window": 1}}  # fmt: skip
+    return JobSpec.from_dict(job)
+
+
+def test_a_stopped_worker_is_named_within_the_hang_timeout() -> None:
+    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, hang_timeout_s=2))
+    try:
+        pool.start()
+        pids = pool.worker_pids()
+        handle = pool.submit(standin_job(steps=1000))
+        first_denoising_step(handle, 60)
+        os.kill(pids[1], signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        with pytest.raises(WorkerError) as failed:
+            handle.result(30)
+        error = failed.value
+        assert error.rank == 1 and error.kind == "WorkerHung", str(error)
+        assert "stopped (SIGSTOP" in error.message, str(error)
+        assert handle.finished_at - stopped_at < 6
+        assert wait_for(lambda: not alive(pids), 5), "the stopped worker was left behind"
+        assert pool.submit(standin_job()).result(60).shape == (2, 16, 16, 3)
+    finally:
+        pool.shutdown()
+
+
+def test_cancel_in_a_step_that_never_ends_stops_the_workers_by_force() -> None:
+    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, cancel_grace_s=1))
+    try:
+        pool.start()
+        pids = pool.worker_pids()
+        handle = pool.submit(standin_job("stand-in: long first step"))
+        first_denoising_step(handle, 60)
+        handle.cancel()
+        with pytest.raises(JobCancelled):
+            handle.result(15)
+        assert handle.finished_at - handle.cancel_requested_at < 4
+        assert "did not stop within" in pool.status()["last_error"]
+        assert wait_for(lambda: not alive(pids), 5)
+        # Not "job N is still running": the next job starts fresh workers and runs.
+        assert pool.submit(standin_job()).result(60).shape == (2, 16, 16, 3)
+    finally:
+        pool.shutdown()
+
+
+def test_a_job_that_eats_the_memory_is_stopped_before_the_oom_killer_acts() -> None:
+    # The floor is set just under what is free now, so the test needs only ~0.5 GiB of growth, not a full machine.
+    floor = available_bytes() - 512 * 2**20
+    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, memory_floor_bytes=floor))
+    try:
+        pool.start()
+        with pytest.raises(PoolError, match="the machine ran out of memory") as failed:
+            pool.submit(standin_job("stand-in: grow memory")).result(60)
+        assert "rank 0" in str(failed.value) and "rank 1" in str(failed.value)
+        assert available_bytes() > floor - 2**30  # it stopped near the floor, not at the end of the machine
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("oom", "expected"),
+    [(True, "out-of-memory killer ended it"), (False, "not by the out-of-memory killer"), (None, "or by the")],
+)
+def test_a_sigkill_is_only_blamed_on_the_oom_killer_when_it_acted(oom, expected) -> None:
+    text = describe_exit(-signal.SIGKILL, oom)
+    assert text.startswith("killed by SIGKILL") and expected in text

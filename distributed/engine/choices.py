@@ -19,9 +19,21 @@ DEFAULT_CFG = 12.0
 DEFAULT_SAMPLER = "sde_dpmpp"
 DEFAULT_FPS = 8.0
 
+# Upper limits: the nodes show them as widget ranges and the engine refuses jobs beyond them (every route).
 MAX_FRAMES = 100_000
 MAX_SIDE = 4096
-MAX_STEPS = 1000
+MAX_STEPS = 1000  # the UNet3D schedulers' training timesteps: more steps than that cannot be scheduled
+MAX_CFG = 100.0
+MAX_FPS = 120.0
+MAX_BLEND = 1000
+# Dual-scope attention settings (P, G, conv halo, GroupNorm window, bias and scale ranges).
+MAX_LOCAL_WINDOW = 256
+MAX_GLOBAL_FRAMES = 1024
+MAX_CONV_HALO = 64
+MAX_NORM_WINDOW = 4096
+MAX_TIMESTEP = 1000.0
+MAX_BIAS = 100.0
+MAX_ATTN_SCALE = 10.0
 COMFY_MAX_STEPS = 10000  # core KSampler's limit, for jobs run with ComfyUI's samplers
 SIZE_STEP = 8  # the VAE downsamples by 8
 

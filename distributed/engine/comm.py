@@ -112,6 +112,13 @@ class Communicator:
         self.broadcast_(flag)
         return bool(flag.item())
 
+    def failed_anywhere(self, failed_here: bool) -> list[int]:
+        """The ranks that report a failure, known to every rank at the same point (one all-gather)."""
+        if self.world_size == 1:
+            return [0] if failed_here else []
+        flags = self.all_gather(torch.tensor([1 if failed_here else 0], dtype=torch.int32, device=self.device))
+        return [rank for rank, flag in enumerate(flags) if flag.item()]
+
     def gather_frames_to_root(
         self, own: torch.Tensor, layout: FrameLayout, out: torch.Tensor | None = None
     ) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ class TemporalContext:
     def begin_job(self, layout: FrameLayout, settings: DualScopeSettings) -> None:
         self.layout = layout
         self.settings = settings
-        count = settings.global_frames
+        count = settings.global_count(layout.total)
         if count == 0 or settings.mode == "independent":
             self.global_indices = ()
         elif settings.mode == "reference":

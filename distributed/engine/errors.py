@@ -19,3 +19,16 @@ class JobCancelled(VideoInfinityError):
     def __init__(self, step: int):
         super().__init__(f"cancelled at denoising step {step}")
         self.step = step
+
+
+class PreparationFailed(VideoInfinityError):
+    """Raised on every rank when some rank could not prepare the job (its settings or its model).
+
+    The ranks learn it together, before the job's first exchange, so they stay in step and the warm
+    pool keeps serving; `cause` is this rank's own error, None on a rank that prepared fine.
+    """
+
+    def __init__(self, ranks: list[int], cause: BaseException | None):
+        super().__init__(f"rank(s) {ranks} could not prepare the job" + (f": {cause}" if cause else ""))
+        self.ranks = ranks
+        self.cause = cause

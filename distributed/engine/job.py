@@ -83,7 +83,6 @@ class JobSpec:
             frames=self.frames, height=self.height, width=self.width, steps=self.steps, cfg=self.cfg,
             sampler=self.sampler, fps=self.fps, blend=self.blend,
         )  # fmt: skip
-        self.attention.validate_for_video(self.frames)
         if world_size is not None and self.frames < world_size:
             raise InvalidSettingsError(
                 f"the video has {self.frames} frames but the pool has {world_size} workers; every worker needs at "
@@ -99,10 +98,17 @@ def check_job_settings(**settings: Any) -> None:
     for name in ("frames", "height", "width", "steps"):
         if name in settings:
             _positive_int(settings[name], name)
-    limits = {"frames": choices.MAX_FRAMES, "height": choices.MAX_SIDE, "width": choices.MAX_SIDE}
-    limits["steps"] = choices.MAX_STEPS
+    limits = {
+        "frames": choices.MAX_FRAMES,
+        "height": choices.MAX_SIDE,
+        "width": choices.MAX_SIDE,
+        "steps": choices.MAX_STEPS,
+        "cfg": choices.MAX_CFG,
+        "fps": choices.MAX_FPS,
+        "blend": choices.MAX_BLEND,
+    }
     for name, limit in limits.items():
-        if settings.get(name, 0) > limit:
+        if name in settings and settings[name] > limit:
             raise InvalidSettingsError(f"{name} is {settings[name]}; it must be at most {limit}")
     for name in ("height", "width"):
         value = settings.get(name, choices.SIZE_STEP)

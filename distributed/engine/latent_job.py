@@ -57,7 +57,6 @@ class LatentJob:
     def validate(self, world_size: int | None = None) -> None:
         if isinstance(self.frames, bool) or not isinstance(self.frames, int) or self.frames < 1:
             raise InvalidSettingsError(f"the latent has {self.frames!r} frames; it needs at least one")
-        self.attention.validate_for_video(self.frames)
         if world_size is not None and self.frames < world_size:
             raise InvalidSettingsError(
                 f"the latent has {self.frames} latent frames but the pool has {world_size} workers; every worker "

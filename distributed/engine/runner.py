@@ -11,6 +11,7 @@ import torch
 from .comm import Communicator
 from .context import TemporalContext
 from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
+from .errors import PreparationFailed
 from .family import ModelFamily, family
 from .job import JobSpec, ModelSpec
 from .latent_job import LatentJob
@@ -51,10 +52,9 @@ class Engine:
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,
     ) -> GenerationResult:
-        job.validate(self.comm.world_size)
         control = RunControl.create(on_progress, should_cancel, RunStats())
         control.progress(0, 1, "loading")
-        loaded = self.model(job.model)
+        loaded = self._prepare(job)
         control.progress(1, 1, "loading")
         kind = self._family
         assert kind is not None
@@ -83,6 +83,25 @@ class Engine:
             latents=None if gathered_latents is None else gathered_latents.permute(1, 0, 2, 3).cpu(),
             stats=control.stats,
         )
+
+    def _prepare(self, job: JobSpec | LatentJob) -> Any:
+        """Checks the job and loads its model; every rank then learns whether all ranks managed.
+
+        An error here (bad settings, a broken or unsupported model file) is the job's, not the group's:
+        raising PreparationFailed on every rank at the same point keeps the ranks in step, so the warm
+        pool survives it.
+        """
+        loaded, cause = None, None
+        try:
+            job.validate(self.comm.world_size)
+            loaded = self.model(job.model)
+        except Exception as error:  # noqa: BLE001 - any preparation error is reported with the rank's text
+            cause = error
+            self.release()
+        failed = self.comm.failed_anywhere(cause is not None)
+        if failed:
+            raise PreparationFailed(failed, cause) from cause
+        return loaded
 
     def release(self) -> None:
         self._loaded = self._family = self._key = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from . import choices
 from .errors import InvalidSettingsError
 
 # exact: defined on the whole video, identical for any rank count. reference: the public reference code's
@@ -47,6 +48,13 @@ class DualScopeSettings:
             raise InvalidSettingsError(f"attn_scale is {self.attn_scale}; it must be greater than 0")
         if self.mode not in MODES:
             raise InvalidSettingsError(f"mode is {self.mode!r}; use one of {list(MODES)}")
+        for name, limit in UPPER_LIMITS.items():
+            value = getattr(self, name)
+            if value > limit:
+                raise InvalidSettingsError(f"{name} is {value}; it must be at most {limit}")
+        for name in ("phase_threshold", "global_bias", "local_bias"):
+            if getattr(self, name) < 0:
+                raise InvalidSettingsError(f"{name} is {getattr(self, name)}; it must be 0 or more")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,9 +68,18 @@ class DualScopeSettings:
             raise InvalidSettingsError(f"unknown attention settings {unknown}; known: {sorted(known)}")
         return cls(**data)
 
-    def validate_for_video(self, frames: int) -> None:
-        if self.global_frames > frames:
-            raise InvalidSettingsError(
-                f"global_frames (G={self.global_frames}) is larger than the video ({frames} frames); "
-                f"use at most {frames} global frames or make the video longer"
-            )
+    def global_count(self, frames: int) -> int:
+        """The global frames a video of `frames` frames gets: G, or every frame when the video is shorter."""
+        return min(self.global_frames, frames)
+
+
+UPPER_LIMITS = {
+    "local_window": choices.MAX_LOCAL_WINDOW,
+    "global_frames": choices.MAX_GLOBAL_FRAMES,
+    "conv_halo": choices.MAX_CONV_HALO,
+    "norm_window": choices.MAX_NORM_WINDOW,
+    "phase_threshold": choices.MAX_TIMESTEP,
+    "global_bias": choices.MAX_BIAS,
+    "local_bias": choices.MAX_BIAS,
+    "attn_scale": choices.MAX_ATTN_SCALE,
+}

@@ -36,6 +36,10 @@ class PoolConfig:
     engine_factory: str | None = None  # "file.py:callable" building another engine per rank (tests, benchmarks)
     # What happens after a job, not what the pool is: a change needs no restart (ignored by ==).
     keep_warm: bool = field(default=True, compare=False)
+    # The coordinator's watch over running workers (ignored by ==, as above):
+    hang_timeout_s: float = field(default=20.0, compare=False)  # a worker silent this long is hung
+    cancel_grace_s: float = field(default=5.0, compare=False)  # then a cancelled job's workers are stopped by force
+    memory_floor_bytes: int | None = field(default=None, compare=False)  # None: memory.default_floor_bytes()
 
     def __post_init__(self) -> None:
         if not isinstance(self.devices, str):
@@ -73,7 +77,7 @@ class PoolConfig:
         """Everything that can be checked before a process starts. Returns (devices, backend)."""
         devices = self.local_devices()
         backend = self.resolved_backend(devices)
-        for name in ("start_timeout_s", "collective_timeout_s"):
+        for name in ("start_timeout_s", "collective_timeout_s", "hang_timeout_s", "cancel_grace_s"):
             if getattr(self, name) <= 0:
                 raise InvalidSettingsError(f"{name} is {getattr(self, name)}; it must be greater than 0 seconds")
         if self.threads_per_worker < 1:

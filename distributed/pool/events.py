@@ -70,11 +70,20 @@ class Failed(WorkerEvent):
     user_error: bool  # a VideoInfinityError: the job was wrong, not the worker
     pid: int
     device: str
+    recoverable: bool = False  # every rank stopped at the same point: the group is in step and stays warm
 
 
 @dataclass(frozen=True)
 class Stopped(WorkerEvent):
     pass
+
+
+HEARTBEAT_S = 1.0  # how often a worker says it is alive
+
+
+@dataclass(frozen=True)
+class Heartbeat(WorkerEvent):
+    """Sent every few seconds from a thread of its own: the rank is alive even while it computes."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,8 @@ class AgentLost(WorkerEvent):
 
 
 EVENT_TYPES: dict[str, type[WorkerEvent]] = {
-    cls.__name__: cls for cls in (Ready, Stats, Progress, Result, Cancelled, Failed, Stopped, Died, AgentLost)
+    cls.__name__: cls
+    for cls in (Ready, Stats, Progress, Result, Cancelled, Failed, Stopped, Heartbeat, Died, AgentLost)
 }
 
 

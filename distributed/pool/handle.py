@@ -31,6 +31,8 @@ class JobHandle:
         self.finished_at: float | None = None
         self.cancel_requested_at: float | None = None
         self.latest: ProgressEvent | None = None
+        self.last_step_s: float | None = None  # how long the last denoising step took, as seen here
+        self._last_step_seen: float | None = None
         self._request_cancel = request_cancel
         self._events: deque[ProgressEvent] = deque()
         self._done = threading.Event()
@@ -71,6 +73,12 @@ class JobHandle:
         return self._latents
 
     def record_progress(self, event: ProgressEvent) -> None:
+        previous = self.latest
+        if event.phase == "denoising" and previous is not None and previous.phase == "denoising":
+            if event.step > previous.step and self._last_step_seen is not None:
+                self.last_step_s = (time.monotonic() - self._last_step_seen) / (event.step - previous.step)
+        if event.phase == "denoising":
+            self._last_step_seen = time.monotonic()
         self.latest = event
         self._events.append(event)
 

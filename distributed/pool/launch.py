@@ -68,7 +68,8 @@ def kill_all(processes: list[Any], grace_s: float = 0.0) -> None:
         process.join(5)
 
 
-def describe_exit(exitcode: int | None) -> str:
+def describe_exit(exitcode: int | None, oom_killed: bool | None = None) -> str:
+    """How a process ended. oom_killed: whether the kernel's out-of-memory killer acted meanwhile (None: unknown)."""
     if exitcode is None:
         return "still running"
     if exitcode < 0:
@@ -76,6 +77,12 @@ def describe_exit(exitcode: int | None) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = " (the system's out-of-memory killer sends this)" if -exitcode == signal.SIGKILL else ""
+        hint = ""
+        if -exitcode == signal.SIGKILL:
+            hint = {
+                True: ": the system's out-of-memory killer ended it; the job needs more memory than the machine has",
+                False: " from outside (not by the out-of-memory killer)",
+                None: " (sent by another process, or by the system's out-of-memory killer when memory runs out)",
+            }[oom_killed]
         return f"killed by {name}{hint}"
     return f"exit code {exitcode}"

@@ -21,9 +21,11 @@ from ..engine.latent_job import LatentJob
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
 from .events import AgentLost, Cancelled, Died, Failed, Progress, Ready, Result, Stats, WorkerEvent, from_wire
+from .guard import Guard, GuardSettings
 from .handle import JobHandle, ProgressEvent
 from .join import JoinListener
 from .launch import describe_exit, kill_all, spawn_context, start_worker
+from .memory import default_floor_bytes, oom_kill_count
 from .netutil import is_loopback, loopback_interface
 from .session import RankInfo, Session
 from .shm import take_frames, unlink_quietly
@@ -117,6 +119,11 @@ class WorkerPool:
             if self._listener is not None:
                 self._listener.close()
 
+    def stop(self) -> None:
+        """Stops the workers, cancelling a running job or a start under way; the next submit starts fresh ones."""
+        with self._submit_lock:
+            self._stop_session(STOP_GRACE_S)
+
     def restart(self) -> None:
         """Stops the workers and starts fresh ones (e.g. to free every model)."""
         with self._submit_lock:
@@ -172,6 +179,8 @@ class WorkerPool:
         began = time.monotonic()
         deadline = began + self.config.start_timeout_s
         session = Session(spawn_context(), self.world_size)
+        session.guard = Guard(self._guard_settings())
+        session.oom_kills_at_start = oom_kill_count()
         with self._lock:
             self._session = session
             self.starts += 1
@@ -246,6 +255,11 @@ class WorkerPool:
             engine_factory=config.engine_factory,
         )
 
+    def _guard_settings(self) -> GuardSettings:
+        config = self.config
+        floor = config.memory_floor_bytes if config.memory_floor_bytes is not None else default_floor_bytes()
+        return GuardSettings(config.hang_timeout_s, config.cancel_grace_s, floor)
+
     def _assign_agents(self, session: Session, group: GroupSettings, deadline: float) -> None:
         assert self._listener is not None
         agents = self._listener.take(self.config.remote_workers, deadline, abort=session.finished.is_set)
@@ -315,6 +329,10 @@ class WorkerPool:
                     if process.exitcode is not None and rank not in session.deaths:
                         session.deaths[rank] = process.exitcode
                         session.fault_at = session.fault_at or time.monotonic()
+            fault = None if session.stopping or session.fault_at else session.guard.check(session, self._job)
+            if fault is not None:
+                self._fail(session, fault.error, fault.reason)
+                return
             if session.fault_at is not None and time.monotonic() - session.fault_at >= FAULT_GRACE_S:
                 if not session.stopping:
                     self._fail(session, self._root_cause(session))
@@ -340,6 +358,8 @@ class WorkerPool:
 
     def _handle(self, session: Session, event: WorkerEvent) -> None:
         info = session.ranks.get(event.rank)
+        if info is not None:
+            info.last_seen = time.monotonic()
         job = self._job
         current = job is not None and getattr(event, "job", None) == job.id and not job.done()
         if isinstance(event, Ready) and info is not None:
@@ -367,6 +387,13 @@ class WorkerPool:
         elif isinstance(event, Cancelled) and current:
             assert job is not None
             job.complete(error=JobCancelled(event.step))
+        elif isinstance(event, Failed) and event.recoverable:
+            if current:  # the ranks are in step: this job failed, the pool stays warm for the next
+                assert job is not None
+                error = self._worker_error(event)
+                with self._lock:
+                    self._last_error = str(error)
+                job.complete(error=error)
         elif isinstance(event, Failed):
             session.errors.append(event)
             session.fault_at = session.fault_at or time.monotonic()
@@ -380,8 +407,10 @@ class WorkerPool:
             session.fault_at = session.fault_at or time.monotonic()
 
     def _root_cause(self, session: Session) -> WorkerError:
-        """A rank that died without a word is the cause; the others only saw their peer vanish."""
+        """A rank that died without a word is the cause; the others only saw their peer vanish. When every
+        report is a peer's symptom (a collective timed out or lost its connection), the silent rank is."""
         reported = {e.rank for e in session.errors}
+        oom = _oom_killed_since(session.oom_kills_at_start)
         for rank in sorted(session.deaths):
             if rank in reported:
                 continue
@@ -390,14 +419,29 @@ class WorkerPool:
             if rank in session.lost_hosts:
                 message = f"the node agent on {session.lost_hosts[rank]} disconnected"
             else:
-                message = f"the worker process died unexpectedly ({describe_exit(session.deaths[rank])})"
+                message = f"the worker process died unexpectedly ({describe_exit(session.deaths[rank], oom)})"
             return WorkerError(rank, message, "WorkerDied", device=device, pid=pid)
-        first = session.errors[0]
-        return WorkerError(first.rank, first.message, first.kind, first.traceback, device=first.device, pid=first.pid)
+        silent = sorted(set(session.ranks) - reported)
+        if silent and all(_is_peer_symptom(e) for e in session.errors):
+            info = session.ranks[silent[0]]
+            first = session.errors[0]
+            return WorkerError(
+                info.rank,
+                f"did not take part in an exchange that rank(s) {sorted(reported)} waited in until it failed, so it "
+                f"is stuck or far behind (rank {first.rank} reported: {first.kind}: {first.message.splitlines()[0]})",
+                "WorkerStuck",
+                device=info.device,
+                pid=info.pid,
+            )
+        return self._worker_error(session.errors[0])
 
-    def _fail(self, session: Session, error: VideoInfinityError) -> None:
+    @staticmethod
+    def _worker_error(event: Failed) -> WorkerError:
+        return WorkerError(event.rank, event.message, event.kind, event.traceback, device=event.device, pid=event.pid)
+
+    def _fail(self, session: Session, error: VideoInfinityError, reason: str | None = None) -> None:
         with self._lock:
-            self._last_error = str(error)
+            self._last_error = reason or str(error)
             job = self._job
         self._teardown(session, error)
         if job is not None and not job.done():
@@ -441,6 +485,20 @@ class WorkerPool:
             "cuda_allocated_bytes": stats.cuda_allocated if stats else None,
             "cuda_reserved_bytes": stats.cuda_reserved if stats else None,
         }
+
+
+PEER_SYMPTOMS = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+
+
+def _is_peer_symptom(event: Failed) -> bool:
+    """Whether a rank's error only says that a peer did not answer (a collective timed out or lost its link)."""
+    text = f"{event.kind} {event.message}".lower()
+    return any(symptom in text for symptom in PEER_SYMPTOMS)
+
+
+def _oom_killed_since(count_at_start: int | None) -> bool | None:
+    now = oom_kill_count()
+    return None if now is None or count_at_start is None else now > count_at_start
 
 
 def _seconds(value: float) -> Any:

@@ -7,7 +7,8 @@ import queue
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class RankInfo:
     local: bool = True
     ready: bool = False
     stats: Stats | None = None  # the rank's latest memory report
+    last_seen: float = field(default_factory=time.monotonic)  # when its last event (a heartbeat, say) arrived
 
 
 STORE_DIR_PREFIX = "video-infinity-pool-"
@@ -65,6 +67,8 @@ class Session:
         self.lost_hosts: dict[int, str] = {}
         self.fault_at: float | None = None
         self.monitor: threading.Thread | None = None
+        self.guard: Any = None  # guard.Guard: hangs, overdue cancels, memory
+        self.oom_kills_at_start: int | None = None  # the OOM killer's count when the session began
 
     def file_store(self) -> StoreAddress:
         """A store in a private folder: a one-machine pool needs no listening port for rendezvous."""

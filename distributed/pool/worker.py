@@ -22,10 +22,22 @@ import torch
 import torch.distributed as dist
 
 from ..engine.contract import JobEngine
-from ..engine.errors import JobCancelled, VideoInfinityError
+from ..engine.errors import JobCancelled, PreparationFailed, VideoInfinityError
 from ..engine.job import job_from_dict
 from .collectives import broadcast_json, self_test
-from .events import Cancelled, Failed, Progress, Ready, Result, Stats, Stopped, WorkerEvent, to_wire
+from .events import (
+    HEARTBEAT_S,
+    Cancelled,
+    Failed,
+    Heartbeat,
+    Progress,
+    Ready,
+    Result,
+    Stats,
+    Stopped,
+    WorkerEvent,
+    to_wire,
+)
 from .shm import OutputBuffer
 from .worker_args import GroupSettings, WorkerArgs
 
@@ -49,6 +61,7 @@ class Worker:
 
     def run(self) -> None:
         _watch_parent(self.args.parent_pid)
+        self._start_heartbeat()
         torch.set_num_threads(self.group.threads)
         try:
             self._start()
@@ -98,6 +111,17 @@ class Worker:
                     return
         self._stop()
 
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while True:
+                time.sleep(HEARTBEAT_S)
+                try:
+                    self._send(Heartbeat(self.rank))
+                except (OSError, ValueError):  # the queue is closed: the worker is stopping
+                    return
+
+        threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+
     def _next_command(self) -> dict[str, Any] | None:
         if self.rank != 0:
             return None
@@ -135,6 +159,10 @@ class Worker:
             output.discard()
             if root:
                 self._send(Cancelled(self.rank, job=job_id, step=cancelled.step))
+        except PreparationFailed as refused:
+            output.discard()
+            if refused.cause is not None:  # the ranks that failed say why; the others wait for the next job
+                self._report(refused.cause, "job", recoverable=True)
         except BaseException as error:  # noqa: BLE001 - the job's real error goes to the caller
             output.discard()
             self._report(error, "job")
@@ -178,7 +206,7 @@ class Worker:
     def _loads(self) -> int | None:
         return getattr(self.engine, "loads", None)
 
-    def _report(self, error: BaseException, phase: str) -> None:
+    def _report(self, error: BaseException, phase: str, recoverable: bool = False) -> None:
         self._send(
             Failed(
                 self.rank,
@@ -190,6 +218,7 @@ class Worker:
                 user_error=isinstance(error, VideoInfinityError),
                 pid=os.getpid(),
                 device=str(self.device),
+                recoverable=recoverable,
             )
         )
 

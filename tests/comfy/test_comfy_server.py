@@ -175,11 +175,11 @@ def test_interrupt_during_sampling_then_next_prompt_succeeds(host, client):
     assert run.outcome == "execution_success", run.events
 
 
-def _validation_error(client, prompt) -> str:
+def _validation_errors(client, prompt) -> list[str]:
     response = client.post_prompt(prompt)
     assert response.status_code == 400, response.text
     errors = response.json()["node_errors"]
-    return " ".join(e["details"] for node in errors.values() for e in node["errors"])
+    return [e["details"] for node in errors.values() for e in node["errors"]]
 
 
 @pytest.mark.parametrize(
@@ -198,28 +198,78 @@ def _validation_error(client, prompt) -> str:
             ["frames 4-4 without a prompt"],
         ),
         ("4", {"width": 60}, ["multiple of 8"]),
+        # Upper limits hold although the nodes validate their own inputs (ComfyUI then skips min/max).
+        ("4", {"frames": 10**9}, ["frames is 1000000000; it must be at most 100000"]),
+        ("4", {"width": 8192}, ["width is 8192; it must be at most 4096"]),
+        ("4", {"steps": 5000}, ["steps is 5000; it must be at most 1000"]),
+        ("4", {"cfg": 1e6}, ["cfg is 1000000.0; it must be at most 100.0"]),
+        ("4", {"sampler": "euler"}, ["sampler is 'euler'; use one of"]),
+        ("2", {"local_window": 10**6}, ["local_window is 1000000; it must be at most 256"]),
+        ("2", {"mode": "fast"}, ["mode is 'fast'; use one of"]),
         ("3", {"devices": "cuda:7"}, ["cuda:7"]),
         ("3", {"devices": "tpu"}, ["unknown device"]),
+        ("5", {"filename_prefix": "../../outside/video"}, ["points outside ComfyUI's output folder"]),
     ],
 )
-def test_bad_inputs_are_refused_before_running(host, client, node, inputs, expected):
+def test_bad_inputs_are_refused_before_running_with_one_message(host, client, node, inputs, expected):
     prompt = tiny_job()
     prompt[node]["inputs"].update(inputs)
-    message = _validation_error(client, prompt)
+    messages = _validation_errors(client, prompt)
+    assert len(messages) == 1, messages  # once, not once per input of the node
     for part in expected:
-        assert part in message, message
+        assert part in messages[0], messages
     assert host.get_json("/system_stats")["system"]  # still serving
 
 
-def test_fewer_frames_than_workers_is_an_execution_error(host, client):
+def test_a_missing_input_is_reported_by_name(client):
+    prompt = tiny_job()
+    del prompt["4"]["inputs"]["steps"]
+    response = client.post_prompt(prompt)
+    assert response.status_code == 400, response.text
+    text = response.text
+    assert "Required input is missing" in text and "steps" in text
+    assert "positional argument" not in text
+
+
+def test_fewer_frames_than_workers_is_refused_at_validation_with_the_default_pool(client):
     prompt = tiny_job(frames=1)
-    prompt["2"]["inputs"]["global_frames"] = 1
+    del prompt["4"]["inputs"]["pool"]  # the default pool: 2 CPU workers on this machine
+    messages = _validation_errors(client, prompt)
+    assert any("1 frames but the pool has 2 workers" in m for m in messages), messages
+
+
+def test_fewer_frames_than_a_connected_pool_has_workers_fails_before_any_worker_starts(host, client):
+    # A Worker Pool node's devices are another node's value, which ComfyUI does not show to validation.
+    prompt = tiny_job(frames=1)
     run = client.wait(client.queue(prompt), timeout=120)
     assert run.outcome == "execution_error", run.events
     error = run.of_type("execution_error")[0]["data"]
     assert error["node_id"] == "4"
     assert "1 frames but the pool has 2 workers" in error["exception_message"]
     assert host.get_json("/system_stats")["system"]
+
+
+def test_more_global_frames_than_the_video_runs(client):
+    prompt = tiny_job(frames=4, seed=41)
+    prompt["2"]["inputs"]["global_frames"] = 64  # "up to G": every frame of the short video
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_success", run.events
+
+
+def test_cancel_before_the_first_step_of_a_huge_video_stops_it_and_the_next_prompt_runs(host, client):
+    # 100,000 frames: the workers spend minutes (and gigabytes) before step 1; Cancel must not wait for it.
+    prompt = tiny_job(frames=100_000, seed=43)
+    prompt["4"]["inputs"]["return_images"] = False
+    prompt_id = client.queue(prompt)
+    client.wait_for_event(prompt_id, lambda e: e["type"] == "executing" and e["data"]["node"] == "4", 120)
+    time.sleep(3)
+    asked = time.monotonic()
+    assert requests.post(f"{host.url}/interrupt", timeout=10).status_code == 200
+    run = client.wait(prompt_id, timeout=120)
+    assert run.outcome == "execution_interrupted", run.events
+    assert run.of_type("execution_interrupted")[0]["t"] - asked < 15
+    run = client.wait(client.queue(tiny_job(seed=44)), timeout=300)
+    assert run.outcome == "execution_success", run.events
 
 
 def test_worker_error_is_the_node_error_and_the_next_prompt_succeeds(host, client):

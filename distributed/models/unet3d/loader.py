@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 from ...engine.dtypes import torch_dtype
 from ...engine.errors import ModelLoadError
 from ...engine.job import ModelSpec
+from ...engine.weight_files import check_safetensors_file, check_weights_folder
 from .model import SUPPORTED_UNET_CLASSES, UNet3DVideoCrafterConditionModel
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -47,9 +48,9 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu") -> Loaded
         unet = load_unet_override(Path(spec.unet), base / "unet")
     else:
         unet = _load_unet_folder(base / "unet")
-    text_encoder = _load_part("text encoder", base / "text_encoder", CLIPTextModel.from_pretrained)
+    text_encoder = _load_weights("text encoder", base / "text_encoder", CLIPTextModel.from_pretrained)
     tokenizer = _load_part("tokenizer", base / "tokenizer", AutoTokenizer.from_pretrained)
-    vae = _load_part("VAE", base / "vae", AutoencoderKL.from_pretrained)
+    vae = _load_weights("VAE", base / "vae", AutoencoderKL.from_pretrained)
     _check_sizes(unet, text_encoder, vae, spec)
     for module in (unet, vae, text_encoder):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -93,7 +94,7 @@ def _unet_config(folder: Path) -> dict[str, Any]:
 
 def _load_unet_folder(folder: Path) -> UNet3DVideoCrafterConditionModel:
     _unet_config(folder)
-    return _load_part("UNet", folder, UNet3DVideoCrafterConditionModel.from_pretrained)
+    return _load_weights("UNet", folder, UNet3DVideoCrafterConditionModel.from_pretrained)
 
 
 def load_unet_override(path: Path, base_unet: Path) -> UNet3DVideoCrafterConditionModel:
@@ -130,6 +131,7 @@ def load_unet_override(path: Path, base_unet: Path) -> UNet3DVideoCrafterConditi
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    check_safetensors_file(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -138,9 +140,18 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from error
 
 
-def _load_part(label: str, folder: Path, loader: Any) -> Any:
+def _load_weights(label: str, folder: Path, loader: Any) -> Any:
+    """A part with weights: safetensors only (pickles are refused on every route), checked whole first."""
     try:
-        return loader(str(folder), local_files_only=True)
+        check_weights_folder(folder, label)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"could not load the {label} from {folder}: {error}") from None
+    return _load_part(label, folder, loader, use_safetensors=True)
+
+
+def _load_part(label: str, folder: Path, loader: Any, **options: Any) -> Any:
+    try:
+        return loader(str(folder), local_files_only=True, **options)
     except Exception as error:  # loaders raise many types; the user needs the file and the cause
         raise ModelLoadError(f"could not load the {label} from {folder}: {type(error).__name__}: {error}") from error
 
