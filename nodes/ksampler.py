@@ -190,9 +190,10 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
         )
     if samples.shape[0] != 1:
         raise InvalidSettingsError(f"latent_image holds a batch of {samples.shape[0]} videos; use batch_size 1")
-    if "noise_mask" in latent:
+    noise_mask = latent.get("noise_mask")
+    if noise_mask is not None and noise_mask.shape[0] > 1:
         raise InvalidSettingsError(
-            "latent_image carries a noise mask, which clip-parallel sampling does not support yet"
+            f"latent_image's noise mask holds a batch of {noise_mask.shape[0]}; use batch_size 1"
         )
     root = Path(folder_paths.get_temp_directory()) / "video-infinity"
     exported = export_model(model, root / "models")
@@ -202,6 +203,6 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     settings = attention if isinstance(attention, DualScopeSettings) else None
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else DEFAULT_ATTENTION)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
-    write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling))
+    write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask))
     spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
     return LatentJob(spec, str(inputs), int(samples.shape[2]), sampling, settings), inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..distributed.engine import choices
 from . import devices, pool_access
 from .api import CATEGORY, Pool, io, ui
 from .values import PoolChoice
@@ -31,13 +32,13 @@ class WorkerPool(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "timeout_s",
-                    default=600.0,
+                    default=choices.DEFAULT_COLLECTIVE_TIMEOUT_S,
                     min=10.0,
                     max=86400.0,
                     step=10.0,
-                    tooltip="Seconds a worker may wait for the others inside one exchange before the job is failed "
-                    "and the pool torn down, so a hung worker cannot block ComfyUI forever. Changing it restarts "
-                    "the workers.",
+                    tooltip="Seconds a worker may wait for the others inside one exchange before the job fails, naming "
+                    "the worker that did not come. Dead or stopped workers are found within seconds anyway; raise it "
+                    "when one machine loads the model much slower than the others. Changing it restarts the workers.",
                 ),
                 io.Float.Input(
                     "job_timeout_s",

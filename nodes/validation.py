@@ -21,8 +21,9 @@ class InvalidInput(ValueError):
 InvalidInput.__module__ = "video_infinity"
 
 
-def check_limits(schema: io.Schema, values: dict[str, Any]) -> None:
-    """Raises InvalidInput for the first given value outside its input's min/max or options.
+def check_limits(schema: io.Schema, values: dict[str, Any]) -> bool:
+    """Raises InvalidInput for the first given value outside its input's min/max or options. False when a
+    number input holds something that is not a number: ComfyUI reports that one itself.
 
     Values that are None (fed by a link, or missing: ComfyUI reports those itself) are skipped.
     """
@@ -30,20 +31,24 @@ def check_limits(schema: io.Schema, values: dict[str, Any]) -> None:
         value = values.get(spec.id)
         if value is None:
             continue
-        low, high = getattr(spec, "min", None), getattr(spec, "max", None)
-        if low is not None and value < low:
-            raise InvalidInput(f"{spec.id} is {value}; it must be at least {low}")
-        if high is not None and value > high:
-            raise InvalidInput(f"{spec.id} is {value}; it must be at most {high}")
+        if isinstance(spec, (io.Int.Input, io.Float.Input)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return False
+            if spec.min is not None and value < spec.min:
+                raise InvalidInput(f"{spec.id} is {value}; it must be at least {spec.min}")
+            if spec.max is not None and value > spec.max:
+                raise InvalidInput(f"{spec.id} is {value}; it must be at most {spec.max}")
         options = getattr(spec, "options", None)
         if isinstance(spec, io.Combo.Input) and options and value not in options:
             shown = options if len(options) <= 20 else [*options[:20], "..."]
             raise InvalidInput(f"{spec.id} is {value!r}; use one of {shown}")
+    return True
 
 
 def validate_node(node: type[io.ComfyNode], values: dict[str, Any], check: Callable[[], None] | None = None) -> bool:
     """The schema's limits, then the node's own rules (`check`, which may raise ValueError); True or raises once."""
-    check_limits(node.define_schema(), values)
+    if not check_limits(node.define_schema(), values):
+        return True  # a value of the wrong type: ComfyUI's own message says so, once
     if check is not None:
         try:
             check()

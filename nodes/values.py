@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed.engine.choices import AUTO_DEVICES
+from ..distributed.engine.choices import AUTO_DEVICES, DEFAULT_COLLECTIVE_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ModelChoice:
 class PoolChoice:
     devices: str  # "auto", "cpu:N", "cuda:all" or a comma list such as "cuda:0,cuda:1"
     keep_warm: bool = True
-    timeout_s: float = 600.0  # the longest a worker may wait for the others inside a collective
+    timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S  # the longest a worker may wait for the others inside a collective
     job_timeout_s: float = 0.0  # the longest the node waits for the video before cancelling it; 0: no limit
 
 

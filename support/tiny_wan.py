@@ -18,7 +18,8 @@ TINY_WAN_FILES = {
     "i2v": "diffusion_models/video-infinity-tiny-wan-i2v.safetensors",
     "vae": "vae/video-infinity-tiny-wan-vae.safetensors",
     "lora": "loras/video-infinity-tiny-wan-lora.safetensors",
-    "ti2v": "diffusion_models/video-infinity-tiny-wan22-ti2v.safetensors",  # a family the sampler refuses
+    "ti2v": "diffusion_models/video-infinity-tiny-wan22-ti2v.safetensors",  # Wan 2.2 TI2V 5B's layout
+    "fun_control": "diffusion_models/video-infinity-tiny-wan-fun-control.safetensors",  # a family the sampler refuses
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default

@@ -63,3 +63,13 @@ def test_generate_reports_a_bad_setting_without_starting_workers(tiny_pipeline: 
 def test_join_without_a_token_is_refused() -> None:
     done = cli("join", "127.0.0.1:1", "--devices", "cpu:1", timeout=60)
     assert done.returncode == 2 and "token" in done.stderr
+
+
+def test_the_wait_for_node_agents_is_set_from_the_command_line(tiny_pipeline: Path, tmp_path: Path) -> None:
+    done = cli(
+        "generate", "--model", str(tiny_pipeline), "--prompt", "a red ball", "--frames", "4", "--width", "32",
+        "--height", "32", "--devices", "cpu:1", "--remote-workers", "1", "--token", "t", "--start-timeout", "3",
+        "--out", str(tmp_path / "v.mp4"),
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "only 0 joined in time" in done.stderr, done.stderr[-2000:]

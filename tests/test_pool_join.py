@@ -70,31 +70,82 @@ def test_pool_waiting_for_agents_times_out_with_instructions(tiny_pipeline: Path
         pool.shutdown()
 
 
-def _hello(address: tuple[str, int], line: bytes) -> dict:
+def _hello(address: tuple[str, int], line: bytes | None, proof_for: str | None = None) -> dict:
+    """Opens a join connection, reads the challenge, sends `line` (or a hello proved with the token
+    `proof_for`), and returns the coordinator's reply."""
     import json
     import socket
 
+    from distributed.pool.join import PROTOCOL_VERSION, proof_of_token
+
     with socket.create_connection(address, timeout=10) as sock:
+        reader = sock.makefile("r")
+        challenge = json.loads(reader.readline())["challenge"]
+        if line is None:
+            hello = {"proof": proof_of_token(proof_for, challenge), "devices": ["cpu"], "version": PROTOCOL_VERSION}
+            line = (json.dumps(hello) + "\n").encode()
         sock.sendall(line)
-        return json.loads(sock.makefile("r").readline() or "{}")
+        return json.loads(reader.readline() or "{}")
 
 
 @pytest.mark.parametrize(
     "line,error",
     [
-        (b'{"token": "t", "devices": ["cpu"], "version": 0}\n', "speaks join protocol 0 but this pool speaks"),
+        (b'{"proof": "p", "devices": ["cpu"], "version": 0}\n', "speaks join protocol 0 but this pool speaks"),
         (b"[1, 2, 3]\n", "the token was refused"),
-        (b'{"token": "wrong", "devices": ["cpu"], "version": 1}\n', "the token was refused"),
+        (b"null\n", "the token was refused"),
+        (b'"t"\n', "the token was refused"),
+        (b'{"proof": "wrong", "devices": ["cpu"], "version": 2}\n', "the token was refused"),
+        (b'{"token": "t", "devices": ["cpu"], "version": 2}\n', "the token was refused"),  # the token in clear
+        (b'{"proof": "p", "dev', "the token was refused"),  # cut off: no newline before the connection ends
     ],
-    ids=["old-protocol", "not-an-object", "wrong-token"],
+    ids=["old-protocol", "list", "null", "string", "wrong-proof", "clear-token", "truncated"],
 )
 def test_a_join_listener_refuses_a_bad_hello_with_its_reason(line: bytes, error: str) -> None:
     from distributed.pool.join import JoinListener
 
     listener = JoinListener("127.0.0.1", 0, "t")
     try:
-        reply = _hello(("127.0.0.1", listener.port), line)
+        if line.endswith(b"dev"):
+            reply = _truncated_hello(("127.0.0.1", listener.port), line)
+        else:
+            reply = _hello(("127.0.0.1", listener.port), line)
         assert reply.get("ok") is False and error in reply.get("error", ""), reply
+        assert listener.refused == (0 if "protocol" in error else 1)
+    finally:
+        listener.close()
+
+
+def _truncated_hello(address: tuple[str, int], line: bytes) -> dict:
+    import json
+    import socket
+
+    with socket.create_connection(address, timeout=10) as sock:
+        reader = sock.makefile("r")
+        reader.readline()
+        sock.sendall(line)
+        sock.shutdown(socket.SHUT_WR)  # the agent stops talking mid-line
+        return json.loads(reader.readline() or "{}")
+
+
+def test_a_replayed_hello_is_refused_because_each_connection_has_its_own_challenge() -> None:
+    import json
+    import socket
+
+    from distributed.pool.join import PROTOCOL_VERSION, JoinListener, proof_of_token
+
+    listener = JoinListener("127.0.0.1", 0, "t")
+    address = ("127.0.0.1", listener.port)
+    try:
+        with socket.create_connection(address, timeout=10) as sock:
+            reader = sock.makefile("r")
+            challenge = json.loads(reader.readline())["challenge"]
+            recorded = {"proof": proof_of_token("t", challenge), "devices": ["cpu"], "version": PROTOCOL_VERSION}
+            sock.sendall((json.dumps(recorded) + "\n").encode())
+            assert json.loads(reader.readline())["ok"] is True  # the genuine agent got in
+        replayed = _hello(address, (json.dumps(recorded) + "\n").encode())
+        assert replayed.get("ok") is False and "token was refused" in replayed["error"]
+        assert _hello(address, None, proof_for="t")["ok"] is True  # a fresh proof still works
     finally:
         listener.close()
 
@@ -108,3 +159,23 @@ def test_an_endless_hello_line_is_cut_off_and_refused() -> None:
         assert reply.get("ok") is False and "the token was refused" in reply.get("error", "")
     finally:
         listener.close()
+
+
+def test_the_store_of_a_multi_machine_pool_listens_on_the_pool_address_only(tiny_pipeline: Path) -> None:
+    import psutil
+
+    pool = WorkerPool(PoolConfig(devices="cpu:1", remote_workers=1, token=TOKEN, start_timeout_s=60))
+    agent = None
+    try:
+        starting = threading.Thread(target=pool.start, daemon=True)
+        starting.start()
+        agent = subprocess.Popen(join_command(pool.join_address, TOKEN), cwd=REPO, stderr=subprocess.PIPE, text=True)
+        starting.join(60)
+        assert pool.running
+        mine = [c for c in psutil.Process().net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+        assert mine, "the coordinator listens for the store and the join listener"
+        assert all(c.laddr.ip == "127.0.0.1" for c in mine), [c.laddr for c in mine]
+    finally:
+        pool.shutdown()
+        if agent is not None:
+            agent.wait(30)

@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--host", default="127.0.0.1", help="address to listen on for node agents (default loopback)")
     gen.add_argument("--join-port", type=int, default=0, help="port for node agents (default: a free one)")
     gen.add_argument("--network-interface", help="network interface for gloo/NCCL traffic between machines")
+    gen.add_argument(
+        "--start-timeout",
+        type=float,
+        default=PoolConfig.start_timeout_s,
+        help="seconds to wait for the workers (and node agents) to be ready (default %(default)s)",
+    )
     gen.add_argument("--out", type=Path, default=Path("video.mp4"))
     gen.add_argument(
         "--fps",
@@ -105,6 +111,7 @@ def generate(args: argparse.Namespace) -> int:
         host=args.host,
         join_port=args.join_port,
         network_interface=args.network_interface,
+        start_timeout_s=args.start_timeout,
     )
     pool = WorkerPool(config)
     try:

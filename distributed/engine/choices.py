@@ -39,6 +39,12 @@ SIZE_STEP = 8  # the VAE downsamples by 8
 
 AUTO_DEVICES = "auto"
 
+# The longest one rank waits for the others inside one exchange. Dead and stopped workers are found by
+# heartbeat within seconds, so this only bounds a live worker that never arrives; it must outlast the
+# largest honest gap between ranks: one rank loading a big model slower than the others (the job's first
+# exchange waits for every load), or decoding a longer share of frames before the gather.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+
 
 def gpu_count() -> int:
     """CUDA devices this process can use (0 without CUDA)."""

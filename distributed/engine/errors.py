@@ -22,13 +22,22 @@ class JobCancelled(VideoInfinityError):
 
 
 class PreparationFailed(VideoInfinityError):
-    """Raised on every rank when some rank could not prepare the job (its settings or its model).
+    """Raised on the ranks that prepared a job fine when another rank could not (its settings or its model).
 
-    The ranks learn it together, before the job's first exchange, so they stay in step and the warm
-    pool keeps serving; `cause` is this rank's own error, None on a rank that prepared fine.
+    The ranks learn it together, before the job's first exchange, so they stay in step and the warm pool
+    keeps serving. The failing rank raises its own error, marked with `mark_in_step`.
     """
 
-    def __init__(self, ranks: list[int], cause: BaseException | None):
-        super().__init__(f"rank(s) {ranks} could not prepare the job" + (f": {cause}" if cause else ""))
+    def __init__(self, ranks: list[int]):
+        super().__init__(f"rank(s) {ranks} could not prepare the job")
         self.ranks = ranks
-        self.cause = cause
+
+
+def mark_in_step(error: BaseException, ranks: list[int]) -> BaseException:
+    """Marks a preparation error that every rank learnt at the same point (the group is still in step)."""
+    error.failed_ranks_in_step = ranks  # type: ignore[attr-defined]
+    return error
+
+
+def failed_in_step(error: BaseException) -> bool:
+    return isinstance(error, PreparationFailed) or hasattr(error, "failed_ranks_in_step")

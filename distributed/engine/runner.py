@@ -11,7 +11,7 @@ import torch
 from .comm import Communicator
 from .context import TemporalContext
 from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
-from .errors import PreparationFailed
+from .errors import PreparationFailed, mark_in_step
 from .family import ModelFamily, family
 from .job import JobSpec, ModelSpec
 from .latent_job import LatentJob
@@ -88,8 +88,8 @@ class Engine:
         """Checks the job and loads its model; every rank then learns whether all ranks managed.
 
         An error here (bad settings, a broken or unsupported model file) is the job's, not the group's:
-        raising PreparationFailed on every rank at the same point keeps the ranks in step, so the warm
-        pool survives it.
+        the failing rank raises it (marked in step), the others PreparationFailed, all at the same point,
+        so the ranks stay in step and the warm pool survives it.
         """
         loaded, cause = None, None
         try:
@@ -99,8 +99,10 @@ class Engine:
             cause = error
             self.release()
         failed = self.comm.failed_anywhere(cause is not None)
+        if cause is not None:
+            raise mark_in_step(cause, failed)
         if failed:
-            raise PreparationFailed(failed, cause) from cause
+            raise PreparationFailed(failed)
         return loaded
 
     def release(self) -> None:

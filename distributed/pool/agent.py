@@ -20,7 +20,7 @@ from typing import Any
 from ..engine.choices import gpu_count
 from .config import parse_devices
 from .events import Died, to_wire
-from .join import PROTOCOL_VERSION, send_line
+from .join import MAX_HELLO_BYTES, PROTOCOL_VERSION, proof_of_token, send_line
 from .launch import kill_all, spawn_context, start_worker
 from .netutil import parse_address
 from .worker_args import GroupSettings, WorkerArgs
@@ -48,11 +48,16 @@ def run_agent(
             return UNREACHABLE
         lock = threading.Lock()
         reader = sock.makefile("r", encoding="utf-8")
-        hello = {"token": token, "devices": local, "host": socket.gethostname(), "version": PROTOCOL_VERSION}
         try:
+            opening = json.loads(reader.readline(MAX_HELLO_BYTES) or "{}")
+            challenge = str(opening.get("challenge", "")) if isinstance(opening, dict) else ""
+            proof = proof_of_token(token, challenge)
+            hello = {"proof": proof, "devices": local, "host": socket.gethostname(), "version": PROTOCOL_VERSION}
             send_line(sock, lock, hello)
-            reply = json.loads(reader.readline() or "{}")
+            reply = json.loads(reader.readline(MAX_HELLO_BYTES) or "{}")
         except (OSError, ValueError):
+            reply = {}
+        if not isinstance(reply, dict):
             reply = {}
         if not reply.get("ok"):
             sock.close()

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..engine.choices import AUTO_DEVICES, expand_devices, gpu_count
+from ..engine.choices import AUTO_DEVICES, DEFAULT_COLLECTIVE_TIMEOUT_S, expand_devices, gpu_count
 from ..engine.errors import InvalidSettingsError
 from .netutil import check_port_free
 
@@ -30,14 +30,16 @@ class PoolConfig:
     remote_workers: int = 0  # ranks the pool waits for from node agents
     token: str | None = None  # shared secret node agents must present
     start_timeout_s: float = 120.0
-    collective_timeout_s: float = 600.0  # the longest one rank waits for the others in a collective
+    collective_timeout_s: float = (
+        DEFAULT_COLLECTIVE_TIMEOUT_S  # the longest one rank waits for the others in a collective
+    )
     threads_per_worker: int = 1  # torch CPU threads per worker
     network_interface: str | None = None  # gloo/NCCL socket interface for multi-machine pools
     engine_factory: str | None = None  # "file.py:callable" building another engine per rank (tests, benchmarks)
     # What happens after a job, not what the pool is: a change needs no restart (ignored by ==).
     keep_warm: bool = field(default=True, compare=False)
     # The coordinator's watch over running workers (ignored by ==, as above):
-    hang_timeout_s: float = field(default=20.0, compare=False)  # a worker silent this long is hung
+    hang_timeout_s: float = field(default=10.0, compare=False)  # a worker silent this long is hung
     cancel_grace_s: float = field(default=5.0, compare=False)  # then a cancelled job's workers are stopped by force
     memory_floor_bytes: int | None = field(default=None, compare=False)  # None: memory.default_floor_bytes()
 

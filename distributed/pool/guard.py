@@ -68,7 +68,8 @@ class Guard:
                 )
                 error = WorkerError(
                     info.rank,
-                    f"stopped responding: no sign of life for {silent:.0f} s ({why}); the pool was restarted",
+                    f"stopped responding: no sign of life for {silent:.0f} s ({why}); the workers were stopped and the "
+                    "next job starts fresh ones",
                     "WorkerHung",
                     device=info.device,
                     pid=info.pid,

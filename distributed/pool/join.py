@@ -1,15 +1,20 @@
 """The coordinator's side of multi-machine pools: a token-checked listener where node agents join.
 
-Protocol: JSON lines over one TCP connection per agent. The agent says hello (token, devices, host); a
-wrong token gets {"ok": false, "error": ...} and the connection closes. An accepted agent waits
+Protocol: JSON lines over one TCP connection per agent. The coordinator opens with a fresh random
+challenge; the agent's hello (devices, host) carries proof = HMAC-SHA256(token, challenge), so the
+token itself never crosses the network and a recorded hello cannot be replayed on another
+connection. A wrong proof gets {"ok": false, "error": ...} and the connection closes. An accepted agent waits
 ("parked") until a pool start hands it ranks ({"op": "start", ...}); it then relays its workers'
 events back, and {"op": "stop"} ends its workers. A closed connection means the agent is gone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import logging
+import secrets
 import socket
 import threading
 import time
@@ -18,11 +23,13 @@ from typing import Any
 
 from .errors import PoolError
 from .events import AgentLost, to_wire
+from .netutil import bind_listener
 from .worker_args import GroupSettings
 
 HELLO_TIMEOUT_S = 10.0
 MAX_HELLO_BYTES = 64 * 1024  # a hello is a short JSON line; nothing longer is read before the token check
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+LOG = logging.getLogger("video_infinity.pool")
 
 
 def send_line(sock: socket.socket, lock: threading.Lock, message: dict[str, Any]) -> None:
@@ -31,9 +38,14 @@ def send_line(sock: socket.socket, lock: threading.Lock, message: dict[str, Any]
         sock.sendall(data)
 
 
-def token_matches(given: Any, expected: str) -> bool:
+def proof_of_token(token: str, challenge: str) -> str:
+    """What an agent sends instead of the token: valid for this one challenge only."""
+    return hmac.new(token.encode(), challenge.encode(), hashlib.sha256).hexdigest()
+
+
+def proof_matches(given: Any, token: str, challenge: str) -> bool:
     """Constant-time comparison, so the response time does not leak how much of a guess was right."""
-    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), proof_of_token(token, challenge).encode())
 
 
 class AgentLink:
@@ -101,10 +113,7 @@ class AgentLink:
 class JoinListener:
     def __init__(self, host: str, port: int, token: str):
         self._token = token
-        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self._sock.listen(16)
+        self._sock = bind_listener(host, port, backlog=16)
         self.host = host
         self.port: int = self._sock.getsockname()[1]
         self._parked: list[AgentLink] = []
@@ -163,35 +172,38 @@ class JoinListener:
     def _accept(self) -> None:
         while not self._closed:
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._greet, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._greet, args=(conn, peer), daemon=True).start()
 
-    def _greet(self, conn: socket.socket) -> None:
+    def _greet(self, conn: socket.socket, peer: Any) -> None:
         lock = threading.Lock()
         try:
             conn.settimeout(HELLO_TIMEOUT_S)
+            challenge = secrets.token_hex(32)
+            send_line(conn, lock, {"challenge": challenge, "version": PROTOCOL_VERSION})
             reader = conn.makefile("r", encoding="utf-8")
             line = reader.readline(MAX_HELLO_BYTES)
             hello = json.loads(line) if line.endswith("\n") else {}  # cut off at the bound: refused
             if not isinstance(hello, dict):
                 hello = {}
-            if not token_matches(hello.get("token"), self._token):
-                self.refused += 1
-                send_line(conn, lock, {"ok": False, "error": "the token was refused; use the pool's --token"})
-                conn.close()
-                return
-            if not hello.get("devices"):
-                send_line(conn, lock, {"ok": False, "error": "the agent offered no devices"})
-                conn.close()
-                return
-            if hello.get("version") != PROTOCOL_VERSION:
+            if "version" in hello and hello["version"] != PROTOCOL_VERSION:
                 error = (
                     f"the agent speaks join protocol {hello.get('version')!r} but this pool speaks {PROTOCOL_VERSION}; "
                     "run the same version of the pack on every machine"
                 )
                 send_line(conn, lock, {"ok": False, "error": error})
+                conn.close()
+                return
+            if not proof_matches(hello.get("proof"), self._token, challenge):
+                self.refused += 1
+                LOG.warning("Video-Infinity: refused a node agent from %s: wrong token or a malformed hello", peer[0])
+                send_line(conn, lock, {"ok": False, "error": "the token was refused; use the pool's --token"})
+                conn.close()
+                return
+            if not hello.get("devices"):
+                send_line(conn, lock, {"ok": False, "error": "the agent offered no devices"})
                 conn.close()
                 return
             conn.settimeout(None)

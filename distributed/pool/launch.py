@@ -81,8 +81,8 @@ def describe_exit(exitcode: int | None, oom_killed: bool | None = None) -> str:
         if -exitcode == signal.SIGKILL:
             hint = {
                 True: ": the system's out-of-memory killer ended it; the job needs more memory than the machine has",
-                False: " from outside (not by the out-of-memory killer)",
-                None: " (sent by another process, or by the system's out-of-memory killer when memory runs out)",
+                False: ", sent by another process, not the out-of-memory killer",
+                None: ", sent by another process or by the system's out-of-memory killer when memory runs out",
             }[oom_killed]
         return f"killed by {name}{hint}"
     return f"exit code {exitcode}"

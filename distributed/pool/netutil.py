@@ -16,6 +16,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket on exactly `host` (not every interface); port 0 picks a free one."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def check_port_free(host: str, port: int, what: str) -> None:
     """Raises a clear error now rather than letting a worker fail to bind later."""
     try:

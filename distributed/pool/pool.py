@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 from dataclasses import asdict, replace
@@ -26,7 +27,7 @@ from .handle import JobHandle, ProgressEvent
 from .join import JoinListener
 from .launch import describe_exit, kill_all, spawn_context, start_worker
 from .memory import default_floor_bytes, oom_kill_count
-from .netutil import is_loopback, loopback_interface
+from .netutil import bind_listener, is_loopback, loopback_interface
 from .session import RankInfo, Session
 from .shm import take_frames, unlink_quietly
 from .worker_args import GroupSettings, StoreAddress, WorkerArgs
@@ -225,13 +226,18 @@ class WorkerPool:
             return session.file_store()
         import torch.distributed as dist  # the coordinator hosts the rendezvous store; no rank owns the port
 
+        # The store listens on the pool's own address only (TCPStore alone would listen on every interface):
+        # the socket is bound here and handed over.
+        listener = bind_listener(self.config.host, self.config.port)
+        port = listener.getsockname()[1]
         session.store = dist.TCPStore(
             self.config.host,
-            self.config.port,
+            port,
             self.world_size,
             is_master=True,
             wait_for_workers=False,
             timeout=_seconds(self.config.start_timeout_s),
+            master_listen_fd=listener.detach(),
         )
         # Local workers reach a store listening on every interface through loopback; agents use the address
         # they joined through (see agent.py).
@@ -419,7 +425,7 @@ class WorkerPool:
             if rank in session.lost_hosts:
                 message = f"the node agent on {session.lost_hosts[rank]} disconnected"
             else:
-                message = f"the worker process died unexpectedly ({describe_exit(session.deaths[rank], oom)})"
+                message = f"the worker process died unexpectedly: {describe_exit(session.deaths[rank], oom)}"
             return WorkerError(rank, message, "WorkerDied", device=device, pid=pid)
         silent = sorted(set(session.ranks) - reported)
         if silent and all(_is_peer_symptom(e) for e in session.errors):
@@ -428,7 +434,7 @@ class WorkerPool:
             return WorkerError(
                 info.rank,
                 f"did not take part in an exchange that rank(s) {sorted(reported)} waited in until it failed, so it "
-                f"is stuck or far behind (rank {first.rank} reported: {first.kind}: {first.message.splitlines()[0]})",
+                f"is stuck or far behind (rank {first.rank} reported: {first.kind}: {_first_line(first.message)})",
                 "WorkerStuck",
                 device=info.device,
                 pid=info.pid,
@@ -488,6 +494,12 @@ class WorkerPool:
 
 
 PEER_SYMPTOMS = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+
+
+def _first_line(message: str) -> str:
+    """The message's first line without a leading "[source/file.cc:81] " location tag (gloo writes one)."""
+    line = (message.splitlines() or [""])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", line)
 
 
 def _is_peer_symptom(event: Failed) -> bool:

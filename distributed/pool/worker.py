@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..engine.contract import JobEngine
-from ..engine.errors import JobCancelled, PreparationFailed, VideoInfinityError
+from ..engine.errors import JobCancelled, PreparationFailed, VideoInfinityError, failed_in_step
 from ..engine.job import job_from_dict
 from .collectives import broadcast_json, self_test
 from .events import (
@@ -159,12 +159,13 @@ class Worker:
             output.discard()
             if root:
                 self._send(Cancelled(self.rank, job=job_id, step=cancelled.step))
-        except PreparationFailed as refused:
-            output.discard()
-            if refused.cause is not None:  # the ranks that failed say why; the others wait for the next job
-                self._report(refused.cause, "job", recoverable=True)
+        except PreparationFailed:
+            output.discard()  # another rank could not prepare the job and says why; this one waits for the next
         except BaseException as error:  # noqa: BLE001 - the job's real error goes to the caller
             output.discard()
+            if failed_in_step(error):  # every rank stopped at the same point: the group stays usable
+                self._report(error, "job", recoverable=True)
+                return True
             self._report(error, "job")
             return False
         finally:

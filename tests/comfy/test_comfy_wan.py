@@ -22,6 +22,7 @@ I2V = TINY_WAN_FILES["i2v"].split("/")[-1]
 VAE = TINY_WAN_FILES["vae"].split("/")[-1]
 LORA = TINY_WAN_FILES["lora"].split("/")[-1]
 TI2V = TINY_WAN_FILES["ti2v"].split("/")[-1]
+FUN_CONTROL = TINY_WAN_FILES["fun_control"].split("/")[-1]
 LENGTH = 17  # video frames: 5 latent frames
 FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
@@ -167,6 +168,35 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
 
 
+def test_wan22_ti2v_keeps_the_image_frame_equals_core_and_is_the_same_on_two_workers(host, client):
+    """Wan 2.2 TI2V 5B: 48 latent channels, and a noise mask that keeps the first latent frame (the image),
+    which also gives that frame its own timestep inside the model."""
+    prompt = tiny(devices="cpu:1")
+    prompt["1"]["inputs"]["unet_name"] = TI2V
+    prompt["7"] = {"class_type": "VideoInfinityTestImageLatent", "inputs": {"channels": 48, "frames": 5, "height": 4, "width": 4,
+                                                                            "seed": 3}}  # fmt: skip
+    core_sampler(prompt, "22", "2", ["7", 0], ["4", 0], ["5", 0])
+    our_sampler(prompt, "23", "2", FULL_WINDOW, "cpu:1")
+    our_sampler(prompt, "24", "2", DUAL_SCOPE, "cpu:1")
+    our_sampler(prompt, "25", "2", DUAL_SCOPE, "cpu:2")
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25"), ("34", "7")):
+        save_latent(prompt, key, source)
+    for key in ("10", "11", "12", "13"):
+        del prompt[key]
+    run = client.wait(client.queue(prompt), timeout=900)
+    assert run.outcome == "execution_success", failure(run)
+    found = latents(host, client, run, ["30", "31", "32", "33", "34"])
+    assert found["31"].shape == (1, 48, 5, 4, 4)
+    error = relative(found["31"], found["30"])
+    print(f"TI2V, one worker, full window: relative difference to core KSampler {error:.2e}")
+    assert error < 1e-5
+    assert relative(found["33"], found["32"]) < 1e-5, "2 workers must give the 1-worker video"
+    assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
+    for key in ("31", "33"):  # the image frame comes back as it went in; the others were sampled
+        assert np.allclose(found[key][:, :, 0], found["34"][:, :, 0], atol=1e-5)
+        assert np.abs(found[key][:, :, 1:]).max() > 0.1  # the sampled frames (zeros going in)
+
+
 def test_two_chained_samplers_equal_core_ksampler_advanced_chained(host, client):
     """Wan 2.2 A14B's high- and low-noise experts run as two chained samplers (here the same tiny model twice)."""
     prompt = tiny(devices="cpu:1")
@@ -235,7 +265,7 @@ def test_cancel_stops_every_worker_and_the_warm_pool_runs_the_next_prompt(host, 
             "at least one latent frame",
         ),
         (lambda p: p["7"]["inputs"].update(batch_size=2), "batch of 2 videos"),
-        (lambda p: p["1"]["inputs"].update(unet_name=TI2V), "cannot run clip-parallel; supported: WAN21_T2V"),
+        (lambda p: p["1"]["inputs"].update(unet_name=FUN_CONTROL), "cannot run clip-parallel; supported: WAN21_T2V"),
     ],
     ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "batch", "unsupported-family"],
 )

@@ -19,7 +19,11 @@ import torch
 from ...engine.dtypes import DTYPE_NAMES
 from ...engine.errors import InvalidSettingsError
 
-SUPPORTED_CONFIGS = {"WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video", "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video"}
+SUPPORTED_CONFIGS = {
+    "WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video",
+    "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video",
+    "WAN22_T2V": "Wan 2.2 TI2V 5B text- and image-to-video",
+}
 KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
 OWN_TRANSFORMER_OPTIONS: tuple[str, ...] = ()

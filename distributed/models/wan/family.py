@@ -69,7 +69,9 @@ class WanFamily:
 
     def latent_layout(self, loaded: LoadedWan) -> LatentLayout:
         latent_format = loaded.patcher.model.latent_format
-        return LatentLayout(channels=latent_format.latent_channels, spatial_factor=8, temporal_factor=4)
+        # Wan 2.1's VAE makes 16 channels per 8x8 pixels; Wan 2.2's (TI2V 5B) 48 per 16x16.
+        spatial = 16 if latent_format.latent_channels == 48 else 8
+        return LatentLayout(channels=latent_format.latent_channels, spatial_factor=spatial, temporal_factor=4)
 
     def denoise(self, loaded: LoadedWan, job: LatentJob, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
         if job.attention.mode == "reference":
@@ -83,8 +85,9 @@ class WanFamily:
         inputs = read_inputs(job.inputs, comfy.clip_vision.Output)
         model = loaded.patched.clone()
         model.add_object_patch("model_sampling", _model_sampling(comfy, model, inputs.sampling))
-        latents = sample_clip(comfy, model, ctx, inputs.latent, inputs.positive, inputs.negative, job.sampling, control)
-        return latents
+        return sample_clip(
+            comfy, model, ctx, inputs.latent, inputs.positive, inputs.negative, job.sampling, control, inputs.noise_mask
+        )
 
     def decode(self, loaded: LoadedWan, latents: torch.Tensor, control: RunControl) -> None:
         return None  # the graph decodes with its own VAE

@@ -28,6 +28,7 @@ class JobInputs:
     positive: list
     negative: list
     sampling: ModelSampling
+    noise_mask: torch.Tensor | None = None  # the LATENT's noise_mask (1 = sample, 0 = keep), whole video
 
 
 def check_conditioning(name: str, conditioning: Any, text_width: int) -> None:
@@ -48,6 +49,8 @@ def write_inputs(path: Path, inputs: JobInputs) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {"latent": inputs.latent.detach().to("cpu", torch.float32).contiguous()}
+    if inputs.noise_mask is not None:
+        tensors["noise_mask"] = inputs.noise_mask.detach().to("cpu", torch.float32).contiguous()
     layout: dict[str, Any] = {"sampling": asdict(inputs.sampling)}
     for name in CONDITIONINGS:
         layout[name] = [_pack(f"{name}/{index}", entry, tensors) for index, entry in enumerate(getattr(inputs, name))]
@@ -69,7 +72,11 @@ def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> Job
         for name in CONDITIONINGS
     }
     return JobInputs(
-        tensors["latent"], conditionings["positive"], conditionings["negative"], ModelSampling(**layout["sampling"])
+        tensors["latent"],
+        conditionings["positive"],
+        conditionings["negative"],
+        ModelSampling(**layout["sampling"]),
+        tensors.get("noise_mask"),
     )
 
 

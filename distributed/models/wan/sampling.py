@@ -58,9 +58,12 @@ def sample_clip(
     negative: list,
     sampling: ComfySampling,
     control: RunControl,
+    noise_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's frames of the sampled latent. `latent` is the whole video (1, C, T, h, w); conditioning
-    values with a frame axis of T are sliced to the rank's frames."""
+    values with a frame axis of T are sliced to the rank's frames. `noise_mask` (the LATENT's, 0 where a
+    frame is kept, as Wan 2.2's image-to-video latent marks its first frame) is shaped for the whole video
+    as ComfyUI shapes it, then sliced the same way."""
     start, end = ctx.span
     total = latent.shape[2]
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
@@ -69,6 +72,9 @@ def sample_clip(
     else:
         noise = torch.zeros(latent.shape, dtype=latent.dtype, layout=latent.layout, device="cpu")
     device = model.load_device
+    own_mask = None
+    if noise_mask is not None:
+        own_mask = comfy.sampler_helpers.prepare_mask(noise_mask, noise.shape, device)[:, :, start:end]
     helper = comfy.samplers.KSampler(
         model, sampling.steps, device, sampling.sampler_name, sampling.scheduler, sampling.denoise, model.model_options
     )
@@ -100,7 +106,7 @@ def sample_clip(
         sigmas,
         model.model_options,
         latent_image=own_latent,
-        denoise_mask=None,
+        denoise_mask=own_mask,
         callback=on_step,
         disable_pbar=True,
         seed=sampling.seed,

@@ -29,4 +29,35 @@ class TestConditioning:
         return ([[embedding, {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"VideoInfinityTestConditioning": TestConditioning}
+class TestImageLatent:
+    """A video LATENT whose first latent frame is a fixed "image" kept by a noise mask, the way core
+    Wan22ImageToVideoLatent marks a start image (which needs Wan 2.2's VAE, too big for tests)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "channels": ("INT", {"default": 48, "min": 1, "max": 128}),
+                "frames": ("INT", {"default": 5, "min": 1, "max": 64}),
+                "height": ("INT", {"default": 4, "min": 1, "max": 64}),
+                "width": ("INT", {"default": 4, "min": 1, "max": 64}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31}),
+            }
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, channels, frames, height, width, seed):
+        samples = torch.zeros(1, channels, frames, height, width)
+        samples[:, :, 0] = torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(seed))
+        mask = torch.ones(1, 1, frames, height, width)
+        mask[:, :, 0] = 0.0
+        return ({"samples": samples, "noise_mask": mask},)
+
+
+NODE_CLASS_MAPPINGS = {
+    "VideoInfinityTestConditioning": TestConditioning,
+    "VideoInfinityTestImageLatent": TestImageLatent,
+}
