@@ -42,7 +42,6 @@ class ExportedModel:
     weights: Path  # safetensors: the diffusion model's weights with their patches merged
     dtype: str  # the dtype ComfyUI computes the model in
     sampling: ModelSampling
-    image_to_video: bool
 
 
 def check_family(patcher: Any) -> str:
@@ -91,10 +90,11 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     """Writes (or reuses) the patched weights of `patcher` under cache_dir; checks the family and the patches."""
     import comfy.float
     import comfy.lora
+    import comfy.model_management
     import comfy.model_patcher
     from safetensors.torch import save_file
 
-    config = check_family(patcher)
+    check_family(patcher)
     check_travels(patcher)
     sampling = _sampling_of(patcher)
     assert sampling is not None
@@ -111,6 +111,7 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
         weights = {}
         prefix = "diffusion_model."
         for key, (base, *patches) in patcher.get_key_patches(prefix).items():
+            comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
             name = key[len(prefix) :]  # saved as a diffusion-model file, the layout UNETLoader reads
             weight, convert = base
             if not patches:
@@ -126,7 +127,7 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
         _prune(cache_dir, keep=path)
     else:
         path.touch()  # used again: the newest, kept by _prune
-    return ExportedModel(path, dtype, sampling, image_to_video=config == "WAN21_I2V")
+    return ExportedModel(path, dtype, sampling)
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:
