@@ -341,3 +341,42 @@ def test_example_workflows_are_templates(host):
         f"{host.url}/api/workflow_templates/{comfy_host.PACK_FOLDER}/text_to_video.jpg", timeout=10
     )  # this front end asks for <template>.jpg
     assert thumbnail.status_code == 200 and thumbnail.content[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.faults
+def test_kill_9_of_a_server_leaves_no_workers_and_its_rendezvous_folder_is_removed_later(host, client, tmp_path):
+    """A second ComfyUI (the pack only, the demo model) is killed with SIGKILL mid-life: its workers follow it,
+    this server keeps serving, and the next pool start here removes the dead server's temporary folder."""
+    import os
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+    from comfy_client import ComfyClient
+
+    other = comfy_host.start_server(comfy_host.prepare_base(tmp_path / "second-base"))
+    try:
+        other.wait_ready()
+        prompt = tiny_job(seed=61)
+        prompt["1"]["inputs"]["model_name"] = "tiny-shapes-t2v"
+        other_client = ComfyClient(other.url)
+        try:
+            assert other_client.wait(other_client.queue(prompt), timeout=300).outcome == "execution_success"
+        finally:
+            other_client.close()
+        workers = [w["pid"] for w in other.get_json("/video_infinity/pool")["workers"]]
+        folders = list(Path(tempfile.gettempdir()).glob(f"video-infinity-pool-{other.process.pid}-*"))
+        assert len(workers) == 2 and folders
+        os.kill(other.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in workers):
+            time.sleep(0.1)
+        assert not [p for p in workers if psutil.pid_exists(p)], "the killed server's workers outlived it"
+    finally:
+        other.stop()
+    assert host.alive()
+    assert requests.post(f"{host.url}/video_infinity/unload", timeout=120).status_code == 200
+    run = client.wait(client.queue(tiny_job(seed=62)), timeout=300)
+    assert run.outcome == "execution_success", run.events
+    assert not [f for f in folders if f.exists()], "the dead server's rendezvous folder was left behind"
