@@ -166,7 +166,7 @@ class ClipParallelKSampler(io.ComfyNode):
         import torch
 
         out = dict(latent_image)
-        out["samples"] = torch.from_numpy(latents).unsqueeze(0)
+        out["samples"] = torch.from_numpy(latents)
         return io.NodeOutput(out)
 
 
@@ -188,13 +188,8 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
             f"latent_image has shape {tuple(samples.shape)}; a video latent (batch, channels, frames, height, width) is "
             "needed, e.g. from EmptyHunyuanLatentVideo or WanImageToVideo"
         )
-    if samples.shape[0] != 1:
-        raise InvalidSettingsError(f"latent_image holds a batch of {samples.shape[0]} videos; use batch_size 1")
     noise_mask = latent.get("noise_mask")
-    if noise_mask is not None and noise_mask.shape[0] > 1:
-        raise InvalidSettingsError(
-            f"latent_image's noise mask holds a batch of {noise_mask.shape[0]}; use batch_size 1"
-        )
+    batch_index = [int(i) for i in latent["batch_index"]] if "batch_index" in latent else None
     root = Path(folder_paths.get_temp_directory()) / "video-infinity"
     exported = export_model(model, root / "models")
     text_width = model.get_model_object("diffusion_model").text_embedding[0].in_features
@@ -203,6 +198,6 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     settings = attention if isinstance(attention, DualScopeSettings) else None
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else DEFAULT_ATTENTION)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
-    write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask))
+    write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask, batch_index))
     spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
     return LatentJob(spec, str(inputs), int(samples.shape[2]), sampling, settings), inputs

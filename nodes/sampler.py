@@ -219,7 +219,7 @@ def to_image(frames: np.ndarray):
 
 
 def to_latent(latents: np.ndarray):
-    """(C, T, h, w) float32 -> ComfyUI video LATENT samples (1, C, T, h, w)."""
+    """(1, C, T, h, w) float32 -> ComfyUI video LATENT samples (a tensor of the same shape)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(latents)).unsqueeze(0)
+    return torch.from_numpy(np.ascontiguousarray(latents))

@@ -45,7 +45,7 @@ def test_second_job_on_a_warm_pool_reuses_the_model_and_is_faster(pool: WorkerPo
     assert warm < cold, f"warm job took {warm:.2f} s, cold {cold:.2f} s"
     assert first.shape == (4, 32, 32, 3) and first.dtype == np.uint8
     latents = first_handle.latents(0)
-    assert latents is not None and latents.shape == (4, 4, 4, 4)  # (C, T, h, w): every frame, gathered
+    assert latents is not None and latents.shape == (1, 4, 4, 4, 4)  # (B, C, T, h, w): every frame, gathered
     assert np.isfinite(latents).all() and latents.std() > 0
     assert np.array_equal(first, second), "the same job and seed gave different frames"
 

@@ -38,7 +38,7 @@ class GenerationResult:
     """One job's outcome on one rank. Frames and latents are gathered on rank 0 only (None elsewhere)."""
 
     frames: np.ndarray | None  # (T, H, W, 3) uint8; None for latent jobs
-    latents: torch.Tensor | None  # (C, T, h, w) float32, the model's own latent scale
+    latents: torch.Tensor | None  # (B, C, T, h, w) float32 (B videos: 1 but for batched Wan latents), model scale
     stats: RunStats
 
 

@@ -69,7 +69,7 @@ class Engine:
         finally:
             self.ctx.end_job()
         control.progress(0, 1, "gathering")
-        own_latents = latents[0].permute(1, 0, 2, 3).contiguous()  # frames first, for the gather
+        own_latents = latents.permute(2, 0, 1, 3, 4).contiguous()  # frames first, for the gather
         gathered_latents = comm.gather_frames_to_root(own_latents, layout)
         gathered = None
         if frames is not None:
@@ -80,7 +80,7 @@ class Engine:
         control.progress(1, 1, "gathering")
         return GenerationResult(
             frames=None if gathered is None else gathered.cpu().numpy(),
-            latents=None if gathered_latents is None else gathered_latents.permute(1, 0, 2, 3).cpu(),
+            latents=None if gathered_latents is None else gathered_latents.permute(1, 2, 0, 3, 4).cpu(),
             stats=control.stats,
         )
 

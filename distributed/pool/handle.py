@@ -68,7 +68,7 @@ class JobHandle:
         return self._frames
 
     def latents(self, timeout: float | None = None) -> np.ndarray | None:
-        """Final latents (C, T, h, w) float32 of a finished job, before the VAE's scaling; None if failed."""
+        """Final latents (B, C, T, h, w) float32 of a finished job, before the VAE's scaling; None if failed."""
         self._wait_or_raise(timeout)
         return self._latents
 

@@ -197,6 +197,33 @@ def test_wan22_ti2v_keeps_the_image_frame_equals_core_and_is_the_same_on_two_wor
         assert np.abs(found[key][:, :, 1:]).max() > 0.1  # the sampled frames (zeros going in)
 
 
+def test_a_batch_of_videos_and_a_batch_index_are_sampled_as_core_does(host, client):
+    prompt = tiny(devices="cpu:1")
+    prompt["7"]["inputs"]["batch_size"] = 2
+    prompt["26"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["7", 0], "batch_index": 1, "length": 1}}
+    core_sampler(prompt, "22", "2", ["7", 0], ["4", 0], ["5", 0])
+    our_sampler(prompt, "23", "2", FULL_WINDOW, "cpu:1")
+    our_sampler(prompt, "24", "2", DUAL_SCOPE, "cpu:1")
+    our_sampler(prompt, "25", "2", DUAL_SCOPE, "cpu:2")
+    core_sampler(prompt, "27", "2", ["26", 0], ["4", 0], ["5", 0])  # the second video alone: noise number 1
+    our_sampler(prompt, "28", "2", FULL_WINDOW, "cpu:1")
+    prompt["28"]["inputs"]["latent_image"] = ["26", 0]
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25"), ("34", "27"), ("35", "28")):
+        save_latent(prompt, key, source)
+    for key in ("10", "11", "12", "13"):
+        del prompt[key]
+    run = client.wait(client.queue(prompt), timeout=900)
+    assert run.outcome == "execution_success", failure(run)
+    found = latents(host, client, run, ["30", "31", "32", "33", "34", "35"])
+    assert found["31"].shape[0] == 2 and relative(found["31"][0], found["31"][1]) > 1e-3
+    error = relative(found["31"], found["30"])
+    print(f"batch of 2, one worker, full window: relative difference to core KSampler {error:.2e}")
+    assert error < 1e-5
+    assert relative(found["33"], found["32"]) < 1e-5, "2 workers must give the 1-worker videos"
+    assert relative(found["35"], found["34"]) < 1e-5, "batch_index must pick the same noise as core"
+    assert relative(found["35"][0], found["31"][1]) < 1e-5, "video 1 alone must equal video 1 of the batch"
+
+
 def test_two_chained_samplers_equal_core_ksampler_advanced_chained(host, client):
     """Wan 2.2 A14B's high- and low-noise experts run as two chained samplers (here the same tiny model twice)."""
     prompt = tiny(devices="cpu:1")
@@ -264,10 +291,9 @@ def test_cancel_stops_every_worker_and_the_warm_pool_runs_the_next_prompt(host, 
             lambda p: (p["7"]["inputs"].update(length=1), p["8"]["inputs"].update(global_frames=1)),
             "at least one latent frame",
         ),
-        (lambda p: p["7"]["inputs"].update(batch_size=2), "batch of 2 videos"),
         (lambda p: p["1"]["inputs"].update(unet_name=FUN_CONTROL), "cannot run clip-parallel; supported: WAN21_T2V"),
     ],
-    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "batch", "unsupported-family"],
+    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "unsupported-family"],
 )
 def test_bad_wan_inputs_name_the_problem_and_the_server_stays_up(host, client, change, message):
     prompt = tiny()

@@ -86,8 +86,9 @@ class WanFamily:
         model = loaded.patched.clone()
         model.add_object_patch("model_sampling", _model_sampling(comfy, model, inputs.sampling))
         return sample_clip(
-            comfy, model, ctx, inputs.latent, inputs.positive, inputs.negative, job.sampling, control, inputs.noise_mask
-        )
+            comfy, model, ctx, inputs.latent, inputs.positive, inputs.negative, job.sampling, control,
+            noise_mask=inputs.noise_mask, batch_index=inputs.batch_index,
+        )  # fmt: skip
 
     def decode(self, loaded: LoadedWan, latents: torch.Tensor, control: RunControl) -> None:
         return None  # the graph decodes with its own VAE

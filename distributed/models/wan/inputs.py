@@ -29,6 +29,7 @@ class JobInputs:
     negative: list
     sampling: ModelSampling
     noise_mask: torch.Tensor | None = None  # the LATENT's noise_mask (1 = sample, 0 = keep), whole video
+    batch_index: list[int] | None = None  # the LATENT's batch_index: which of the seed's noises each video gets
 
 
 def check_conditioning(name: str, conditioning: Any, text_width: int) -> None:
@@ -51,7 +52,7 @@ def write_inputs(path: Path, inputs: JobInputs) -> None:
     tensors: dict[str, torch.Tensor] = {"latent": inputs.latent.detach().to("cpu", torch.float32).contiguous()}
     if inputs.noise_mask is not None:
         tensors["noise_mask"] = inputs.noise_mask.detach().to("cpu", torch.float32).contiguous()
-    layout: dict[str, Any] = {"sampling": asdict(inputs.sampling)}
+    layout: dict[str, Any] = {"sampling": asdict(inputs.sampling), "batch_index": inputs.batch_index}
     for name in CONDITIONINGS:
         layout[name] = [_pack(f"{name}/{index}", entry, tensors) for index, entry in enumerate(getattr(inputs, name))]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,7 @@ def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> Job
         conditionings["negative"],
         ModelSampling(**layout["sampling"]),
         tensors.get("noise_mask"),
+        layout.get("batch_index"),
     )
 
 

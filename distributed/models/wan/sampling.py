@@ -59,16 +59,18 @@ def sample_clip(
     sampling: ComfySampling,
     control: RunControl,
     noise_mask: torch.Tensor | None = None,
+    batch_index: list[int] | None = None,
 ) -> torch.Tensor:
-    """This rank's frames of the sampled latent. `latent` is the whole video (1, C, T, h, w); conditioning
-    values with a frame axis of T are sliced to the rank's frames. `noise_mask` (the LATENT's, 0 where a
-    frame is kept, as Wan 2.2's image-to-video latent marks its first frame) is shaped for the whole video
-    as ComfyUI shapes it, then sliced the same way."""
+    """This rank's frames of the sampled latent. `latent` is the whole video (B, C, T, h, w), any batch;
+    conditioning values with a frame axis of T are sliced to the rank's frames. `noise_mask` (the LATENT's,
+    0 where a frame is kept, as Wan 2.2's image-to-video latent marks its first frame) is shaped for the
+    whole video as ComfyUI shapes it, then sliced the same way. `batch_index` (the LATENT's) picks each
+    video's noise from the seed as core KSampler does."""
     start, end = ctx.span
     total = latent.shape[2]
     latent = comfy.sample.fix_empty_latent_channels(model, latent)
     if sampling.add_noise:
-        noise = comfy.sample.prepare_noise(latent, sampling.seed)
+        noise = comfy.sample.prepare_noise(latent, sampling.seed, batch_index)
     else:
         noise = torch.zeros(latent.shape, dtype=latent.dtype, layout=latent.layout, device="cpu")
     device = model.load_device
