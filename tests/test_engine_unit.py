@@ -235,3 +235,25 @@ def test_more_global_frames_than_the_video_means_every_frame(mode):
     ctx.begin_job(FrameLayout(6, 1), DualScopeSettings(global_frames=40, mode=mode))
     assert sorted(ctx.global_indices) == list(range(6))
     JobSpec.from_dict({"model": {"base": "/x"}, "prompt": "a", "frames": 6, "attention": {"global_frames": 40}})
+
+
+@pytest.mark.parametrize(
+    ("shape", "span"),
+    [
+        ((1, 4, 300, 40, 64), (0, 300)),  # 3.1 M values: several chunks, an odd last one
+        ((1, 4, 301, 40, 64), (123, 301)),
+        ((2, 3, 97, 13, 11), (5, 41)),  # sizes that are not multiples of 16 anywhere
+        ((1, 4, 8, 8, 8), (2, 6)),  # small: one call
+    ],
+)
+def test_noise_drawn_in_chunks_is_the_whole_tensor_sliced(shape, span):
+    from distributed.engine import sampling
+
+    whole = torch.randn(shape, generator=torch.Generator().manual_seed(11))
+    for chunk in (sampling.RANDN_CHUNK, 16 * 1000):
+        sampling.RANDN_CHUNK, original = chunk, sampling.RANDN_CHUNK
+        try:
+            part = sampling.frames_of_randn(torch.Generator().manual_seed(11), shape, *span)
+        finally:
+            sampling.RANDN_CHUNK = original
+        assert torch.equal(part, whole[:, :, span[0] : span[1]])

@@ -6,6 +6,7 @@ is batched the same way everywhere, and noise is drawn on the global timeline (d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,11 +43,40 @@ def initial_noise(shape: tuple[int, ...], layout: FrameLayout, rank: int, job: J
     if job.attention.mode == "exact":
         salt = 0 if step is None else 1_000_003 * (step + 1)
         generator.manual_seed((job.seed + salt) % (2**63))
-        full = torch.randn((*shape[:2], layout.total, *shape[3:]), generator=generator)
-        return full[:, :, start:end].clone()
+        return frames_of_randn(generator, (*shape[:2], layout.total, *shape[3:]), start, end)
     salt = 0 if step is None else 7_919 * (step + 1)
     generator.manual_seed((job.seed + rank + salt) % (2**63))
     return torch.randn((*shape[:2], end - start, *shape[3:]), generator=generator)
+
+
+RANDN_CHUNK = 1 << 20  # elements drawn at a time; a multiple of 16, see frames_of_randn
+
+
+def frames_of_randn(generator: torch.Generator, shape: tuple[int, ...], start: int, end: int) -> torch.Tensor:
+    """torch.randn(shape, generator=generator)[:, :, start:end], without holding the whole tensor.
+
+    The stream is drawn in chunks whose sizes are multiples of 16 with a last chunk of at least 16: the CPU
+    normal sampler transforms uniforms in groups of 16 and redraws the last 16 of a tensor whose size is not
+    a multiple of 16, so such chunks give the very same values as one call (a unit test holds this).
+    Only the frames [start, end) of each (batch, channel) row are kept.
+    """
+    rows, frames = shape[0] * shape[1], shape[2]
+    per_frame = math.prod(shape[3:])
+    row_length, total = frames * per_frame, math.prod(shape)
+    if total < 2 * RANDN_CHUNK:
+        return torch.randn(shape, generator=generator)[:, :, start:end].clone()
+    out = torch.empty((rows, (end - start) * per_frame))
+    wanted = [(row * row_length + start * per_frame, row * row_length + end * per_frame) for row in range(rows)]
+    position = 0
+    while position < total:
+        size = RANDN_CHUNK if total - position >= 2 * RANDN_CHUNK else total - position  # the last chunk: >= 16
+        chunk = torch.randn(size, generator=generator)
+        for row, (lo, hi) in enumerate(wanted):
+            a, b = max(lo, position), min(hi, position + size)
+            if a < b:
+                out[row, a - lo : b - lo] = chunk[a - position : b - position]
+        position += size
+    return out.view(*shape[:2], end - start, *shape[3:])
 
 
 def denoise(
