@@ -51,7 +51,10 @@ class JobProgress:
             self._text(_PHASES[phase] + (f" {step}/{total}" if total else ""))
             self._bar(self.steps)
         else:
-            self._text(_PHASES.get(phase, str(phase)))
+            self.show_phase(phase)
+
+    def show_phase(self, phase: str) -> None:
+        self._text(_PHASES.get(phase, str(phase)))
 
     def finish(self, text: str) -> None:
         self._bar(self.steps + 1)
@@ -79,7 +82,7 @@ def submit(pool: Any, job: Any, progress: JobProgress) -> Any:
     import comfy.model_management as mm
 
     if not pool.running:
-        progress.on_event(_Phase("starting"))
+        progress.show_phase("starting")
         failures: list[BaseException] = []
 
         def start() -> None:
@@ -99,11 +102,6 @@ def submit(pool: Any, job: Any, progress: JobProgress) -> Any:
         if failures:
             raise failures[0]
     return pool.submit(job)
-
-
-class _Phase:
-    def __init__(self, phase: str):
-        self.phase = phase
 
 
 def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> np.ndarray:

@@ -152,6 +152,8 @@ class ClipParallelSampler(io.ComfyNode):
         settings = {name: value for name, value in known.items() if name != "return_images"}
 
         def check() -> None:
+            from ..distributed.engine.job import check_split
+
             build_job(None, None, **settings)
             if "pool" not in values and "frames" in known:  # no Worker Pool connected: the default pool runs it
                 check_split(known["frames"], len(devices.resolve(DEFAULT_POOL.devices)))
@@ -187,20 +189,12 @@ class ClipParallelSampler(io.ComfyNode):
         return io.NodeOutput(images, result, job.fps, latent)
 
 
-def check_split(frames: int, workers: int) -> None:
-    if frames < workers:
-        raise InvalidInput(
-            f"the video has {frames} frames but the pool has {workers} workers; every worker needs at least one "
-            f"frame: ask for at least {workers} frames, or connect a Worker Pool with fewer workers"
-        )
-
-
 def check_video_fits(frames: int, width: int, height: int, return_images: bool) -> None:
     """The finished video is held in this process (uint8, and float32 as IMAGE too): refuse what cannot fit."""
-    import psutil
+    from ..distributed.pool.memory import available_bytes
 
     need = frames * width * height * 3 * (5 if return_images else 1)
-    available = psutil.virtual_memory().available
+    available = available_bytes()
     if need > 0.8 * available:
         image_note = " plus its float32 IMAGE copy" if return_images else ""
         fix = "; turning return_images off saves four fifths" if return_images else ""

@@ -123,18 +123,14 @@ def test_workers_exit_when_the_coordinator_is_killed() -> None:
 def test_a_worker_that_cannot_start_reports_why(tmp_path: Path) -> None:
     broken = tmp_path / "broken_engine.py"
     broken.write_text("def make_engine(rank, world_size, device):\n    raise RuntimeError('no engine on this box')\n")
-    pool = WorkerPool(PoolConfig(devices="cpu:1", engine_factory=f"{broken}:make_engine"))
-    try:
+    with WorkerPool(PoolConfig(devices="cpu:1", engine_factory=f"{broken}:make_engine")) as pool:
         with pytest.raises(WorkerError, match="worker rank 0 .*failed: RuntimeError: no engine on this box"):
             pool.start()
         assert pool.status()["state"] == "stopped" and not pool.worker_pids()
-    finally:
-        pool.shutdown()
 
 
 def test_a_hung_rank_cannot_hang_the_caller_past_the_collective_timeout() -> None:
-    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, collective_timeout_s=3))
-    try:
+    with WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, collective_timeout_s=3)) as pool:
         pool.start()
         pids = pool.worker_pids()
         began = time.monotonic()
@@ -146,8 +142,6 @@ def test_a_hung_rank_cannot_hang_the_caller_past_the_collective_timeout() -> Non
         assert error.rank == 1 and error.kind == "WorkerStuck", str(error)
         assert "rank 0 reported" in error.message and "timed out" in error.message.lower(), str(error)
         assert wait_for(lambda: not alive(pids), 5), "the hung rank was left running"
-    finally:
-        pool.shutdown()
 
 
 def standin_job(negative_prompt: str = "", steps: int = 2) -> JobSpec:
@@ -157,8 +151,7 @@ def standin_job(negative_prompt: str = "", steps: int = 2) -> JobSpec:
 
 
 def test_a_stopped_worker_is_named_within_the_hang_timeout() -> None:
-    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, hang_timeout_s=2))
-    try:
+    with WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, hang_timeout_s=2)) as pool:
         pool.start()
         pids = pool.worker_pids()
         handle = pool.submit(standin_job(steps=1000))
@@ -173,13 +166,10 @@ def test_a_stopped_worker_is_named_within_the_hang_timeout() -> None:
         assert handle.finished_at - stopped_at < 6
         assert wait_for(lambda: not alive(pids), 5), "the stopped worker was left behind"
         assert pool.submit(standin_job()).result(60).shape == (2, 16, 16, 3)
-    finally:
-        pool.shutdown()
 
 
 def test_cancel_in_a_step_that_never_ends_stops_the_workers_by_force() -> None:
-    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, cancel_grace_s=1))
-    try:
+    with WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, cancel_grace_s=1)) as pool:
         pool.start()
         pids = pool.worker_pids()
         handle = pool.submit(standin_job("stand-in: long first step"))
@@ -192,22 +182,17 @@ def test_cancel_in_a_step_that_never_ends_stops_the_workers_by_force() -> None:
         assert wait_for(lambda: not alive(pids), 5)
         # Not "job N is still running": the next job starts fresh workers and runs.
         assert pool.submit(standin_job()).result(60).shape == (2, 16, 16, 3)
-    finally:
-        pool.shutdown()
 
 
 def test_a_job_that_eats_the_memory_is_stopped_before_the_oom_killer_acts() -> None:
     # The floor is set just under what is free now, so the test needs only ~0.5 GiB of growth, not a full machine.
     floor = available_bytes() - 512 * 2**20
-    pool = WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, memory_floor_bytes=floor))
-    try:
+    with WorkerPool(PoolConfig(devices="cpu:2", engine_factory=STANDIN_ENGINE, memory_floor_bytes=floor)) as pool:
         pool.start()
         with pytest.raises(PoolError, match="the machine ran out of memory") as failed:
             pool.submit(standin_job("stand-in: grow memory")).result(60)
         assert "rank 0" in str(failed.value) and "rank 1" in str(failed.value)
         assert available_bytes() > floor - 2**30  # it stopped near the floor, not at the end of the machine
-    finally:
-        pool.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -40,4 +40,5 @@ def mark_in_step(error: BaseException, ranks: list[int]) -> BaseException:
 
 
 def failed_in_step(error: BaseException) -> bool:
-    return isinstance(error, PreparationFailed) or hasattr(error, "failed_ranks_in_step")
+    """Whether `error` was marked by mark_in_step."""
+    return hasattr(error, "failed_ranks_in_step")

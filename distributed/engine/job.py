@@ -83,11 +83,17 @@ class JobSpec:
             frames=self.frames, height=self.height, width=self.width, steps=self.steps, cfg=self.cfg,
             sampler=self.sampler, fps=self.fps, blend=self.blend,
         )  # fmt: skip
-        if world_size is not None and self.frames < world_size:
-            raise InvalidSettingsError(
-                f"the video has {self.frames} frames but the pool has {world_size} workers; every worker needs at "
-                f"least one frame: ask for at least {world_size} frames or use fewer workers"
-            )
+        if world_size is not None:
+            check_split(self.frames, world_size)
+
+
+def check_split(frames: int, workers: int) -> None:
+    """Every worker needs at least one frame."""
+    if frames < workers:
+        raise InvalidSettingsError(
+            f"the video has {frames} frames but the pool has {workers} workers; every worker needs at "
+            f"least one frame: ask for at least {workers} frames or use fewer workers"
+        )
 
 
 def check_job_settings(**settings: Any) -> None:

@@ -96,8 +96,7 @@ class Engine:
             job.validate(self.comm.world_size)
             loaded = self.model(job.model)
         except Exception as error:  # noqa: BLE001 - any preparation error is reported with the rank's text
-            cause = error
-            self.release()
+            cause = error  # a failed load has released the old model already (model()); a bad job keeps it
         failed = self.comm.failed_anywhere(cause is not None)
         if cause is not None:
             raise mark_in_step(cause, failed)

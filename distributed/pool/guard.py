@@ -49,7 +49,7 @@ class Guard:
         self._next_check = now + CHECK_EVERY_S
         running = job is not None and not job.done()
         if running and job.id != self._job_id:
-            self._job_id, self._rss_at_start = job.id, _local_rss(session)
+            self._job_id, self._rss_at_start = job.id, sum(_local_rss(session).values())
         return (
             self._hung(session, now)
             or (self._overdue_cancel(job, now) if running else None)
@@ -94,7 +94,7 @@ class Guard:
         free = available_bytes()
         if free >= self.settings.memory_floor_bytes:
             return None
-        rss = {info.rank: _rss(info.pid) for info in session.ranks.values() if info.local}
+        rss = _local_rss(session)
         grown = sum(rss.values()) - self._rss_at_start
         if grown <= 0:
             return None  # something else is using the memory; this job is not what fills it
@@ -115,8 +115,9 @@ def _rss(pid: int | None) -> int:
         return 0
 
 
-def _local_rss(session: Session) -> int:
-    return sum(_rss(info.pid) for info in session.ranks.values() if info.local)
+def _local_rss(session: Session) -> dict[int, int]:
+    """Resident memory of each of this machine's ranks."""
+    return {info.rank: _rss(info.pid) for info in session.ranks.values() if info.local}
 
 
 def _process_state(pid: int | None) -> str | None:

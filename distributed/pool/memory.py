@@ -7,6 +7,7 @@ from pathlib import Path
 import psutil
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+_v1 = CGROUP_ROOT / "memory"  # cgroup v1's memory controller
 NO_LIMIT = 1 << 60  # cgroup v1 reports "no limit" as a huge number
 
 
@@ -32,9 +33,6 @@ def oom_kill_count() -> int | None:
         if value is not None:
             return value
     return None
-
-
-_v1 = CGROUP_ROOT / "memory"
 
 
 def _cgroup_v2_dir() -> Path:

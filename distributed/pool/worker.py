@@ -163,11 +163,10 @@ class Worker:
             output.discard()  # another rank could not prepare the job and says why; this one waits for the next
         except BaseException as error:  # noqa: BLE001 - the job's real error goes to the caller
             output.discard()
-            if failed_in_step(error):  # every rank stopped at the same point: the group stays usable
-                self._report(error, "job", recoverable=True)
-                return True
-            self._report(error, "job")
-            return False
+            in_step = failed_in_step(error)  # every rank stopped at the same point: the group stays usable
+            self._report(error, "job", recoverable=in_step)
+            if not in_step:
+                return False
         finally:
             self.job_id = None
         self._send_stats()

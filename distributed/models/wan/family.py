@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from ...engine.family import LatentLayout
 from ...engine.job import ModelSpec
 from ...engine.latent_job import LatentJob
 from ...engine.settings import DualScopeSettings
+from ...engine.weight_files import check_safetensors_file
 from .comfy_runtime import import_comfy
 from .inputs import read_inputs
 from .patch import install_dual_scope
@@ -55,6 +57,7 @@ class WanFamily:
         from safetensors.torch import load_file
 
         comfy = import_comfy(on_cpu=device.type == "cpu")
+        check_safetensors_file(Path(model.base))  # names a truncated or foreign file before the loader's own error
         try:
             weights = load_file(model.base)
         except (SafetensorError, OSError) as error:
