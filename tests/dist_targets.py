@@ -68,13 +68,14 @@ def temporal_conv_call(comm: Communicator, frames: int, mode: str, norm_window: 
 
 
 def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:
-    """merged_statistics on uneven fp32 pieces of one random (2, 3, sum(sizes)) tensor."""
-    from distributed.models.unet3d.temporal_conv import merged_statistics
+    """The GroupNorm moments of uneven fp32 pieces of one random (2, 3, sum(sizes)) tensor, merged over ranks."""
+    from distributed.models.unet3d.temporal_conv import merge_over_ranks, row_moments
 
     whole = torch.randn(2, 3, sum(sizes), generator=torch.Generator().manual_seed(5)) * 3 + 40
     start = sum(sizes[: comm.rank])
     comm.reset_counters()
-    mean, var = merged_statistics(comm, whole[..., start : start + sizes[comm.rank]])
+    mine = whole[..., start : start + sizes[comm.rank]].contiguous()
+    mean, var = merge_over_ranks(comm, *row_moments(mine.view(2, 3, 1, -1)))
     truth = whole.double()
     return {
         "mean": mean.numpy(),

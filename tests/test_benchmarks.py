@@ -18,7 +18,7 @@ from benchmarks.common import (
 )
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
 from benchmarks.quality import rank_colour_spread
-from benchmarks.scaling import analytic_traffic, tiny_shapes
+from benchmarks.scaling import analytic_traffic, evaluate_targets, tiny_shapes
 from distributed.engine.comm import Communicator
 from distributed.engine.layout import FrameLayout
 from distributed.engine.settings import DualScopeSettings
@@ -138,3 +138,22 @@ def test_colour_spread_over_ranks_sees_a_slow_colour_slide_the_palette_tracker_m
     assert {t.colour for t in tracks} == {"red"}, "the palette tracker still calls every frame red"
     # Rank offsets 0, 20, 40, 60 in green: mean distance from their mean is 20.
     assert 18 < rank_colour_spread(slid_clip, layout) < 22
+
+
+def _peer_rows(vi_ms: dict[int, float], peer_ms: dict[str, float]) -> dict:
+    """A scaling result table: Video-Infinity at vi_ms per frame-step, each peer flat at its own cost."""
+    rows = [{"key": "vi1", "frames": f, "time": ms * f / 1e3, "working": f * 1e6} for f, ms in vi_ms.items()]
+    for key, ms in peer_ms.items():
+        rows += [{"key": key, "frames": f, "time": ms * f / 1e3, "working": 0} for f in vi_ms]
+    return {"results": rows, "interior": []}
+
+
+def test_scaling_targets_pass_and_miss_on_the_issue_bounds() -> None:
+    shapes = tiny_shapes(8)
+    peers = {"win4": 17.0, "win12": 5.6, "clips": 4.4}
+    good = evaluate_targets(_peer_rows({64: 4.6, 128: 4.6, 1024: 4.7}, peers), shapes)
+    assert [row[3] for row in good] == [True] * 5
+    # 5.0 ms is within 1.15x of clips and 0.3x of windows 16/4, but above 0.85x of core Context Windows;
+    # 4.2 -> 5.0 is not flat.
+    slow = {row[0]: row[3] for row in evaluate_targets(_peer_rows({64: 4.2, 128: 4.2, 1024: 5.0}, peers), shapes)}
+    assert [slow[label] for label in slow] == [True, False, True, False, True]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from distributed.engine.banded import band_plan
+from distributed.engine.banded import band_plan, banded_attention
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
 from distributed.engine.errors import InvalidSettingsError, ModelLoadError
@@ -22,6 +23,8 @@ from distributed.engine.runner import Engine
 from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.model import run_unet3d
 from distributed.models.unet3d.patch import patch_unet
+from distributed.models.unet3d.per_token import ChunkedFeedForward
+from distributed.models.unet3d.temporal_conv import own_moments
 from support.tiny_models import tiny_text_encoder
 
 from .dist_targets import random_unet
@@ -33,6 +36,28 @@ def test_real_videocrafter_config_patches_every_temporal_layer():
     report = patch_unet(unet, TemporalContext(Communicator.single()))
     assert (report.temporal_transformers, report.temporal_attentions, report.temporal_convs) == (17, 34, 22)
     assert report.frame_groupnorms == 17 + 4 * 22
+    assert report.chunked_feed_forwards == 16 + 17  # every spatial and temporal transformer block
+
+
+def test_chunked_feed_forward_and_frame_convolutions_change_no_result():
+    """Feed-forwards in chunks of 7 tokens (a size that divides nothing here) and the temporal convolutions
+    as 2-D convolutions give the unpatched model's output in fp64; a single rank, so no halo is involved."""
+    unet = random_unet(0, torch.float64, fps_cond=False)
+    plain = copy.deepcopy(unet)
+    ctx = TemporalContext(Communicator.single())
+    patch_unet(unet, ctx)
+    chunked = [module for module in unet.modules() if isinstance(module, ChunkedFeedForward)]
+    assert chunked
+    for module in chunked:
+        module.tokens = 7
+    frames = 6
+    sample = torch.randn(2, 4, frames, 8, 8, dtype=torch.float64)
+    text = torch.randn(2, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = plain(sample, 500, text).sample
+        ctx.begin_job(FrameLayout(frames, 1), DualScopeSettings(local_window=frames, global_frames=0, phase_bias=False))
+        got = run_unet3d(unet, sample, 500, text[:, None].expand(2, frames, 7, 32))
+    assert (got - expected).abs().max().item() < 1e-12
 
 
 def test_full_window_without_globals_equals_the_unpatched_model():
@@ -257,3 +282,44 @@ def test_noise_drawn_in_chunks_is_the_whole_tensor_sliced(shape, span):
         finally:
             sampling.RANDN_CHUNK = original
         assert torch.equal(part, whole[:, :, span[0] : span[1]])
+
+
+@pytest.mark.parametrize("frame_major", [False, True])
+def test_own_moments_match_torch_in_both_memory_layouts(frame_major):
+    """The GroupNorm moments of a rank's own frames, for inputs laid out frames-first (after a temporal
+    permute) and channels-first (a convolution's output), with halo frames that must not count."""
+    natural = torch.randn(2, 6, 9, 3, 4, dtype=torch.float64) * 2 + 5
+    x = natural.transpose(1, 2).contiguous().transpose(1, 2) if frame_major else natural
+    assert x.transpose(1, 2).is_contiguous() == frame_major
+    count, mean, m2 = own_moments(x, groups=3, own=(2, 7))
+    own = natural[:, :, 2:7].reshape(2, 3, -1)
+    var, expected_mean = torch.var_mean(own, dim=-1, correction=0)
+    assert count == own.shape[-1]
+    assert torch.allclose(mean, expected_mean, rtol=1e-13, atol=0)
+    assert torch.allclose(m2 / count, var, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("frames, start, token_num_scale", [(21, 0, False), (21, 30, True), (16, 4, False)])
+def test_banded_attention_equals_dense_attention_over_the_window_and_globals(frames, start, token_num_scale):
+    """Blocked attention against one explicit softmax per query over its 2P+1 window (clipped to the video)
+    and the G global keys, with a partial last block (21 frames, blocks of 8) and per-row scaling."""
+    width, count, total, heads, dim = 3, 4, 64, 2, 5
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(2, heads, frames, dim, generator=generator, dtype=torch.float64)
+    key, value = (
+        torch.randn(2, heads, frames + 2 * width + count, dim, generator=generator, dtype=torch.float64)
+        for _ in range(2)
+    )
+    p = band_plan(
+        frames, start, total, width, count, True, 0.0, 2.0, 1.0, token_num_scale, torch.device("cpu"), torch.float64
+    )
+    got = banded_attention(query, key, value, p, dim**-0.5)
+    expected = torch.empty_like(query)
+    for i in range(frames):
+        window = [e for e in range(i, i + 2 * width + 1) if 0 <= start - width + e < total]
+        columns = window + list(range(frames + 2 * width, frames + 2 * width + count))
+        bonus = torch.tensor([0.0] * len(window) + [2.0] * count, dtype=torch.float64)
+        factor = math.log(len(columns)) / math.log(16) if token_num_scale else 1.0
+        scores = (query[:, :, i : i + 1] * factor) @ key[:, :, columns].transpose(-1, -2) * dim**-0.5 + bonus
+        expected[:, :, i] = (scores.softmax(-1) @ value[:, :, columns])[:, :, 0]
+    assert (got - expected).abs().max().item() < 1e-12

@@ -74,38 +74,63 @@ def banded_attention(
 ) -> torch.Tensor:
     """query (B, h, F, d); key/value (B, h, F + 2P + G, d) as [left ; own ; right ; globals].
 
-    Returns (B, h, F, d). Queries are processed in blocks; each block sees its window of 2P + block
-    local keys plus the G global keys, so scores and key copies are O(F * (block + 2P + G)).
+    Returns (B, h, F, d), a view of a frames-first (B, F, h, d) tensor, so the caller's merge of the
+    heads costs no copy. Queries are processed in blocks; each block sees its window of 2P + block local
+    keys plus the G global keys, so scores and key copies are O(F * (block + 2P + G)). Every input is
+    copied once, straight into the layout the attention kernel reads.
     """
     batch, heads, frames, dim = query.shape
     block, blocks, width, count = plan.block, plan.blocks, plan.width, plan.globals_count
-    pad = blocks * block - frames
-    local_len = frames + 2 * width
-    out = torch.empty_like(query)
-    per_item = heads * blocks * (block + 2 * width + count) * dim * 2
+    length = block + 2 * width + count
+    out = query.new_empty((batch, frames, heads, dim))
+    per_item = heads * blocks * length * dim * 2
     step = max(1, CHUNK_ELEMENTS // max(1, per_item))
+    row_scale = None if plan.row_scale is None else plan.row_scale.reshape(-1, 1)[:frames]
     for lo in range(0, batch, step):
         hi = min(batch, lo + step)
-        q = F.pad(query[lo:hi], (0, 0, 0, pad)).reshape(hi - lo, heads, blocks, block, dim)
-        if plan.row_scale is not None:
-            q = q * plan.row_scale
-        keys = _windows(key[lo:hi], local_len, pad, block, width, count)
-        values = _windows(value[lo:hi], local_len, pad, block, width, count)
-        merged = hi - lo
+        merged = (hi - lo) * heads
+        q = _blocked_queries(query[lo:hi], blocks * block, row_scale)
+        keys = _windows(key[lo:hi], frames, block, width, count)
+        values = _windows(value[lo:hi], frames, block, width, count)
         result = F.scaled_dot_product_attention(
-            q.reshape(merged * heads, blocks, block, dim),
-            keys.reshape(merged * heads, blocks, -1, dim),
-            values.reshape(merged * heads, blocks, -1, dim),
+            q.view(merged, blocks, block, dim),
+            keys.view(merged, blocks, length, dim),
+            values.view(merged, blocks, length, dim),
             attn_mask=plan.bias.unsqueeze(0),
             scale=scale,
         )
-        out[lo:hi] = result.reshape(merged, heads, blocks * block, dim)[:, :, :frames]
-    return out
+        out[lo:hi] = result.view(hi - lo, heads, blocks * block, dim)[:, :, :frames].transpose(1, 2)
+    return out.transpose(1, 2)
 
 
-def _windows(x: torch.Tensor, local_len: int, pad: int, block: int, width: int, count: int) -> torch.Tensor:
-    """(B, h, blocks, block + 2P + G, d): each block's local window followed by the global keys."""
-    local = F.pad(x[:, :, :local_len], (0, 0, 0, pad))
-    windows = local.unfold(2, block + 2 * width, block).transpose(-1, -2)
-    glb = x[:, :, local_len:].unsqueeze(2).expand(-1, -1, windows.shape[2], count, -1)
-    return torch.cat([windows, glb], dim=3)
+def _blocked_queries(query: torch.Tensor, padded: int, row_scale: torch.Tensor | None) -> torch.Tensor:
+    """(B, h, padded, d) contiguous: the queries, scaled per row if asked, zero rows after the last frame."""
+    batch, heads, frames, dim = query.shape
+    q = query.new_empty((batch, heads, padded, dim))
+    q[:, :, frames:] = 0
+    if row_scale is None:
+        q[:, :, :frames] = query
+    else:
+        torch.mul(query, row_scale, out=q[:, :, :frames])
+    return q
+
+
+def _windows(x: torch.Tensor, frames: int, block: int, width: int, count: int) -> torch.Tensor:
+    """(B, h, blocks, block + 2P + G, d): each block's local window followed by the global keys.
+
+    x: (B, h, F + 2P + G, d). Window rows past the clip's last frame (a partial last block) are zero;
+    the plan's bias masks them.
+    """
+    batch, heads, _, dim = x.shape
+    span = block + 2 * width
+    local_len = frames + 2 * width
+    blocks = math.ceil(frames / block)
+    windows = x.new_empty((batch, heads, blocks, span + count, dim))
+    whole = (local_len - span) // block + 1  # blocks whose window lies inside the clip
+    windows[:, :, :whole, :span] = x[:, :, :local_len].unfold(2, span, block)[:, :, :whole].transpose(-1, -2)
+    for b in range(whole, blocks):
+        rows = local_len - b * block
+        windows[:, :, b, :rows] = x[:, :, b * block : local_len]
+        windows[:, :, b, rows:span] = 0
+    windows[:, :, :, span:] = x[:, :, local_len:].unsqueeze(2)
+    return windows

@@ -72,7 +72,9 @@ class DualScopeAttnProcessor:
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
-        return out / attn.rescale_output_factor
+        if attn.rescale_output_factor != 1.0:
+            out = out / attn.rescale_output_factor
+        return out
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

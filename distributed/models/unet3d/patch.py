@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
 from ...engine.context import TemporalContext
 from .attention import DualScopeAttnProcessor
+from .per_token import ChunkedFeedForward
 from .temporal_conv import FrameGroupNorm, HaloTemporalConv
 
 
@@ -19,6 +21,7 @@ class PatchReport:
     temporal_attentions: int
     temporal_convs: int
     frame_groupnorms: int
+    chunked_feed_forwards: int
 
 
 def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
@@ -26,7 +29,7 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
     model serves every job; with ctx.layout None it computes exactly what the unpatched model does."""
     if getattr(unet, "_video_infinity_patched", False):
         raise RuntimeError("this UNet is already patched")
-    transformers = attentions = convs = norms = 0
+    transformers = attentions = convs = norms = feed_forwards = 0
     processor = DualScopeAttnProcessor(ctx)
     targets = list(unet.named_modules())
     for name, module in targets:
@@ -49,8 +52,11 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
             norms += len(wrapped)
             _replace(unet, name, HaloTemporalConv(module, ctx))
             convs += 1
+        elif isinstance(module, BasicTransformerBlock) and module.ff is not None:
+            module.ff = ChunkedFeedForward(module.ff)
+            feed_forwards += 1
     unet._video_infinity_patched = True
-    return PatchReport(transformers, attentions, convs, norms)
+    return PatchReport(transformers, attentions, convs, norms, feed_forwards)
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.resnet import TemporalConvLayer
 from torch import nn
 
@@ -33,39 +34,82 @@ class FrameGroupNorm(nn.Module):
         if not ctx.active or ctx.settings.mode != "exact":
             return self.norm(x)
         norm = self.norm
-        batch, channels, frames = x.shape[:3]
+        frames = x.shape[2]
         own = own if own is not None else (0, frames)
-        compute = torch.float32 if x.element_size() < 4 else x.dtype  # half precision: statistics in fp32
-        # (B, G, C/G, F, H*W): statistics per group, over channels and pixels, and (below) over frames.
-        grouped = x.to(compute).reshape(batch, norm.num_groups, channels // norm.num_groups, frames, -1)
-        if ctx.settings.norm_window > 0:
-            mean, var = window_statistics(ctx, grouped, own, ctx.settings.norm_window)
-            mean, var = mean[:, :, None, :, None], var[:, :, None, :, None]
+        window = ctx.settings.norm_window
+        if window == 0 and ctx.comm.world_size == 1 and own == (0, frames):
+            return norm(x)  # the whole video is here: torch's own GroupNorm computes exactly this
+        if window > 0:
+            grouped = x.reshape(x.shape[0], norm.num_groups, -1, frames, x[0, 0, 0].numel())
+            mean, var = window_statistics(ctx, grouped.float() if x.element_size() < 4 else grouped, own, window)
         else:
-            own_rows = grouped[:, :, :, own[0] : own[1]].reshape(batch, norm.num_groups, -1)
-            mean, var = merged_statistics(ctx.comm, own_rows)
-            mean, var = mean[:, :, None, None, None], var[:, :, None, None, None]
-        normed = (grouped - mean.to(compute)) * torch.rsqrt(var.to(compute) + norm.eps)
-        normed = normed.reshape(x.shape)
-        if norm.affine:
-            shape = (1, channels) + (1,) * (x.dim() - 2)
-            normed = normed * norm.weight.to(compute).view(shape) + norm.bias.to(compute).view(shape)
-        return normed.to(x.dtype)
+            mean, var = merge_over_ranks(ctx.comm, *own_moments(x, norm.num_groups, own))
+        return _normalise(x, norm, mean, var)
 
 
-def merged_statistics(comm: Communicator, own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (biased) variance over the last dim of every rank's `own` together, in fp64.
+def _normalise(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """x * scale + shift in one pass (the form torch's own GroupNorm kernel uses), with scale and shift per
+    channel (and per frame for window statistics) folded from the fp64 statistics and the affine weights."""
+    batch, channels = x.shape[:2]
+    per_group = channels // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps)
+    shift = -mean * scale
+    # (B, G, [F]) -> (B, C, [F]): every channel of a group shares its group's statistics.
+    scale, shift = (t.repeat_interleave(per_group, dim=1) for t in (scale, shift))
+    if norm.affine:
+        weight = norm.weight.double().view((1, channels) + (1,) * (scale.dim() - 2))
+        bias = norm.bias.double().view(weight.shape)
+        scale, shift = scale * weight, shift * weight + bias
+    compute = torch.float32 if x.element_size() < 4 else x.dtype
+    trailing = (1,) * (x.dim() - scale.dim())
+    scale = scale.to(compute).view(scale.shape + trailing)
+    shift = shift.to(compute).view(shift.shape + trailing)
+    return torch.addcmul(shift, x, scale).to(x.dtype)
 
-    own: (B, G, n_rank); n_rank may differ between ranks. Every rank gets bit-identical results.
+
+def own_moments(x: torch.Tensor, groups: int, own: tuple[int, int]) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, mean and sum of squared deviations (B, G) in fp64 of the own frames of x (B, C, F, H, W).
+
+    Two passes over contiguous rows in the input's layout (per frame and group when frames lead in
+    memory, as after a temporal permute; per channel otherwise), then the rows are merged in fp64.
     """
-    count = own.shape[-1]
-    local_mean = own.sum(-1).double() / count
-    local_m2 = (own - local_mean.to(own.dtype).unsqueeze(-1)).square().sum(-1).double()
-    pieces = comm.all_gather(torch.stack([torch.full_like(local_mean, count), local_mean, local_m2]))
+    lo, hi = own
+    batch, channels = x.shape[:2]
+    frame_major = x.transpose(1, 2)
+    if frame_major.is_contiguous():
+        rows = frame_major[:, lo:hi].reshape(batch, hi - lo, groups, -1).transpose(1, 2)  # (B, G, frames, n)
+    else:
+        rows = x.contiguous()[:, :, lo:hi].reshape(batch, groups, channels // groups, -1)  # (B, G, C/G, n)
+    count, mean, m2 = row_moments(rows.float() if rows.element_size() < 4 else rows)
+    return count, mean, m2
+
+
+def row_moments(rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Count, mean and sum of squared deviations over the last two dims of rows (B, G, k, n), in fp64.
+
+    Each row of n values gets two passes in its own precision (sum, then the norm of the deviations);
+    the k rows are merged in fp64 (Chan's formula with equal counts).
+    """
+    n = rows.shape[-1]
+    row_mean = rows.sum(-1, keepdim=True) / n
+    row_m2 = torch.linalg.vector_norm(rows - row_mean, dim=-1).double().square()
+    row_mean = row_mean.squeeze(-1).double()
+    mean = row_mean.mean(-1)
+    m2 = row_m2.sum(-1) + n * (row_mean - mean.unsqueeze(-1)).square().sum(-1)
+    return n * rows.shape[-2], mean, m2
+
+
+def merge_over_ranks(
+    comm: Communicator, count: int, mean: torch.Tensor, m2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance of every rank's moments together, in fp64, merged in rank order with
+    Chan's formula; one all_gather. The counts may differ between ranks; every rank gets bit-identical
+    results."""
+    pieces = comm.all_gather(torch.stack([torch.full_like(mean, count), mean, m2]))
     total = sum(piece[0] for piece in pieces)
-    mean = sum(piece[0] * piece[1] for piece in pieces) / total
-    m2 = sum(piece[2] + piece[0] * (piece[1] - mean).square() for piece in pieces)
-    return mean, m2 / total
+    merged_mean = sum(piece[0] * piece[1] for piece in pieces) / total
+    merged_m2 = sum(piece[2] + piece[0] * (piece[1] - merged_mean).square() for piece in pieces)
+    return merged_mean, merged_m2 / total
 
 
 def window_statistics(
@@ -121,6 +165,8 @@ class HaloTemporalConv(nn.Module):
         batch = hidden_states.shape[0] // num_frames
         frames = hidden_states.view(batch, num_frames, *hidden_states.shape[1:])
         left, right = ctx.borrow(frames, dim=1, width=width, pad_ends=ctx.settings.mode == "reference")
+        if left.shape[1] == right.shape[1] == 0:  # one rank: nothing to add, and no copy of the clip
+            return self._run(hidden_states, num_frames, None)
         extended = torch.cat([left, frames, right], dim=1)
         total = extended.shape[1]
         out = self._run(
@@ -139,6 +185,19 @@ class HaloTemporalConv(nn.Module):
         for stage in (layer.conv1, layer.conv2, layer.conv3, layer.conv4):
             x = stage[0](x, own)
             for module in stage[1:]:
-                x = module(x)
+                x = _frame_conv(module, x) if isinstance(module, nn.Conv3d) else module(x)
         x = identity + x
         return x.permute(0, 2, 1, 3, 4).reshape((x.shape[0] * x.shape[2], -1) + x.shape[3:])
+
+
+def _frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A Conv3d whose kernel spans frames only, (k, 1, 1), run as the equal 2-D convolution over
+    (frames, pixels): on a CPU torch's 3-D convolution takes a slow unfold path, the 2-D one oneDNN."""
+    frames_only = conv.kernel_size[1:] == (1, 1) and conv.padding[1:] == (0, 0) and conv.stride == (1, 1, 1)
+    if not frames_only or conv.dilation != (1, 1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+        return conv(x)
+    batch, _, frames, height, width = x.shape
+    out = F.conv2d(
+        x.reshape(batch, -1, frames, height * width), conv.weight.squeeze(-1), conv.bias, padding=(conv.padding[0], 0)
+    )
+    return out.view(batch, -1, frames, height, width)
