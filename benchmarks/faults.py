@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from distributed.engine.host_memory import available_bytes
 from distributed.engine.job import JobSpec
 from distributed.pool import JobHandle, PoolConfig, WorkerPool
-from distributed.pool.memory import available_bytes
 from support.tiny_models import build_tiny_pipeline
 
 STANDIN = f"{Path(__file__).resolve().parents[1] / 'tests' / 'pool_standin_engine.py'}:make_engine"

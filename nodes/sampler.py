@@ -191,7 +191,7 @@ class ClipParallelSampler(io.ComfyNode):
 
 def check_video_fits(frames: int, width: int, height: int, return_images: bool) -> None:
     """The finished video is held in this process (uint8, and float32 as IMAGE too): refuse what cannot fit."""
-    from ..distributed.pool.memory import available_bytes
+    from ..distributed.engine.host_memory import available_bytes
 
     need = frames * width * height * 3 * (5 if return_images else 1)
     available = available_bytes()

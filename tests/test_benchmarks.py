@@ -16,6 +16,7 @@ from benchmarks.common import (
     window_evaluations,
     window_starts,
 )
+from benchmarks.memory_admission import measure_target as admission_target
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
 from benchmarks.quality import rank_colour_spread
 from benchmarks.scaling import analytic_traffic, evaluate_targets, tiny_shapes
@@ -157,3 +158,9 @@ def test_scaling_targets_pass_and_miss_on_the_issue_bounds() -> None:
     # 4.2 -> 5.0 is not flat.
     slow = {row[0]: row[3] for row in evaluate_targets(_peer_rows({64: 4.2, 128: 4.2, 1024: 5.0}, peers), shapes)}
     assert [slow[label] for label in slow] == [True, False, True, False, True]
+
+
+def test_memory_estimate_of_a_demo_job_is_within_30_percent_of_its_measured_peak() -> None:
+    """Admission's estimate against the kernel's peak RSS of the same job (64 frames at 64x64, one rank)."""
+    result = run_on_local_ranks(1, admission_target, {"frames": 64, "size": 64}, timeout=300)[0]
+    assert abs(result["estimate"] / result["measured"] - 1) <= 0.3, result

@@ -21,9 +21,9 @@ from distributed.engine.job import JobSpec
 from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference
 from distributed.engine.runner import Engine
 from distributed.engine.settings import DualScopeSettings
+from distributed.models.unet3d.chunked import ChunkedFeedForward, FrameChunked
 from distributed.models.unet3d.model import run_unet3d
 from distributed.models.unet3d.patch import patch_unet
-from distributed.models.unet3d.per_token import ChunkedFeedForward
 from distributed.models.unet3d.temporal_conv import own_moments
 from support.tiny_models import tiny_text_encoder
 
@@ -37,19 +37,21 @@ def test_real_videocrafter_config_patches_every_temporal_layer():
     assert (report.temporal_transformers, report.temporal_attentions, report.temporal_convs) == (17, 34, 22)
     assert report.frame_groupnorms == 17 + 4 * 22
     assert report.chunked_feed_forwards == 16 + 17  # every spatial and temporal transformer block
+    assert report.chunked_frame_layers == 22 + 16  # every ResNet block and spatial transformer
 
 
 def test_chunked_feed_forward_and_frame_convolutions_change_no_result():
-    """Feed-forwards in chunks of 7 tokens (a size that divides nothing here) and the temporal convolutions
-    as 2-D convolutions give the unpatched model's output in fp64; a single rank, so no halo is involved."""
+    """Per-frame layers one frame at a time, feed-forwards in chunks of 7 values (one token each) and the
+    temporal convolutions as 2-D convolutions give the unpatched model's output in fp64; a single rank, so
+    no halo is involved."""
     unet = random_unet(0, torch.float64, fps_cond=False)
     plain = copy.deepcopy(unet)
     ctx = TemporalContext(Communicator.single())
     patch_unet(unet, ctx)
-    chunked = [module for module in unet.modules() if isinstance(module, ChunkedFeedForward)]
-    assert chunked
+    chunked = [module for module in unet.modules() if isinstance(module, (ChunkedFeedForward, FrameChunked))]
+    assert {type(module) for module in chunked} == {ChunkedFeedForward, FrameChunked}
     for module in chunked:
-        module.tokens = 7
+        module.elements = 7
     frames = 6
     sample = torch.randn(2, 4, frames, 8, 8, dtype=torch.float64)
     text = torch.randn(2, 7, 32, dtype=torch.float64)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from distributed.engine.errors import JobCancelled
+from distributed.engine.host_memory import available_bytes
 from distributed.engine.job import JobSpec
 from distributed.pool import PoolConfig, PoolError, WorkerError, WorkerPool
 from distributed.pool.launch import describe_exit
-from distributed.pool.memory import available_bytes
 from tests.pool_fixtures import STANDIN_ENGINE, alive, first_denoising_step, tiny_job, wait_for
 
 pytestmark = [pytest.mark.pool, pytest.mark.faults, pytest.mark.timeout(300)]
@@ -51,6 +51,28 @@ def test_worker_exception_reaches_the_caller_and_the_pool_stays_warm(
     assert pool.status()["state"] == "ready" and pool.worker_pids() == pids
     assert pool.submit(tiny_job(tiny_pipeline)).result(180).shape == (4, 32, 32, 3)
     assert pool.status()["starts"] == starts and pool.worker_pids() == pids
+
+
+def test_a_job_too_large_for_the_memory_is_refused_before_it_runs_and_the_pool_stays_warm(
+    pool: WorkerPool, tiny_pipeline: Path
+) -> None:
+    """Admission: 100,000 frames at 64x64 would need tens of GiB per worker for its steps (the finished video,
+    1.2 GB, would fit); every rank refuses it after loading the model, before any step."""
+    pool.start()
+    pids = pool.worker_pids()
+    job = tiny_job(tiny_pipeline, frames=100_000, height=64, width=64)
+    began = time.monotonic()
+    with pytest.raises(WorkerError) as refused:
+        pool.submit(job).result(120)
+    assert time.monotonic() - began < 60
+    error = refused.value
+    assert error.kind == "InsufficientMemoryError"
+    assert "GiB per worker (50000 frames per worker at 64x64; 2 workers share this memory" in error.message
+    assert "GiB is free on cpu. Use more workers so each holds fewer frames" in error.message
+    needed = float(error.message.split("needs about ")[1].split(" GiB")[0])
+    assert needed * 2**30 > available_bytes() / 2
+    assert pool.status()["state"] == "ready" and pool.worker_pids() == pids
+    assert pool.submit(tiny_job(tiny_pipeline)).result(180).shape == (4, 32, 32, 3)
 
 
 def test_sigkilled_worker_fails_the_job_naming_its_rank_and_a_fresh_pool_runs_the_next(

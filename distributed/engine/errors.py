@@ -42,3 +42,7 @@ def mark_in_step(error: BaseException, ranks: list[int]) -> BaseException:
 def failed_in_step(error: BaseException) -> bool:
     """Whether `error` was marked by mark_in_step."""
     return hasattr(error, "failed_ranks_in_step")
+
+
+class InsufficientMemoryError(VideoInfinityError):
+    """A job's estimated peak memory on a rank is more than its device has free."""

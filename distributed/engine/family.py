@@ -55,6 +55,11 @@ class ModelFamily(Protocol):
 
     def latent_layout(self, loaded: Any) -> LatentLayout: ...
 
+    def peak_bytes(self, loaded: Any, job: Any, frames: int) -> int | None:
+        """Estimated peak memory of `job` on a rank holding `frames` frames, beyond the loaded model;
+        None when the family has no estimate."""
+        ...
+
     def denoise(self, loaded: Any, job: Any, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
         """This rank's final latents, (1, C, own frames, h, w). Checks control for cancel every step."""
         ...

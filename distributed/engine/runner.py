@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .admission import check_fits, sharing_ranks
 from .comm import Communicator
 from .context import TemporalContext
 from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
@@ -28,6 +29,7 @@ class Engine:
         self._loaded: Any = None
         self._family: ModelFamily | None = None
         self._key: Hashable | None = None
+        self._sharing: int | None = None  # ranks that share this rank's memory, learnt at the first job
 
     def model(self, spec: ModelSpec) -> Any:
         """The loaded, patched model for `spec`; reloads only when its family says the weights changed.
@@ -91,10 +93,13 @@ class Engine:
         the failing rank raises it (marked in step), the others PreparationFailed, all at the same point,
         so the ranks stay in step and the warm pool survives it.
         """
+        if self._sharing is None:
+            self._sharing = sharing_ranks(self.comm)
         loaded, cause = None, None
         try:
             job.validate(self.comm.world_size)
             loaded = self.model(job.model)
+            self._admit(job, loaded)
         except Exception as error:  # noqa: BLE001 - any preparation error is reported with the rank's text
             cause = error  # a failed load has released the old model already (model()); a bad job keeps it
         failed = self.comm.failed_anywhere(cause is not None)
@@ -103,6 +108,17 @@ class Engine:
         if failed:
             raise PreparationFailed(failed)
         return loaded
+
+    def _admit(self, job: JobSpec | LatentJob, loaded: Any) -> None:
+        """Refuses a job whose estimated peak on this rank does not fit in its device's free memory."""
+        kind = self._family
+        assert kind is not None and self._sharing is not None
+        layout = FrameLayout(job.frames, self.comm.world_size)
+        own = layout.counts[self.comm.rank]
+        held = own + 2 * job.attention.local_window + job.attention.global_count(job.frames)  # with halo, globals
+        needed = kind.peak_bytes(loaded, job, min(held, job.frames))
+        if needed is not None:
+            check_fits(needed, self.comm.device, self._sharing, own, job.width, job.height)
 
     def release(self) -> None:
         self._loaded = self._family = self._key = None

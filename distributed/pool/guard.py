@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import psutil
 
 from ..engine.errors import JobCancelled, VideoInfinityError
+from ..engine.host_memory import available_bytes
 from .errors import PoolError, WorkerError
 from .handle import JobHandle
-from .memory import available_bytes
 from .session import Session
 
 CHECK_EVERY_S = 0.25

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityError
+from ..engine.host_memory import default_floor_bytes, oom_kill_count
 from ..engine.job import JobSpec
 from ..engine.latent_job import LatentJob
 from .config import PoolConfig
@@ -26,7 +27,6 @@ from .guard import Guard, GuardSettings
 from .handle import JobHandle, ProgressEvent
 from .join import JoinListener
 from .launch import describe_exit, kill_all, spawn_context, start_worker
-from .memory import default_floor_bytes, oom_kill_count
 from .netutil import bind_listener, is_loopback, loopback_interface
 from .session import RankInfo, Session
 from .shm import take_frames, unlink_quietly

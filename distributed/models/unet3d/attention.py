@@ -7,7 +7,9 @@ of two, and to_k / to_v are applied to the received frames locally.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
 
 from ...engine.banded import band_plan, banded_attention
 from ...engine.context import TemporalContext
@@ -49,9 +51,19 @@ class DualScopeAttnProcessor:
         key_frames = torch.cat([left, x, right, glb], dim=1)
 
         heads = attn.heads
-        query = _split_heads(attn.to_q(x), heads)
-        key = _split_heads(attn.to_k(key_frames), heads)
-        value = _split_heads(attn.to_v(key_frames), heads)
+        if all(type(layer) is nn.Linear for layer in (attn.to_q, attn.to_k, attn.to_v)):
+            # One projection to queries, keys and values over every key frame: the own frames' queries
+            # are rows of it, so the frames are read once.
+            projected = F.linear(key_frames, *_fused_qkv(attn))
+            inner = attn.to_q.out_features
+            own = slice(left.shape[1], left.shape[1] + x.shape[1])
+            query = _split_heads(projected[:, own, :inner], heads)
+            key = _split_heads(projected[:, :, inner : 2 * inner], heads)
+            value = _split_heads(projected[:, :, 2 * inner :], heads)
+        else:  # projections with adapters of their own
+            query = _split_heads(attn.to_q(x), heads)
+            key = _split_heads(attn.to_k(key_frames), heads)
+            value = _split_heads(attn.to_v(key_frames), heads)
         start, _ = ctx.span
         plan = band_plan(
             frames=x.shape[1],
@@ -75,6 +87,16 @@ class DualScopeAttnProcessor:
         if attn.rescale_output_factor != 1.0:
             out = out / attn.rescale_output_factor
         return out
+
+
+def _fused_qkv(attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights (and biases, if any) of to_q, to_k and to_v stacked, for one projection."""
+    layers = (attn.to_q, attn.to_k, attn.to_v)
+    weight = torch.cat([layer.weight for layer in layers])
+    if all(layer.bias is None for layer in layers):
+        return weight, None
+    biases = [layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features) for layer in layers]
+    return weight, torch.cat(biases)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -14,11 +14,10 @@ from ...engine.family import LatentLayout
 from ...engine.job import JobSpec, ModelSpec
 from ...engine.sampling import denoise
 from .loader import LoadedPipeline, load_pipeline
+from .memory import DECODE_CHUNK, job_peak_bytes
 from .model import run_unet3d
 from .patch import patch_unet
 from .text import frame_text
-
-DECODE_CHUNK = 8  # frames per VAE call: bounds the decoder's activation memory
 
 
 class UNet3DFamily:
@@ -48,6 +47,18 @@ class UNet3DFamily:
 
     def latent_layout(self, loaded: LoadedPipeline) -> LatentLayout:
         return LatentLayout(channels=loaded.unet.config.in_channels, spatial_factor=loaded.vae_scale)
+
+    def peak_bytes(self, loaded: LoadedPipeline, job: JobSpec, frames: int) -> int:
+        factor = loaded.vae_scale
+        return job_peak_bytes(
+            loaded.unet.config.block_out_channels,
+            loaded.vae.config.block_out_channels,
+            loaded.dtype,
+            loaded.device,
+            frames,
+            (job.height // factor, job.width // factor),
+            (job.height, job.width),
+        )
 
     def denoise(self, loaded: LoadedPipeline, job: JobSpec, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
         start, end = ctx.span

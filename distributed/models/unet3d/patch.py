@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import TemporalConvLayer
+from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
 from ...engine.context import TemporalContext
 from .attention import DualScopeAttnProcessor
-from .per_token import ChunkedFeedForward
+from .chunked import ChunkedFeedForward, FrameChunked, chunk_elements
 from .temporal_conv import FrameGroupNorm, HaloTemporalConv
 
 
@@ -22,6 +23,7 @@ class PatchReport:
     temporal_convs: int
     frame_groupnorms: int
     chunked_feed_forwards: int
+    chunked_frame_layers: int
 
 
 def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
@@ -29,7 +31,8 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
     model serves every job; with ctx.layout None it computes exactly what the unpatched model does."""
     if getattr(unet, "_video_infinity_patched", False):
         raise RuntimeError("this UNet is already patched")
-    transformers = attentions = convs = norms = feed_forwards = 0
+    transformers = attentions = convs = norms = feed_forwards = frame_layers = 0
+    elements = chunk_elements(ctx.comm.device)
     processor = DualScopeAttnProcessor(ctx)
     targets = list(unet.named_modules())
     for name, module in targets:
@@ -53,10 +56,13 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
             _replace(unet, name, HaloTemporalConv(module, ctx))
             convs += 1
         elif isinstance(module, BasicTransformerBlock) and module.ff is not None:
-            module.ff = ChunkedFeedForward(module.ff)
+            module.ff = ChunkedFeedForward(module.ff, elements)
             feed_forwards += 1
+        if isinstance(module, (ResnetBlock2D, Transformer2DModel)):
+            _replace(unet, name, FrameChunked(module, elements))
+            frame_layers += 1
     unet._video_infinity_patched = True
-    return PatchReport(transformers, attentions, convs, norms, feed_forwards)
+    return PatchReport(transformers, attentions, convs, norms, feed_forwards, frame_layers)
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:

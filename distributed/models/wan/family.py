@@ -70,6 +70,9 @@ class WanFamily:
     def patch(self, loaded: LoadedWan, ctx: TemporalContext) -> None:
         loaded.patched = install_dual_scope(loaded.patcher, ctx)
 
+    def peak_bytes(self, loaded: LoadedWan, job: LatentJob, frames: int) -> None:
+        return None  # not estimated yet: ComfyUI's own memory management loads and offloads Wan models
+
     def latent_layout(self, loaded: LoadedWan) -> LatentLayout:
         latent_format = loaded.patcher.model.latent_format
         # Wan 2.1's VAE makes 16 channels per 8x8 pixels; Wan 2.2's (TI2V 5B) 48 per 16x16.

@@ -1,0 +1,46 @@
+"""Memory admission: a job's estimated peak per rank against what its device has free, before it runs."""
+
+from __future__ import annotations
+
+import socket
+import zlib
+
+import torch
+
+from .comm import Communicator
+from .errors import InsufficientMemoryError
+from .host_memory import available_bytes
+
+GIB = 2**30
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a new allocation can still get on `device`: device memory on CUDA (plus what torch caches
+    but does not use), the host's available memory (within any cgroup limit) otherwise."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return available_bytes()
+
+
+def sharing_ranks(comm: Communicator) -> int:
+    """How many ranks draw on the same memory as this one (the host's RAM, or one CUDA device); one
+    all-gather, so every rank must call it at the same point."""
+    device = comm.device
+    where = f"{socket.gethostname()}|{device if device.type == 'cuda' else 'host'}"
+    mine = torch.tensor([zlib.crc32(where.encode())], dtype=torch.int64, device=device)
+    return sum(int(piece.item() == mine.item()) for piece in comm.all_gather(mine))
+
+
+def check_fits(needed: int, device: torch.device, sharing: int, frames: int, width: int, height: int) -> None:
+    """Raises InsufficientMemoryError, with the estimate, what is free and what to change, when `sharing`
+    ranks that each need `needed` bytes cannot fit in the device's free memory."""
+    free = free_bytes(device)
+    if needed * sharing <= free:
+        return
+    shared = f"; {sharing} workers share this memory, {needed * sharing / GIB:.1f} GiB in all" if sharing > 1 else ""
+    raise InsufficientMemoryError(
+        f"this job needs about {needed / GIB:.1f} GiB per worker ({frames} frames per worker at {width}x{height}"
+        f"{shared}) but {free / GIB:.1f} GiB is free on {device}. Use more workers so each holds fewer "
+        "frames, fewer frames, or a smaller width and height"
+    )
