@@ -121,6 +121,9 @@ def model_cases(model: Path, folder: Path) -> list[Row]:
         pool.submit(good).result(180)  # warm: the model is loaded
         for name, bad in (("truncated UNet weights", truncated), ("UNet weights as a pickle (.bin)", pickled)):
             rows.append(run_case(name, pool, lambda bad=bad: pool.submit(job(str(bad))), at_once, good))
+        rows.append(run_case("a job too large for the memory (admission)", pool,
+                             lambda: pool.submit(job(str(model), frames=100_000, height=64, width=64)), at_once,
+                             good))  # fmt: skip
         rows.append(run_case("Cancel at a denoising step", pool, lambda: pool.submit(job(str(model), steps=200)),
                              cancel_at_step, good))  # fmt: skip
         fresh = str(shutil.copytree(model, folder / "fresh"))  # another folder: the job must load it first

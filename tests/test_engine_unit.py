@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from diffusers import UNet3DConditionModel
 from distributed.engine.banded import band_plan, banded_attention
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
-from distributed.engine.errors import InvalidSettingsError, ModelLoadError
+from distributed.engine.errors import InvalidSettingsError, JobCancelled, ModelLoadError
 from distributed.engine.family import family
 from distributed.engine.job import JobSpec
 from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference
@@ -24,7 +25,7 @@ from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.chunked import ChunkedFeedForward, FrameChunked
 from distributed.models.unet3d.model import run_unet3d
 from distributed.models.unet3d.patch import patch_unet
-from distributed.models.unet3d.temporal_conv import own_moments
+from distributed.models.unet3d.temporal_conv import HaloTemporalConv, own_moments
 from support.tiny_models import tiny_text_encoder
 
 from .dist_targets import random_unet
@@ -41,15 +42,16 @@ def test_real_videocrafter_config_patches_every_temporal_layer():
 
 
 def test_chunked_feed_forward_and_frame_convolutions_change_no_result():
-    """Per-frame layers one frame at a time, feed-forwards in chunks of 7 values (one token each) and the
-    temporal convolutions as 2-D convolutions give the unpatched model's output in fp64; a single rank, so
-    no halo is involved."""
+    """Per-frame layers and temporal convolution stages one frame at a time, feed-forwards in chunks of 7
+    values (one token each), the convolutions as 2-D convolutions: the unpatched model's output in fp64.
+    A single rank, so no halo is involved."""
     unet = random_unet(0, torch.float64, fps_cond=False)
     plain = copy.deepcopy(unet)
     ctx = TemporalContext(Communicator.single())
     patch_unet(unet, ctx)
-    chunked = [module for module in unet.modules() if isinstance(module, (ChunkedFeedForward, FrameChunked))]
-    assert {type(module) for module in chunked} == {ChunkedFeedForward, FrameChunked}
+    kinds = (ChunkedFeedForward, FrameChunked, HaloTemporalConv)
+    chunked = [module for module in unet.modules() if isinstance(module, kinds)]
+    assert {type(module) for module in chunked} == set(kinds)
     for module in chunked:
         module.elements = 7
     frames = 6
@@ -284,6 +286,35 @@ def test_noise_drawn_in_chunks_is_the_whole_tensor_sliced(shape, span):
         finally:
             sampling.RANDN_CHUNK = original
         assert torch.equal(part, whole[:, :, span[0] : span[1]])
+
+
+def test_long_noise_is_drawn_with_checkpoints_that_can_stop_it():
+    """A Cancel while a long video's noise is drawn: the checkpoint runs every CHUNKS_PER_CHECKPOINT chunks
+    (the same number of times for every slice, so ranks stay in step) and its exception ends the draw."""
+    from distributed.engine import sampling
+
+    shape = (1, 4, 300, 40, 64)  # 3.1 M values
+    calls: list[int] = []
+    for span in ((0, 10), (290, 300)):
+        with_calls: list[int] = []
+        sampling.RANDN_CHUNK, original = 16 * 1000, sampling.RANDN_CHUNK
+        try:
+            sampling.frames_of_randn(torch.Generator().manual_seed(1), shape, *span, partial(with_calls.append, 1))
+        finally:
+            sampling.RANDN_CHUNK = original
+        calls.append(len(with_calls))
+    expected = (math.prod(shape) // (16 * 1000) - 1) // sampling.CHUNKS_PER_CHECKPOINT
+    assert calls == [expected, expected] and expected > 10
+
+    def cancel() -> None:
+        raise JobCancelled(0)
+
+    sampling.RANDN_CHUNK, original = 16 * 1000, sampling.RANDN_CHUNK
+    try:
+        with pytest.raises(JobCancelled):
+            sampling.frames_of_randn(torch.Generator().manual_seed(1), shape, 0, 10, cancel)
+    finally:
+        sampling.RANDN_CHUNK = original
 
 
 @pytest.mark.parametrize("frame_major", [False, True])

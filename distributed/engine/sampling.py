@@ -35,24 +35,39 @@ def make_scheduler(name: str, config: dict[str, Any]) -> Any:
     raise ValueError(f"unknown sampler {name!r}; use one of {list(choices.SAMPLERS)}")
 
 
-def initial_noise(shape: tuple[int, ...], layout: FrameLayout, rank: int, job: JobSpec, step: int | None = None):
+def initial_noise(
+    shape: tuple[int, ...],
+    layout: FrameLayout,
+    rank: int,
+    job: JobSpec,
+    step: int | None = None,
+    checkpoint: Callable[[], None] | None = None,
+):
     """Exact: one global tensor from the seed, sliced by rank (the same video for any rank count).
-    Reference: an independent tensor per rank from seed + rank. Frames are axis 2 of `shape`."""
+    Reference: an independent tensor per rank from seed + rank. Frames are axis 2 of `shape`.
+    checkpoint: called now and then while a long video's noise is drawn, on every rank equally often."""
     start, end = layout.span(rank)
     generator = torch.Generator("cpu")
     if job.attention.mode == "exact":
         salt = 0 if step is None else 1_000_003 * (step + 1)
         generator.manual_seed((job.seed + salt) % (2**63))
-        return frames_of_randn(generator, (*shape[:2], layout.total, *shape[3:]), start, end)
+        return frames_of_randn(generator, (*shape[:2], layout.total, *shape[3:]), start, end, checkpoint)
     salt = 0 if step is None else 7_919 * (step + 1)
     generator.manual_seed((job.seed + rank + salt) % (2**63))
     return torch.randn((*shape[:2], end - start, *shape[3:]), generator=generator)
 
 
 RANDN_CHUNK = 1 << 20  # elements drawn at a time; a multiple of 16, see frames_of_randn
+CHUNKS_PER_CHECKPOINT = 16  # about 0.1 s of drawing on a CPU core between two checkpoints
 
 
-def frames_of_randn(generator: torch.Generator, shape: tuple[int, ...], start: int, end: int) -> torch.Tensor:
+def frames_of_randn(
+    generator: torch.Generator,
+    shape: tuple[int, ...],
+    start: int,
+    end: int,
+    checkpoint: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """torch.randn(shape, generator=generator)[:, :, start:end], without holding the whole tensor.
 
     The stream is drawn in chunks whose sizes are multiples of 16 with a last chunk of at least 16: the CPU
@@ -67,8 +82,11 @@ def frames_of_randn(generator: torch.Generator, shape: tuple[int, ...], start: i
         return torch.randn(shape, generator=generator)[:, :, start:end].clone()
     out = torch.empty((rows, (end - start) * per_frame))
     wanted = [(row * row_length + start * per_frame, row * row_length + end * per_frame) for row in range(rows)]
-    position = 0
+    position = drawn = 0
     while position < total:
+        if checkpoint is not None and drawn and drawn % CHUNKS_PER_CHECKPOINT == 0:
+            checkpoint()  # the stream is the whole video's on every rank, so every rank gets here equally often
+        drawn += 1
         size = RANDN_CHUNK if total - position >= 2 * RANDN_CHUNK else total - position  # the last chunk: >= 16
         chunk = torch.randn(size, generator=generator)
         for row, (lo, hi) in enumerate(wanted):
@@ -94,7 +112,9 @@ def denoise(
     assert layout is not None, "denoise runs inside a job (ctx.begin_job)"
     scheduler = make_scheduler(job.sampler, scheduler_config)
     scheduler.set_timesteps(job.steps)
-    latents = initial_noise(shape, layout, comm.rank, job).to(device) * scheduler.init_noise_sigma
+    # A long video's noise takes a while: a Cancel meanwhile is honoured (as at step 0).
+    noise = initial_noise(shape, layout, comm.rank, job, checkpoint=lambda: control.check_cancel(comm, 0))
+    latents = noise.to(device) * scheduler.init_noise_sigma
     stochastic = job.sampler in choices.STOCHASTIC_SAMPLERS
     total = len(scheduler.timesteps)
     for index, timestep in enumerate(scheduler.timesteps):

@@ -58,6 +58,7 @@ class UNet3DFamily:
             frames,
             (job.height // factor, job.width // factor),
             (job.height, job.width),
+            (loaded.tokenizer.model_max_length, loaded.unet.config.cross_attention_dim),
         )
 
     def denoise(self, loaded: LoadedPipeline, job: JobSpec, ctx: TemporalContext, control: RunControl) -> torch.Tensor:

@@ -7,6 +7,7 @@ Three parts:
   proportional to the clip;
 - transient tensors (chunked feed-forwards and per-frame layers, the blocked attention's key windows):
   proportional to the clip until the chunks reach their size, then flat;
+- the text conditioning, one embedding per frame (exact, not estimated);
 - the VAE decoder's activations for one chunk of frames at full resolution (it decodes in chunks);
 - a fixed part (text encoding, the scheduler, buffers).
 The coefficients were measured on the demo model with `python -m benchmarks.memory_admission`, which
@@ -54,10 +55,12 @@ def job_peak_bytes(
     frames: int,
     latent_size: tuple[int, int],
     pixel_size: tuple[int, int],
+    text_shape: tuple[int, int],
 ) -> int:
     """Estimated peak of a job on a rank holding `frames` latent frames (halo and global frames included).
 
-    latent_size and pixel_size: (height, width) of a latent frame and of a video frame.
+    latent_size and pixel_size: (height, width) of a latent frame and of a video frame; text_shape:
+    (tokens, width) of one text embedding.
     """
     pixel_frames = frames * latent_size[0] * latent_size[1]
     unit = unit_bytes(unet_channels, dtype)
@@ -66,4 +69,5 @@ def job_peak_bytes(
     transient = min(TRANSIENT_TENSORS * unit * pixel_frames, cap)
     decoded = min(frames, DECODE_CHUNK) * pixel_size[0] * pixel_size[1]
     decode = DECODE_TENSORS * decoded * level_channels(vae_channels) * _element(dtype)
-    return int(FIXED_BYTES + whole + transient + decode)
+    text = CFG_BATCH * frames * text_shape[0] * text_shape[1] * _element(dtype)
+    return int(FIXED_BYTES + whole + transient + decode + text)

@@ -53,7 +53,7 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
                 stage[0] = frame_norm
                 wrapped.append(frame_norm)
             norms += len(wrapped)
-            _replace(unet, name, HaloTemporalConv(module, ctx))
+            _replace(unet, name, HaloTemporalConv(module, ctx, elements))
             convs += 1
         elif isinstance(module, BasicTransformerBlock) and module.ff is not None:
             module.ff = ChunkedFeedForward(module.ff, elements)

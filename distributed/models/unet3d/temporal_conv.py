@@ -31,25 +31,39 @@ class FrameGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor, own: tuple[int, int] | None = None) -> torch.Tensor:
         """own: [first, end) of this rank's own frames along axis 2 when x carries halo frames too."""
         ctx = self.ctx
-        if not ctx.active or ctx.settings.mode != "exact":
-            return self.norm(x)
+        exact = ctx.active and ctx.settings.mode == "exact"
+        frames = x.shape[2]
+        whole_video = ctx.comm.world_size == 1 and own in (None, (0, frames))
+        if not exact or (ctx.settings.norm_window == 0 and whole_video):
+            return self.norm(x)  # torch's own GroupNorm: per rank, or the whole video is here anyway
+        scale, shift = self.terms(x, own)
+        return torch.addcmul(shift, x, scale).to(x.dtype)
+
+    def terms(self, x: torch.Tensor, own: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) such that x * scale + shift is this layer's output, broadcastable to x: per
+        channel, and per frame with window statistics. Lets a caller apply the norm in pieces."""
+        ctx = self.ctx
         norm = self.norm
         frames = x.shape[2]
         own = own if own is not None else (0, frames)
-        window = ctx.settings.norm_window
-        if window == 0 and ctx.comm.world_size == 1 and own == (0, frames):
-            return norm(x)  # the whole video is here: torch's own GroupNorm computes exactly this
-        if window > 0:
+        if not ctx.active or ctx.settings.mode != "exact":
+            count, mean, m2 = own_moments(x, norm.num_groups, (0, frames))  # per rank, halo included
+            mean, var = mean, m2 / count
+        elif ctx.settings.norm_window > 0:
             grouped = x.reshape(x.shape[0], norm.num_groups, -1, frames, x[0, 0, 0].numel())
-            mean, var = window_statistics(ctx, grouped.float() if x.element_size() < 4 else grouped, own, window)
+            grouped = grouped.float() if x.element_size() < 4 else grouped
+            mean, var = window_statistics(ctx, grouped, own, ctx.settings.norm_window)
         else:
             mean, var = merge_over_ranks(ctx.comm, *own_moments(x, norm.num_groups, own))
-        return _normalise(x, norm, mean, var)
+        return _fold(x, norm, mean, var)
 
 
-def _normalise(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """x * scale + shift in one pass (the form torch's own GroupNorm kernel uses), with scale and shift per
-    channel (and per frame for window statistics) folded from the fp64 statistics and the affine weights."""
+def _fold(
+    x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and shift per channel (and per frame for window statistics), folded from the fp64 statistics
+    and the affine weights, so the norm is x * scale + shift in one pass (the form torch's own GroupNorm
+    kernel uses)."""
     batch, channels = x.shape[:2]
     per_group = channels // norm.num_groups
     scale = torch.rsqrt(var + norm.eps)
@@ -62,9 +76,7 @@ def _normalise(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: tor
         scale, shift = scale * weight, shift * weight + bias
     compute = torch.float32 if x.element_size() < 4 else x.dtype
     trailing = (1,) * (x.dim() - scale.dim())
-    scale = scale.to(compute).view(scale.shape + trailing)
-    shift = shift.to(compute).view(shift.shape + trailing)
-    return torch.addcmul(shift, x, scale).to(x.dtype)
+    return scale.to(compute).view(scale.shape + trailing), shift.to(compute).view(shift.shape + trailing)
 
 
 def own_moments(x: torch.Tensor, groups: int, own: tuple[int, int]) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -152,10 +164,11 @@ class HaloTemporalConv(nn.Module):
     layer's own zero padding applies as on one device; reference mode feeds zero frames.
     """
 
-    def __init__(self, layer: TemporalConvLayer, ctx: TemporalContext):
+    def __init__(self, layer: TemporalConvLayer, ctx: TemporalContext, elements: int):
         super().__init__()
         self.layer = layer
         self.ctx = ctx
+        self.elements = elements  # input values per chunk of frames (chunked.chunk_elements)
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         ctx = self.ctx
@@ -183,6 +196,9 @@ class HaloTemporalConv(nn.Module):
         x = hidden_states[None, :].reshape((-1, num_frames) + hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
         identity = x
         for stage in (layer.conv1, layer.conv2, layer.conv3, layer.conv4):
+            if _chunkable(stage):
+                x = _stage_in_chunks(stage, x, own, self.elements)
+                continue
             x = stage[0](x, own)
             for module in stage[1:]:
                 x = _frame_conv(module, x) if isinstance(module, nn.Conv3d) else module(x)
@@ -201,3 +217,46 @@ def _frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
         x.reshape(batch, -1, frames, height * width), conv.weight.squeeze(-1), conv.bias, padding=(conv.padding[0], 0)
     )
     return out.view(batch, -1, frames, height, width)
+
+
+def _chunkable(stage: nn.Sequential) -> bool:
+    """A stage of (frame GroupNorm, element-wise layers, a Conv3d over frames only with k = 2p + 1)."""
+    conv = stage[-1]
+    return (
+        isinstance(stage[0], FrameGroupNorm)
+        and isinstance(conv, nn.Conv3d)
+        and all(isinstance(module, (nn.SiLU, nn.Dropout, nn.Identity)) for module in stage[1:-1])
+        and conv.kernel_size[1:] == (1, 1)
+        and conv.kernel_size[0] == 2 * conv.padding[0] + 1
+        and conv.padding[1:] == (0, 0)
+        and conv.stride == (1, 1, 1)
+        and conv.dilation == (1, 1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def _stage_in_chunks(stage: nn.Sequential, x: torch.Tensor, own: tuple[int, int] | None, elements: int) -> torch.Tensor:
+    """norm -> element-wise layers -> convolution over frames, on chunks of frames (each with the frames
+    its kernel reaches beyond it), so the normalised and activated input never exists for the whole clip.
+    The norm's statistics come first, from the whole input."""
+    norm, conv, between = stage[0], stage[-1], list(stage[1:-1])
+    scale, shift = norm.terms(x, own)
+    per_frame_terms = scale.dim() > 2 and scale.shape[2] == x.shape[2] and x.shape[2] > 1
+    batch, channels, frames, height, width = x.shape
+    reach = conv.padding[0]
+    step = max(1, elements // (batch * channels * height * width))
+    weight = conv.weight.squeeze(-1)  # (out, in, k, 1): the 2-D kernel over (frames, pixels)
+    out = x.new_empty((batch, conv.out_channels, frames, height, width))
+    for first in range(0, frames, step):
+        end = min(frames, first + step)
+        lo, hi = max(0, first - reach), min(frames, end + reach)
+        piece_scale, piece_shift = (t[:, :, lo:hi] if per_frame_terms else t for t in (scale, shift))
+        piece = torch.addcmul(piece_shift, x[:, :, lo:hi], piece_scale).to(x.dtype)
+        for module in between:
+            piece = module(piece)
+        # Zero frames where the clip ends, as the convolution's own padding would give.
+        piece = F.pad(piece, (0, 0, 0, 0, reach - (first - lo), reach - (hi - end)))
+        result = F.conv2d(piece.reshape(batch, channels, -1, height * width), weight, conv.bias)
+        out[:, :, first:end] = result.view(batch, -1, end - first, height, width)
+    return out
