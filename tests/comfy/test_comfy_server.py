@@ -278,9 +278,25 @@ def test_more_global_frames_than_the_video_runs(client):
     assert run.outcome == "execution_success", run.events
 
 
+def test_a_video_too_large_for_the_memory_is_refused_by_the_workers_and_the_pool_stays_warm(host, client):
+    # 100,000 frames at 64x64 would need tens of GiB per worker for its steps: refused before any step.
+    prompt = tiny_job(frames=100_000, seed=41)
+    prompt["4"]["inputs"]["return_images"] = False
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_error", run.events
+    message = run.of_type("execution_error")[0]["data"]["exception_message"]
+    assert "InsufficientMemoryError" in message and "GiB per worker (50000 frames per worker at 64x64" in message
+    assert "Use more workers so each holds fewer frames" in message
+    pool = requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()
+    run = client.wait(client.queue(tiny_job(seed=42)), timeout=300)
+    assert run.outcome == "execution_success", run.events
+    assert requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()["starts"] == pool["starts"]
+
+
 def test_cancel_before_the_first_step_of_a_huge_video_stops_it_and_the_next_prompt_runs(host, client):
-    # 100,000 frames: the workers spend minutes (and gigabytes) before step 1; Cancel must not wait for it.
-    prompt = tiny_job(frames=100_000, seed=43)
+    # 20,000 frames (admitted: about 3 GiB per worker): the workers spend a long time before step 1, and
+    # Cancel must not wait for it.
+    prompt = tiny_job(frames=20_000, seed=43)
     prompt["4"]["inputs"]["return_images"] = False
     prompt_id = client.queue(prompt)
     client.wait_for_event(prompt_id, lambda e: e["type"] == "executing" and e["data"]["node"] == "4", 120)
