@@ -90,8 +90,8 @@ def banded_attention(
         hi = min(batch, lo + step)
         merged = (hi - lo) * heads
         q = _blocked_queries(query[lo:hi], blocks * block, row_scale)
-        keys = _windows(key[lo:hi], frames, block, width, count)
-        values = _windows(value[lo:hi], frames, block, width, count)
+        keys = _windows(key[lo:hi], frames, plan)
+        values = _windows(value[lo:hi], frames, plan)
         result = F.scaled_dot_product_attention(
             q.view(merged, blocks, block, dim),
             keys.view(merged, blocks, length, dim),
@@ -115,17 +115,17 @@ def _blocked_queries(query: torch.Tensor, padded: int, row_scale: torch.Tensor |
     return q
 
 
-def _windows(x: torch.Tensor, frames: int, block: int, width: int, count: int) -> torch.Tensor:
+def _windows(x: torch.Tensor, frames: int, plan: BandPlan) -> torch.Tensor:
     """(B, h, blocks, block + 2P + G, d): each block's local window followed by the global keys.
 
     x: (B, h, F + 2P + G, d). Window rows past the clip's last frame (a partial last block) are zero;
     the plan's bias masks them.
     """
     batch, heads, _, dim = x.shape
-    span = block + 2 * width
-    local_len = frames + 2 * width
-    blocks = math.ceil(frames / block)
-    windows = x.new_empty((batch, heads, blocks, span + count, dim))
+    block, blocks = plan.block, plan.blocks
+    span = block + 2 * plan.width
+    local_len = frames + 2 * plan.width
+    windows = x.new_empty((batch, heads, blocks, span + plan.globals_count, dim))
     whole = (local_len - span) // block + 1  # blocks whose window lies inside the clip
     windows[:, :, :whole, :span] = x[:, :, :local_len].unfold(2, span, block)[:, :, :whole].transpose(-1, -2)
     for b in range(whole, blocks):

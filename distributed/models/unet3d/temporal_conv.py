@@ -48,7 +48,7 @@ class FrameGroupNorm(nn.Module):
         own = own if own is not None else (0, frames)
         if not ctx.active or ctx.settings.mode != "exact":
             count, mean, m2 = own_moments(x, norm.num_groups, (0, frames))  # per rank, halo included
-            mean, var = mean, m2 / count
+            var = m2 / count
         elif ctx.settings.norm_window > 0:
             grouped = x.reshape(x.shape[0], norm.num_groups, -1, frames, x[0, 0, 0].numel())
             grouped = grouped.float() if x.element_size() < 4 else grouped
@@ -92,8 +92,7 @@ def own_moments(x: torch.Tensor, groups: int, own: tuple[int, int]) -> tuple[int
         rows = frame_major[:, lo:hi].reshape(batch, hi - lo, groups, -1).transpose(1, 2)  # (B, G, frames, n)
     else:
         rows = x.contiguous()[:, :, lo:hi].reshape(batch, groups, channels // groups, -1)  # (B, G, C/G, n)
-    count, mean, m2 = row_moments(rows.float() if rows.element_size() < 4 else rows)
-    return count, mean, m2
+    return row_moments(rows.float() if rows.element_size() < 4 else rows)
 
 
 def row_moments(rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -201,22 +200,9 @@ class HaloTemporalConv(nn.Module):
                 continue
             x = stage[0](x, own)
             for module in stage[1:]:
-                x = _frame_conv(module, x) if isinstance(module, nn.Conv3d) else module(x)
+                x = module(x)
         x = identity + x
         return x.permute(0, 2, 1, 3, 4).reshape((x.shape[0] * x.shape[2], -1) + x.shape[3:])
-
-
-def _frame_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """A Conv3d whose kernel spans frames only, (k, 1, 1), run as the equal 2-D convolution over
-    (frames, pixels): on a CPU torch's 3-D convolution takes a slow unfold path, the 2-D one oneDNN."""
-    frames_only = conv.kernel_size[1:] == (1, 1) and conv.padding[1:] == (0, 0) and conv.stride == (1, 1, 1)
-    if not frames_only or conv.dilation != (1, 1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
-        return conv(x)
-    batch, _, frames, height, width = x.shape
-    out = F.conv2d(
-        x.reshape(batch, -1, frames, height * width), conv.weight.squeeze(-1), conv.bias, padding=(conv.padding[0], 0)
-    )
-    return out.view(batch, -1, frames, height, width)
 
 
 def _chunkable(stage: nn.Sequential) -> bool:
