@@ -87,6 +87,16 @@ def cancel_at_step(handle: JobHandle) -> float:
     return time.monotonic()
 
 
+def cancel_in_phase(phase: str) -> Callable[[JobHandle], float]:
+    def fault(handle: JobHandle) -> float:
+        while not handle.done() and (handle.latest is None or handle.latest.phase != phase):
+            time.sleep(0.01)
+        handle.cancel()
+        return time.monotonic()
+
+    return fault
+
+
 def cancel_after(seconds: float) -> Callable[[JobHandle], float]:
     def fault(handle: JobHandle) -> float:
         time.sleep(seconds)
@@ -126,6 +136,12 @@ def model_cases(model: Path, folder: Path) -> list[Row]:
                              good))  # fmt: skip
         rows.append(run_case("Cancel at a denoising step", pool, lambda: pool.submit(job(str(model), steps=200)),
                              cancel_at_step, good))  # fmt: skip
+        rows.append(run_case("Cancel inside a long first step (4,096 frames)", pool,
+                             lambda: pool.submit(job(str(model), frames=4096, steps=2)), cancel_after(4.0),
+                             good))  # fmt: skip
+        rows.append(run_case("Cancel while decoding (1,024 frames at 64x64)", pool,
+                             lambda: pool.submit(job(str(model), frames=1024, steps=1, height=64, width=64)),
+                             cancel_in_phase("decoding"), good))  # fmt: skip
         fresh = str(shutil.copytree(model, folder / "fresh"))  # another folder: the job must load it first
         rows.append(run_case("Cancel while the model loads", pool, lambda: pool.submit(job(fresh)),
                              cancel_after(0.05), good))  # fmt: skip
@@ -146,7 +162,7 @@ def standin_cases() -> list[Row]:
         rows.append(run_case("rank 1 stuck (alive, never reaches the exchange)", pool,
                              lambda: pool.submit(job("stand-in", frames=2, negative_prompt="stand-in: hang rank 1")),
                              at_once, good))  # fmt: skip
-        rows.append(run_case("Cancel in a step that never ends", pool,
+        rows.append(run_case("Cancel in a step with no checkpoint (stand-in: forced stop)", pool,
                              lambda: pool.submit(job("stand-in", frames=2, negative_prompt="stand-in: long first step")),
                              cancel_after(0.5), good))  # fmt: skip
     floor = available_bytes() - 512 * 2**20

@@ -356,3 +356,33 @@ def test_banded_attention_equals_dense_attention_over_the_window_and_globals(fra
         scores = (query[:, :, i : i + 1] * factor) @ key[:, :, columns].transpose(-1, -2) * dim**-0.5 + bonus
         expected[:, :, i] = (scores.softmax(-1) @ value[:, :, columns])[:, :, 0]
     assert (got - expected).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("inside", ["first temporal layer", "feed-forward chunks"])
+def test_a_cancel_asked_inside_a_step_stops_a_lone_rank_in_that_step(tiny_pipeline, inside):
+    """The request arrives while step 0's UNet runs (set by a hook, so the timing is exact): the step stops
+    at its next checkpoint, a temporal layer or a chunk, instead of running on to the step's end."""
+    engine = Engine(Communicator.single())
+    job = JobSpec.from_dict(
+        {"model": {"base": str(tiny_pipeline)}, "prompt": "a red ball", "frames": 512, "height": 32, "width": 32}
+    )
+    engine.run(job)  # loads and patches the model
+    unet = engine._loaded.unet
+    asked = {"now": False, "calls": 0}
+    if inside == "first temporal layer":
+        start = unet.conv_in
+    else:  # deep inside a layer: its chunks must look for the request too
+        start = next(m for m in unet.modules() if type(m).__name__ == "ChunkedFeedForward").inner
+        asked["calls"] = -1  # the first chunk's call runs; the second chunk must not
+
+    def flip(*_: object) -> None:
+        asked["calls"] += 1
+        asked["now"] = asked["calls"] > 0 or inside == "first temporal layer"
+
+    hook = start.register_forward_hook(flip)
+    try:
+        with pytest.raises(JobCancelled, match="cancelled at denoising step 0"):
+            engine.run(job, should_cancel=lambda: asked["now"])
+    finally:
+        hook.remove()
+    assert asked["calls"] <= 1, "the layer's remaining chunks ran after the request"

@@ -12,7 +12,7 @@ import pytest
 
 from distributed.engine.errors import InvalidSettingsError, JobCancelled
 from distributed.pool import PoolConfig, WorkerPool, shared_pool
-from tests.pool_fixtures import first_denoising_step, tiny_job
+from tests.pool_fixtures import first_denoising_step, tiny_job, wait_for
 
 pytestmark = [pytest.mark.pool, pytest.mark.timeout(240)]
 
@@ -90,6 +90,52 @@ def test_cancel_stops_within_one_step_and_the_pool_stays_warm(pool: WorkerPool, 
     frames = pool.submit(tiny_job(tiny_pipeline)).result(120)
     assert frames.shape == (4, 32, 32, 3)
     assert pool.worker_pids() == pids, "the pool restarted after a cancel"
+
+
+def test_cancel_inside_a_long_first_step_stops_there_and_the_pool_stays_warm(
+    pool: WorkerPool, tiny_pipeline: Path
+) -> None:
+    # 4,096 frames: one step takes several seconds per worker, so the Cancel lands inside step 0. The
+    # flag rides on the step's exchanges: both ranks stop at the same one, without the pool's forced stop.
+    pids = pool.worker_pids()
+    handle = pool.submit(tiny_job(tiny_pipeline, frames=4096, steps=2))
+    seen: list = []
+
+    def loaded() -> bool:
+        seen.extend(handle.poll_events())
+        return any(e.phase == "loading" and e.step == e.total for e in seen) or handle.done()
+
+    assert wait_for(loaded, 120)
+    time.sleep(2.0)  # past the starting noise, into the first step
+    assert not any(e.phase == "denoising" for e in seen + handle.poll_events()), "step 0 ended too soon"
+    handle.cancel()
+    with pytest.raises(JobCancelled) as cancelled:
+        handle.result(60)
+    assert cancelled.value.step == 0
+    latency = handle.finished_at - handle.cancel_requested_at
+    assert latency < 2.0, f"cancel inside a step took {latency:.2f} s"
+    assert "did not stop within" not in (pool.status()["last_error"] or "")
+    assert pool.worker_pids() == pids, "the pool restarted after a cancel"
+    assert pool.submit(tiny_job(tiny_pipeline)).result(120).shape == (4, 32, 32, 3)
+
+
+def test_cancel_while_decoding_stops_every_rank_at_the_same_round(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    pids = pool.worker_pids()
+    handle = pool.submit(tiny_job(tiny_pipeline, frames=1024, steps=1, height=64, width=64))
+    seen: list = []
+
+    def decoding() -> bool:
+        seen.extend(handle.poll_events())
+        return any(e.phase == "decoding" for e in seen) or handle.done()
+
+    assert wait_for(decoding, 120, interval=0.01)
+    handle.cancel()
+    with pytest.raises(JobCancelled, match="cancelled while decoding") as cancelled:
+        handle.result(60)
+    assert cancelled.value.phase == "decoding"
+    assert handle.finished_at - handle.cancel_requested_at < 2.0
+    assert pool.worker_pids() == pids, "the pool restarted after a cancel"
+    assert pool.submit(tiny_job(tiny_pipeline)).result(120).shape == (4, 32, 32, 3)
 
 
 def test_invalid_job_is_refused_before_it_reaches_the_workers(pool: WorkerPool, tiny_pipeline: Path) -> None:

@@ -13,7 +13,12 @@ import pytest
 from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV
 from support.local_ranks import run_on_local_ranks
 
-from .wan_targets import clip_parallel, core_and_clip_parallel, save_tiny_wan_target
+from .wan_targets import (
+    cancel_inside_a_step_then_sample,
+    clip_parallel,
+    core_and_clip_parallel,
+    save_tiny_wan_target,
+)
 
 pytestmark = [pytest.mark.wan, pytest.mark.distributed]
 REPO = Path(__file__).resolve().parents[1]
@@ -77,3 +82,14 @@ def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_wan: str) -> None:
     full = run_on_local_ranks(1, clip_parallel, dict(job, settings=FULL_WINDOW))[0]
     for video in (independent[0], full[0]):
         assert relative(video, oracle[0]) > 1e-3
+
+
+@pytest.mark.parametrize("settings", [DUAL_SCOPE, dict(DUAL_SCOPE, global_frames=0)], ids=["global", "local-only"])
+def test_a_cancel_inside_a_step_stops_every_worker_there_and_the_group_stays_usable(tiny_wan: str, settings) -> None:
+    # With global frames the flag rides on the global gather; without, the ranks agree at each attention.
+    job = {"weights": tiny_wan, "latent_shape": LATENT, "sampling": sampling("euler_ancestral"), "settings": settings}
+    results = run_on_local_ranks(3, cancel_inside_a_step_then_sample, job)
+    assert [texts for texts, _ in results] == [["cancelled at denoising step 0"]] * 3
+    plain = {"weights": tiny_wan, "latent_shape": LATENT, "samplings": [job["sampling"]], "settings": settings}
+    oracle = run_on_local_ranks(1, clip_parallel, plain)
+    assert relative(results[0][1], oracle[0][0]) < 1e-5

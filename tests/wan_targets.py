@@ -9,7 +9,8 @@ import torch
 
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
-from distributed.engine.contract import RunControl, RunStats
+from distributed.engine.contract import CancelFn, RunControl, RunStats
+from distributed.engine.errors import JobCancelled
 from distributed.engine.latent_job import ComfySampling
 from distributed.engine.layout import FrameLayout
 from distributed.engine.settings import DualScopeSettings
@@ -83,13 +84,36 @@ def clip_parallel(
     return [_clip_parallel(comfy, model, ctx, latent_shape, _sampling(s), settings) for s in samplings]
 
 
+def cancel_inside_a_step_then_sample(
+    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any], settings: dict
+) -> tuple[list[str], torch.Tensor | None]:
+    """A Cancel that the root first sees inside step 0 (its second look), then the same job to the end on the
+    same group: the cancel's text on every rank, and rank 0's whole latents from the second run."""
+    comfy = import_comfy(on_cpu=True)
+    ctx = TemporalContext(comm)
+    model = install_dual_scope(_load(comfy, weights), ctx)
+    looks = iter([False, True])
+    texts = []
+    try:
+        _clip_parallel(comfy, model, ctx, latent_shape, _sampling(sampling), settings, lambda: next(looks, True))
+    except JobCancelled as cancelled:
+        texts.append(str(cancelled))
+    return texts, _clip_parallel(comfy, model, ctx, latent_shape, _sampling(sampling), settings)
+
+
 def _clip_parallel(
-    comfy: Any, model: Any, ctx: TemporalContext, latent_shape: tuple[int, ...], spec: ComfySampling, settings: dict
+    comfy: Any,
+    model: Any,
+    ctx: TemporalContext,
+    latent_shape: tuple[int, ...],
+    spec: ComfySampling,
+    settings: dict,
+    should_cancel: CancelFn | None = None,
 ) -> torch.Tensor | None:
     comm = ctx.comm
     layout = FrameLayout(latent_shape[2], comm.world_size)
     ctx.begin_job(layout, DualScopeSettings(**settings))
-    control = RunControl.create(None, None, RunStats())
+    control = RunControl.create(None, should_cancel if comm.is_root else None, RunStats())
     try:
         own = sample_clip(
             comfy, model, ctx, torch.zeros(latent_shape), random_conditioning(1), random_conditioning(2), spec, control

@@ -7,6 +7,7 @@ Model-independent: a family hands over queries for its own frames and keys/value
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -70,14 +71,20 @@ def band_plan(
 
 
 def banded_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: BandPlan, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: BandPlan,
+    scale: float,
+    poll: Callable[[], bool] = lambda: False,
 ) -> torch.Tensor:
     """query (B, h, F, d); key/value (B, h, F + 2P + G, d) as [left ; own ; right ; globals].
 
     Returns (B, h, F, d), a view of a frames-first (B, F, h, d) tensor, so the caller's merge of the
     heads costs no copy. Queries are processed in blocks; each block sees its window of 2P + block local
     keys plus the G global keys, so scores and key copies are O(F * (block + 2P + G)). Every input is
-    copied once, straight into the layout the attention kernel reads.
+    copied once, straight into the layout the attention kernel reads. `poll` runs before each chunk of
+    the batch; True skips the rest (a Cancel inside a long clip's attention, see engine.comm.poll_cancel).
     """
     batch, heads, frames, dim = query.shape
     block, blocks, width, count = plan.block, plan.blocks, plan.width, plan.globals_count
@@ -87,6 +94,8 @@ def banded_attention(
     step = max(1, CHUNK_ELEMENTS // max(1, per_item))
     row_scale = None if plan.row_scale is None else plan.row_scale.reshape(-1, 1)[:frames]
     for lo in range(0, batch, step):
+        if poll():
+            break
         hi = min(batch, lo + step)
         merged = (hi - lo) * heads
         q = _blocked_queries(query[lo:hi], blocks * block, row_scale)

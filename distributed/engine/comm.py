@@ -2,14 +2,26 @@
 
 Only collectives both backends implement are used: batched point-to-point, all_reduce, all_gather and
 broadcast. A single rank never communicates. Bytes and calls are counted so the cost model can be checked.
+
+Cancel inside a step: while a job's steps run, every all-gather carries one more value, whether a Cancel
+was asked on that rank, so all ranks learn it at the same exchange and stop there together, with no
+collective of its own. The layers also pass `cancel_checkpoint` once each, where a single rank reads the
+request itself and several ranks with no all-gather since the last checkpoint agree on it explicitly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
+from .errors import JobCancelled
 from .layout import FrameLayout
+
+
+def _never() -> bool:
+    return False
 
 
 class Communicator:
@@ -21,6 +33,9 @@ class Communicator:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.calls = 0  # communication calls (a batch of point-to-point transfers counts once)
+        self._cancel_requested: Callable[[], bool] | None = None  # set while a job's steps run
+        self._cancel_step = 0
+        self._carried_cancel = False  # an all-gather carried the flag since the last checkpoint
 
     @classmethod
     def single(cls, device: torch.device | str = "cpu") -> Communicator:
@@ -86,17 +101,30 @@ class Communicator:
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's equally shaped tensor, in rank order. Counted as a ring: N-1 pieces each way."""
+        """Every rank's equally shaped tensor, in rank order. Counted as a ring: N-1 pieces each way.
+
+        While a Cancel is watched, the flag travels as one extra value and JobCancelled is raised on
+        every rank when any rank set it."""
         if self.world_size == 1:
             return [tensor]
-        tensor = tensor.contiguous()
-        pieces = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(pieces, tensor, group=self.group)
+        watched = self._cancel_requested is not None
+        sent = tensor.contiguous()
+        if watched:
+            sent = tensor.new_empty(tensor.numel() + 1)
+            sent[:-1].view(tensor.shape).copy_(tensor)
+            sent[-1] = 1 if self._cancel_requested() else 0
+        pieces = [torch.empty_like(sent) for _ in range(self.world_size)]
+        dist.all_gather(pieces, sent, group=self.group)
         self.calls += 1
-        moved = (self.world_size - 1) * tensor.numel() * tensor.element_size()
+        moved = (self.world_size - 1) * sent.numel() * sent.element_size()
         self.bytes_sent += moved
         self.bytes_received += moved
-        return pieces
+        if not watched:
+            return pieces
+        self._carried_cancel = True
+        if bool(torch.stack([piece[-1] for piece in pieces]).any()):  # one device sync for all flags
+            raise JobCancelled(self._cancel_step)
+        return [piece[:-1].view(tensor.shape) for piece in pieces]
 
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size > 1:
@@ -111,6 +139,43 @@ class Communicator:
         flag = torch.tensor([1 if decision_on_root else 0], dtype=torch.int32, device=self.device)
         self.broadcast_(flag)
         return bool(flag.item())
+
+    def watch_cancel(self, requested: Callable[[], bool] | None, step: int) -> None:
+        """From here until `unwatch_cancel`, a Cancel asked during denoising step `step` stops the job inside
+        the step. `requested` is read on the ranks that have it (those on the coordinator's machine); the
+        others pass None."""
+        self._cancel_requested = requested or _never
+        self._cancel_step = step
+        self._carried_cancel = False
+
+    def unwatch_cancel(self) -> None:
+        self._cancel_requested = None
+
+    def cancel_checkpoint(self) -> None:
+        """Once per layer, at the same place on every rank. Raises JobCancelled when a Cancel was asked.
+
+        One rank reads the request itself. Several ranks cost nothing when an all-gather has carried the
+        flag since the last checkpoint (every exact-mode temporal norm does); otherwise they agree in one
+        small broadcast from the root."""
+        if self._cancel_requested is None:
+            return
+        if self.world_size == 1:
+            self.poll_cancel()
+        elif self._carried_cancel:
+            self._carried_cancel = False
+        elif self.agree(self._cancel_requested()):
+            raise JobCancelled(self._cancel_step)
+
+    def poll_cancel(self) -> bool:
+        """Inside a long stretch of one rank's own work (a layer's chunks). A lone rank that sees a Cancel
+        stops at once. With several ranks, True tells the caller to skip the rest of its work: the next
+        all-gather or checkpoint carries the request and every rank stops there, and the skipped work's
+        result is never used."""
+        if self._cancel_requested is None or not self._cancel_requested():
+            return False
+        if self.world_size == 1:
+            raise JobCancelled(self._cancel_step)
+        return True
 
     def failed_anywhere(self, failed_here: bool) -> list[int]:
         """The ranks that report a failure, known to every rank at the same point (one all-gather)."""

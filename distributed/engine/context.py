@@ -32,6 +32,7 @@ class TemporalContext:
 
     def end_job(self) -> None:
         self.layout = None
+        self.comm.unwatch_cancel()
 
     @property
     def active(self) -> bool:
@@ -45,6 +46,12 @@ class TemporalContext:
     @property
     def global_phase(self) -> bool:
         return self.timestep >= self.settings.phase_threshold
+
+    def cancel_checkpoint(self) -> None:
+        """Once per patched layer: a Cancel asked during the step stops it here (engine.comm). Ranks that
+        run independent clips never talk, so with several of them only the step boundaries decide."""
+        if self.active or self.comm.world_size == 1:
+            self.comm.cancel_checkpoint()
 
     def borrow(self, x: torch.Tensor, dim: int, width: int, pad_ends: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Halo frames on each side. With pad_ends, missing frames at the video ends become zeros so

@@ -70,10 +70,13 @@ class RunControl:
     def create(cls, progress: ProgressFn | None, should_cancel: CancelFn | None, stats: RunStats) -> RunControl:
         return cls(progress or (lambda step, total, phase: None), should_cancel, stats)
 
-    def check_cancel(self, comm: Communicator, step: int) -> None:
-        """Rank 0 decides and every rank learns it in one collective, so all stop at the same step."""
-        if comm.agree(bool(self.should_cancel and comm.is_root and self.should_cancel())):
-            raise JobCancelled(step)
+    def check_cancel(self, comm: Communicator, step: int, phase: str = "denoising") -> None:
+        """Rank 0 decides and every rank learns it in one collective, so all stop at the same step. Until
+        the next check, a Cancel stops the step from inside, at its next exchange or checkpoint."""
+        asked = self.should_cancel
+        if comm.agree(bool(asked and comm.is_root and asked())):
+            raise JobCancelled(step, phase)
+        comm.watch_cancel(asked, step)
 
     def record_step(self, comm: Communicator) -> None:
         """The communication of the step just run, as the communicator counted it since its last reset."""

@@ -14,11 +14,12 @@ class ModelLoadError(VideoInfinityError):
 
 
 class JobCancelled(VideoInfinityError):
-    """All ranks agreed to stop the job at the same denoising step."""
+    """All ranks agreed to stop the job at the same point: a denoising step, or a phase after the steps."""
 
-    def __init__(self, step: int):
-        super().__init__(f"cancelled at denoising step {step}")
+    def __init__(self, step: int, phase: str = "denoising"):
+        super().__init__(f"cancelled at denoising step {step}" if phase == "denoising" else f"cancelled while {phase}")
         self.step = step
+        self.phase = phase
 
 
 class PreparationFailed(VideoInfinityError):

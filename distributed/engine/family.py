@@ -64,8 +64,11 @@ class ModelFamily(Protocol):
         """This rank's final latents, (1, C, own frames, h, w). Checks control for cancel every step."""
         ...
 
-    def decode(self, loaded: Any, latents: torch.Tensor, control: RunControl) -> torch.Tensor | None:
-        """This rank's frames as uint8 (own frames, H, W, 3); None when the caller decodes (latent jobs)."""
+    def decode(
+        self, loaded: Any, latents: torch.Tensor, ctx: TemporalContext, control: RunControl
+    ) -> torch.Tensor | None:
+        """This rank's frames as uint8 (own frames, H, W, 3); None when the caller decodes (latent jobs).
+        Checks control for cancel at points every rank passes equally often."""
         ...
 
 

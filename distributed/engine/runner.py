@@ -67,7 +67,7 @@ class Engine:
         try:
             with torch.inference_mode():
                 latents = kind.denoise(loaded, job, self.ctx, control)
-                frames = kind.decode(loaded, latents, control)
+                frames = kind.decode(loaded, latents, self.ctx, control)
         finally:
             self.ctx.end_job()
         control.progress(0, 1, "gathering")

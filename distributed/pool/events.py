@@ -58,6 +58,7 @@ class Result(WorkerEvent):
 class Cancelled(WorkerEvent):
     job: int
     step: int
+    phase: str = "denoising"
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ class WorkerPool:
                     parent_pid=os.getpid(),
                     events=session.events,
                     jobs=session.jobs if root else None,
-                    cancel=session.cancel if root else None,
+                    cancel=session.cancel,
                 )
                 session.processes[rank] = start_worker(session.ctx, args)
                 session.ranks[rank].pid = session.processes[rank].pid
@@ -392,7 +392,7 @@ class WorkerPool:
             job.complete(frames=frames, latents=event.latents)
         elif isinstance(event, Cancelled) and current:
             assert job is not None
-            job.complete(error=JobCancelled(event.step))
+            job.complete(error=JobCancelled(event.step, event.phase))
         elif isinstance(event, Failed) and event.recoverable:
             if current:  # the ranks are in step: this job failed, the pool stays warm for the next
                 assert job is not None

@@ -51,7 +51,7 @@ class Session:
         self.world_size = world_size
         self.events = ctx.Queue()  # every local worker -> coordinator
         self.jobs = ctx.Queue()  # coordinator -> rank 0
-        self.cancel = ctx.Value("q", -1)  # the id of the job rank 0 should stop
+        self.cancel = ctx.Value("q", -1)  # the id of the job the local workers should stop
         self.inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # events relayed by node agents
         self.processes: dict[int, Any] = {}
         self.agents: list[AgentLink] = []

@@ -142,7 +142,7 @@ class Worker:
             result = self.engine.run(
                 job,
                 on_progress=self._progress if root else None,
-                should_cancel=(lambda: self.args.cancel.value == job_id) if root else None,
+                should_cancel=None if self.args.cancel is None else (lambda: self.args.cancel.value == job_id),
                 allocate_output=output.allocate if root else None,
             )
             if root:
@@ -158,7 +158,7 @@ class Worker:
         except JobCancelled as cancelled:
             output.discard()
             if root:
-                self._send(Cancelled(self.rank, job=job_id, step=cancelled.step))
+                self._send(Cancelled(self.rank, job=job_id, step=cancelled.step, phase=cancelled.phase))
         except PreparationFailed:
             output.discard()  # another rank could not prepare the job and says why; this one waits for the next
         except BaseException as error:  # noqa: BLE001 - the job's real error goes to the caller

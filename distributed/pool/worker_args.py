@@ -56,7 +56,7 @@ class WorkerArgs:
     parent_pid: int  # the worker exits when this process is gone
     events: Any  # multiprocessing queue: worker -> whoever started it
     jobs: Any = None  # rank 0 only: multiprocessing queue of commands from the coordinator
-    cancel: Any = None  # rank 0 only: multiprocessing value holding the id of the job to stop
+    cancel: Any = None  # ranks on the coordinator's machine: multiprocessing value, the id of the job to stop
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -40,6 +40,7 @@ class DualScopeAttnProcessor:
 
     def _attend(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
         ctx = self.ctx
+        ctx.cancel_checkpoint()
         if not ctx.active:
             return self.plain(attn, hidden_states)
         settings = ctx.settings
@@ -79,7 +80,7 @@ class DualScopeAttnProcessor:
             device=x.device,
             dtype=query.dtype,
         )
-        out = banded_attention(query, key, value, plan, attn.scale)
+        out = banded_attention(query, key, value, plan, attn.scale, poll=ctx.comm.poll_cancel)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1).to(x.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

@@ -5,12 +5,19 @@ alone. On a whole clip each of their intermediates (norms, activations, the feed
 GEGLU) is a pass over a tensor that grows with the clip and soon leaves the caches for main memory. In
 chunks, the intermediates stay the size a short clip needs, the clip is read and written once per layer,
 and every frame's and token's result is the same.
+
+Between chunks a rank looks for a Cancel (`poll`, engine.comm.poll_cancel), so even a very long clip's
+layer stops soon.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+Poll = Callable[[], bool]  # True: skip the rest, the job stops at the next exchange (or it raises here)
 
 
 def chunk_elements(device: torch.device) -> int:
@@ -22,10 +29,11 @@ def chunk_elements(device: torch.device) -> int:
 class ChunkedFeedForward(nn.Module):
     """Applies a per-token module to chunks of at most `elements` input values, whole tokens each."""
 
-    def __init__(self, inner: nn.Module, elements: int):
+    def __init__(self, inner: nn.Module, elements: int, poll: Poll):
         super().__init__()
         self.inner = inner
         self.elements = elements
+        self.poll = poll
 
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         rows = hidden_states.reshape(-1, hidden_states.shape[-1])
@@ -34,6 +42,8 @@ class ChunkedFeedForward(nn.Module):
             return self.inner(hidden_states, *args, **kwargs)
         out: torch.Tensor | None = None
         for lo in range(0, rows.shape[0], step):
+            if lo and self.poll():  # the first chunk runs: it gives the result its shape
+                break
             piece = self.inner(rows[lo : lo + step], *args, **kwargs)
             if out is None:
                 out = piece.new_empty((rows.shape[0], piece.shape[-1]))
@@ -49,10 +59,11 @@ class FrameChunked(nn.Module):
     the same way; other arguments pass unchanged. A tuple result (return_dict=False) stays a tuple.
     """
 
-    def __init__(self, inner: nn.Module, elements: int):
+    def __init__(self, inner: nn.Module, elements: int, poll: Poll):
         super().__init__()
         self.inner = inner
         self.elements = elements
+        self.poll = poll
 
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> object:
         rows = hidden_states.shape[0]
@@ -62,6 +73,8 @@ class FrameChunked(nn.Module):
         out: torch.Tensor | None = None
         as_tuple = False
         for lo in range(0, rows, step):
+            if lo and self.poll():  # the first chunk runs: it gives the result its shape
+                break
             cut = slice(lo, lo + step)
             piece_args = [_cut(value, rows, cut) for value in args]
             piece_kwargs = {name: _cut(value, rows, cut) for name, value in kwargs.items()}

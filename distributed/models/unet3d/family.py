@@ -73,14 +73,23 @@ class UNet3DFamily:
 
         return denoise(predict, loaded.scheduler_config, shape, job, ctx, control, loaded.device, loaded.dtype)
 
-    def decode(self, loaded: LoadedPipeline, latents: torch.Tensor, control: RunControl) -> torch.Tensor:
-        """Per-frame VAE decode of this rank's frames to (F, H, W, 3) uint8: no exchange needed."""
+    def decode(
+        self, loaded: LoadedPipeline, latents: torch.Tensor, ctx: TemporalContext, control: RunControl
+    ) -> torch.Tensor:
+        """Per-frame VAE decode of this rank's frames to (F, H, W, 3) uint8: no exchange needed.
+
+        Every rank goes through as many rounds as the largest share needs (a rank with fewer frames has
+        empty ones), and a Cancel is agreed before each, so all ranks stop at the same round."""
+        assert ctx.layout is not None
         vae = loaded.vae
         frames = latents[0].permute(1, 0, 2, 3) / vae.config.scaling_factor
         pieces = []
-        chunks = range(0, frames.shape[0], DECODE_CHUNK)
-        for number, first in enumerate(chunks):
-            images = vae.decode(frames[first : first + DECODE_CHUNK].to(loaded.dtype)).sample.float()
-            pieces.append(((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
-            control.progress(number + 1, len(chunks), "decoding")
+        rounds = -(-max(ctx.layout.counts) // DECODE_CHUNK)
+        for number in range(rounds):
+            control.check_cancel(ctx.comm, number, phase="decoding")
+            chunk = frames[number * DECODE_CHUNK : (number + 1) * DECODE_CHUNK]
+            if len(chunk):
+                images = vae.decode(chunk.to(loaded.dtype)).sample.float()
+                pieces.append(((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
+            control.progress(number + 1, rounds, "decoding")
         return torch.cat(pieces)

@@ -56,10 +56,10 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
             _replace(unet, name, HaloTemporalConv(module, ctx, elements))
             convs += 1
         elif isinstance(module, BasicTransformerBlock) and module.ff is not None:
-            module.ff = ChunkedFeedForward(module.ff, elements)
+            module.ff = ChunkedFeedForward(module.ff, elements, ctx.comm.poll_cancel)
             feed_forwards += 1
         if isinstance(module, (ResnetBlock2D, Transformer2DModel)):
-            _replace(unet, name, FrameChunked(module, elements))
+            _replace(unet, name, FrameChunked(module, elements, ctx.comm.poll_cancel))
             frame_layers += 1
     unet._video_infinity_patched = True
     return PatchReport(transformers, attentions, convs, norms, feed_forwards, frame_layers)

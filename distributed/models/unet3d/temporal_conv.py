@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.resnet import TemporalConvLayer
@@ -171,6 +173,7 @@ class HaloTemporalConv(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
         ctx = self.ctx
+        ctx.cancel_checkpoint()
         width = ctx.settings.conv_halo
         if not ctx.active or width == 0:
             return self._run(hidden_states, num_frames, None)
@@ -196,7 +199,7 @@ class HaloTemporalConv(nn.Module):
         identity = x
         for stage in (layer.conv1, layer.conv2, layer.conv3, layer.conv4):
             if _chunkable(stage):
-                x = _stage_in_chunks(stage, x, own, self.elements)
+                x = _stage_in_chunks(stage, x, own, self.elements, self.ctx.comm.poll_cancel)
                 continue
             x = stage[0](x, own)
             for module in stage[1:]:
@@ -222,7 +225,9 @@ def _chunkable(stage: nn.Sequential) -> bool:
     )
 
 
-def _stage_in_chunks(stage: nn.Sequential, x: torch.Tensor, own: tuple[int, int] | None, elements: int) -> torch.Tensor:
+def _stage_in_chunks(
+    stage: nn.Sequential, x: torch.Tensor, own: tuple[int, int] | None, elements: int, poll: Callable[[], bool]
+) -> torch.Tensor:
     """norm -> element-wise layers -> convolution over frames, on chunks of frames (each with the frames
     its kernel reaches beyond it), so the normalised and activated input never exists for the whole clip.
     The norm's statistics come first, from the whole input."""
@@ -235,6 +240,8 @@ def _stage_in_chunks(stage: nn.Sequential, x: torch.Tensor, own: tuple[int, int]
     weight = conv.weight.squeeze(-1)  # (out, in, k, 1): the 2-D kernel over (frames, pixels)
     out = x.new_empty((batch, conv.out_channels, frames, height, width))
     for first in range(0, frames, step):
+        if poll():
+            break
         end = min(frames, first + step)
         lo, hi = max(0, first - reach), min(frames, end + reach)
         piece_scale, piece_shift = (t[:, :, lo:hi] if per_frame_terms else t for t in (scale, shift))

@@ -22,6 +22,7 @@ def dual_scope_self_attention(
 
     Exchanges one stacked K/V tensor per scope: a halo of P frames with the neighbours and the G global frames.
     """
+    ctx.cancel_checkpoint()
     settings = ctx.settings
     batch, length, width = q.shape
     frames = length // tokens_per_frame

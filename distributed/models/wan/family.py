@@ -96,7 +96,7 @@ class WanFamily:
             noise_mask=inputs.noise_mask, batch_index=inputs.batch_index,
         )  # fmt: skip
 
-    def decode(self, loaded: LoadedWan, latents: torch.Tensor, control: RunControl) -> None:
+    def decode(self, loaded: LoadedWan, latents: torch.Tensor, ctx: TemporalContext, control: RunControl) -> None:
         return None  # the graph decodes with its own VAE
 
 
