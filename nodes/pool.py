@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from ..distributed.engine import choices
+from ..distributed.engine.choices import AUTO_DEVICES
 from . import devices, pool_access
 from .api import CATEGORY, Pool, io, ui
+from .validation import given, validate_node
 from .values import PoolChoice
 
 
@@ -50,29 +55,69 @@ class WorkerPool(io.ComfyNode):
                     tooltip="Seconds the sampler waits for a video before cancelling it (0: no limit). Changing it "
                     "keeps the warm workers.",
                 ),
+                io.Int.Input(
+                    "remote_workers",
+                    default=0,
+                    min=0,
+                    max=choices.MAX_REMOTE_WORKERS,
+                    optional=True,
+                    tooltip="Workers on other machines, added by node agents that join this pool "
+                    "('python -m distributed.cli join HOST:PORT' there, with the same token). 0: this machine only. "
+                    f"The token comes from ${choices.TOKEN_ENV} in the ComfyUI server's environment.",
+                ),
+                io.String.Input(
+                    "join_address",
+                    default=PoolChoice.join_address,
+                    optional=True,
+                    tooltip="HOST:PORT of this machine where node agents connect (with remote_workers > 0). Use an "
+                    "address on a network you trust: the process group's own traffic is not encrypted.",
+                ),
             ],
             outputs=[Pool.Output(display_name="pool", tooltip="The device layout, for the Clip-Parallel Sampler.")],
         )
 
     @classmethod
-    def validate_inputs(cls, devices: str) -> bool | str:
-        if devices is None:
-            return True  # fed by a link: checked when it runs
-        try:
-            _resolve(devices)
-        except ValueError as error:
-            return str(error)
-        return True
+    def validate_inputs(cls, **values: Any) -> bool:
+        known = given(values)  # None: fed by a link, checked when it runs
+
+        def check() -> None:
+            if "devices" in known:
+                _resolve(known["devices"])
+            if known.get("remote_workers"):
+                address = known.get("join_address", PoolChoice.join_address)
+                _check_remote(PoolChoice(AUTO_DEVICES, remote_workers=known["remote_workers"], join_address=address))
+
+        return validate_node(cls, values, check)
 
     @classmethod
-    def execute(cls, devices: str, keep_warm: bool, timeout_s: float, job_timeout_s: float = 0.0) -> io.NodeOutput:
+    def execute(
+        cls,
+        devices: str,
+        keep_warm: bool,
+        timeout_s: float,
+        job_timeout_s: float = 0.0,
+        remote_workers: int = 0,
+        join_address: str = PoolChoice.join_address,
+    ) -> io.NodeOutput:
         _resolve(devices)
-        choice = PoolChoice(devices=devices, keep_warm=keep_warm, timeout_s=timeout_s, job_timeout_s=job_timeout_s)
+        choice = PoolChoice(devices, keep_warm, timeout_s, job_timeout_s, remote_workers, join_address)
+        if remote_workers:
+            _check_remote(choice)
         return io.NodeOutput(choice)
 
 
 def _resolve(text: str) -> list[str]:
     return devices.resolve(text)
+
+
+def _check_remote(choice: PoolChoice) -> None:
+    """Raises ValueError when remote workers are asked for without what they need."""
+    choice.join_endpoint()
+    if not os.environ.get(choices.TOKEN_ENV):
+        raise ValueError(
+            f"remote_workers is {choice.remote_workers} but the ComfyUI server has no ${choices.TOKEN_ENV}: start "
+            "the server with that variable set to a shared secret, and give the node agents the same one"
+        )
 
 
 class UnloadPool(io.ComfyNode):

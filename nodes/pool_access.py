@@ -14,12 +14,20 @@ from .values import PoolChoice
 
 def get_pool(choice: PoolChoice):
     """The shared pool for this choice: the warm one while the devices stay the same, else a fresh one."""
+    from ..distributed.engine.choices import TOKEN_ENV
     from ..distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, comfy_root_of_this_process
     from ..distributed.pool import PoolConfig, shared_pool
 
     # Workers started from here import this ComfyUI when a job runs one of its models.
     os.environ.setdefault(COMFY_ROOT_ENV, comfy_root_of_this_process() or "")
-    config = PoolConfig(devices=choice.devices, collective_timeout_s=choice.timeout_s, keep_warm=choice.keep_warm)
+    remote = {}
+    if choice.remote_workers:
+        host, port = choice.join_endpoint()
+        token = os.environ.get(TOKEN_ENV)
+        remote = {"remote_workers": choice.remote_workers, "host": host, "join_port": port, "token": token}
+    config = PoolConfig(
+        devices=choice.devices, collective_timeout_s=choice.timeout_s, keep_warm=choice.keep_warm, **remote
+    )
     config.local_devices()  # resolves "auto" and checks the devices before anything starts
     return shared_pool(config)
 

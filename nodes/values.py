@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed.engine.choices import AUTO_DEVICES, DEFAULT_COLLECTIVE_TIMEOUT_S
+from ..distributed.engine.choices import AUTO_DEVICES, DEFAULT_COLLECTIVE_TIMEOUT_S, DEFAULT_JOIN_PORT
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,18 @@ class PoolChoice:
     keep_warm: bool = True
     timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S  # the longest a worker may wait for the others inside a collective
     job_timeout_s: float = 0.0  # the longest the node waits for the video before cancelling it; 0: no limit
+    remote_workers: int = 0  # ranks that node agents on other machines add (docs/2)
+    join_address: str = f"127.0.0.1:{DEFAULT_JOIN_PORT}"  # HOST:PORT where the agents connect
+
+    def join_endpoint(self) -> tuple[str, int]:
+        """(host, port) of join_address; raises ValueError naming the expected form."""
+        host, sep, port = self.join_address.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(
+                f"join_address is {self.join_address!r}; give HOST:PORT, such as 10.0.0.5:{DEFAULT_JOIN_PORT}, "
+                "an address of this machine that the other machines reach"
+            )
+        return host.strip("[]"), int(port)
 
 
 DEFAULT_POOL = PoolChoice(devices=AUTO_DEVICES)  # what a sampler uses with no Worker Pool connected

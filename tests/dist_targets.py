@@ -84,3 +84,23 @@ def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:
         "true_var": truth.var(-1, unbiased=False).numpy(),
         "calls": comm.calls,
     }
+
+
+def receive_where_the_file_is_not_visible(comm: Communicator, path: str, received: str, chunk: int) -> dict:
+    """Rank 1 stands in for another machine (it cannot see the coordinator's disk; there is no second machine
+    here); rank 2 sees the file, as on a shared file system. Two calls, as two jobs on a warm pool."""
+    import os
+
+    from distributed.engine import file_transfer
+
+    os.environ[file_transfer.RECEIVED_ENV] = os.path.join(received, f"machine-{comm.rank}")
+    file_transfer.CHUNK_BYTES = chunk
+    if comm.rank == 1:
+        file_transfer.visible_here = lambda path, size: False
+    calls = []
+    for _ in range(2):
+        comm.reset_counters()
+        where = file_transfer.local_path(comm, path, "models", keep=2)
+        with open(where, "rb") as file:
+            calls.append({"path": where, "data": file.read(), "received": comm.bytes_received})
+    return {"calls": calls}

@@ -17,6 +17,7 @@ from .wan_targets import (
     cancel_inside_a_step_then_sample,
     clip_parallel,
     core_and_clip_parallel,
+    latent_job_across_machines,
     save_tiny_wan_target,
 )
 
@@ -93,3 +94,13 @@ def test_a_cancel_inside_a_step_stops_every_worker_there_and_the_group_stays_usa
     plain = {"weights": tiny_wan, "latent_shape": LATENT, "samplings": [job["sampling"]], "settings": settings}
     oracle = run_on_local_ranks(1, clip_parallel, plain)
     assert relative(results[0][1], oracle[0][0]) < 1e-5
+
+
+def test_workers_on_machines_that_cannot_see_the_coordinators_files_receive_them_and_agree(tiny_wan, tmp_path) -> None:
+    job = {"weights": tiny_wan, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": DUAL_SCOPE}
+    alone = run_on_local_ranks(1, latent_job_across_machines, dict(job, folder=str(tmp_path)))[0]
+    spread = run_on_local_ranks(3, latent_job_across_machines, dict(job, folder=str(tmp_path)))[0]
+    assert relative(spread, alone) < 1e-5
+    for machine in (1, 2):  # each received the model and the job's inputs into its own folder
+        received = tmp_path / f"machine-{machine}"
+        assert len(list((received / "models").iterdir())) == 1 and len(list((received / "jobs").iterdir())) == 1

@@ -122,3 +122,32 @@ def _clip_parallel(
         ctx.end_job()
     gathered = comm.gather_frames_to_root(own[0].permute(1, 0, 2, 3).contiguous(), layout)
     return None if gathered is None else gathered.permute(1, 0, 2, 3).unsqueeze(0)
+
+
+def latent_job_across_machines(
+    comm: Communicator, weights: str, folder: str, latent_shape: tuple[int, ...], sampling: dict, settings: dict
+) -> torch.Tensor | None:
+    """A whole LatentJob through the engine, as a pool's worker runs it. Ranks from 1 on stand in for other
+    machines (there is none here): they cannot see the coordinator's files and receive them from rank 0."""
+    import os
+
+    from distributed.engine import file_transfer
+    from distributed.engine.job import ModelSpec
+    from distributed.engine.latent_job import LatentJob
+    from distributed.engine.runner import Engine
+    from distributed.models.wan.export import ModelSampling
+    from distributed.models.wan.inputs import JobInputs, write_inputs
+
+    torch.set_num_threads(1)
+    os.environ[file_transfer.RECEIVED_ENV] = str(Path(folder) / f"machine-{comm.rank}")
+    if comm.rank > 0:
+        file_transfer.visible_here = lambda path, size: False
+    inputs = Path(folder) / f"job-{comm.world_size}.safetensors"
+    if comm.is_root:
+        latent = torch.zeros(latent_shape)
+        write_inputs(
+            inputs, JobInputs(latent, random_conditioning(1), random_conditioning(2), ModelSampling(5.0, 1000.0))
+        )
+    spec = ModelSpec(base=weights, dtype="fp32", family="wan")
+    job = LatentJob(spec, str(inputs), latent_shape[2], ComfySampling(**sampling), DualScopeSettings(**settings))
+    return Engine(comm).run(job).latents

@@ -22,8 +22,6 @@ from ..engine.video_file import write_mp4
 from ..pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
 from ..pool.agent import run_agent
 
-TOKEN_ENV = "VIDEO_INFINITY_TOKEN"
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -69,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--remote-workers", type=int, default=0, help="also wait for N ranks from node agents")
     gen.add_argument(
-        "--token", default=os.environ.get(TOKEN_ENV), help=f"shared secret for node agents (or ${TOKEN_ENV})"
+        "--token",
+        default=os.environ.get(choices.TOKEN_ENV),
+        help=f"shared secret for node agents (or ${choices.TOKEN_ENV})",
     )
     gen.add_argument("--host", default="127.0.0.1", help="address to listen on for node agents (default loopback)")
     gen.add_argument("--join-port", type=int, default=0, help="port for node agents (default: a free one)")
@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     join = commands.add_parser("join", help="contribute this machine's devices to a pool (node agent)")
     join.set_defaults(command=join_pool, verbose=False)
     join.add_argument("address", help="HOST:PORT the pool prints as its join address")
-    join.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"the pool's shared secret (or ${TOKEN_ENV})")
+    join.add_argument(
+        "--token", default=os.environ.get(choices.TOKEN_ENV), help=f"the pool's shared secret (or ${choices.TOKEN_ENV})"
+    )
     join.add_argument("--devices", default=choices.AUTO_DEVICES, help="devices to contribute (default: auto)")
     join.add_argument(
         "--once", action="store_true", help="exit when the coordinator closes the connection instead of rejoining"
@@ -153,7 +155,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def join_pool(args: argparse.Namespace) -> int:
     if not args.token:
-        print(f"error: give the pool's token with --token or ${TOKEN_ENV}", file=sys.stderr)
+        print(f"error: give the pool's token with --token or ${choices.TOKEN_ENV}", file=sys.stderr)
         return 2
     return run_agent(
         args.address,

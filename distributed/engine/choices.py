@@ -85,3 +85,10 @@ def recommended_settings(folder: str | os.PathLike[str]) -> dict[str, object]:
     except (OSError, ValueError, AttributeError) as error:
         raise InvalidSettingsError(f"{path} is not a JSON object with a 'recommended' section ({error})") from error
     return {name: value for name, value in data.items() if name in MODEL_RECOMMENDED}
+
+
+# Pools with workers on other machines: the shared secret node agents present comes from this variable of the
+# coordinator's environment (never from a workflow file, which people share), and agents join at this port.
+TOKEN_ENV = "VIDEO_INFINITY_TOKEN"
+DEFAULT_JOIN_PORT = 29600
+MAX_REMOTE_WORKERS = 256

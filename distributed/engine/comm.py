@@ -126,6 +126,16 @@ class Communicator:
             raise JobCancelled(self._cancel_step)
         return [piece[:-1].view(tensor.shape) for piece in pieces]
 
+    def send_to(self, tensor: torch.Tensor, rank: int) -> None:
+        dist.send(tensor.contiguous(), rank, group=self.group)
+        self.calls += 1
+        self.bytes_sent += tensor.numel() * tensor.element_size()
+
+    def recv_from(self, tensor: torch.Tensor, rank: int) -> None:
+        dist.recv(tensor, rank, group=self.group)
+        self.calls += 1
+        self.bytes_received += tensor.numel() * tensor.element_size()
+
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size > 1:
             dist.broadcast(tensor, src, group=self.group)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .comm import Communicator
 from .context import TemporalContext
 from .contract import RunControl
 from .errors import InvalidSettingsError
@@ -43,6 +44,10 @@ class ModelFamily(Protocol):
 
     def model_key(self, model: ModelSpec) -> Hashable:
         """Changes whenever the weights `model` names change, so a warm worker knows when to reload."""
+        ...
+
+    def localise(self, job: Any, comm: Communicator) -> Any:
+        """The job with every file it names readable on this rank (engine.file_transfer); collective."""
         ...
 
     def load(self, model: ModelSpec, device: torch.device) -> Any:

@@ -56,7 +56,7 @@ class Engine:
     ) -> GenerationResult:
         control = RunControl.create(on_progress, should_cancel, RunStats())
         control.progress(0, 1, "loading")
-        loaded = self._prepare(job)
+        loaded, job = self._prepare(job)
         control.progress(1, 1, "loading")
         kind = self._family
         assert kind is not None
@@ -86,8 +86,9 @@ class Engine:
             stats=control.stats,
         )
 
-    def _prepare(self, job: JobSpec | LatentJob) -> Any:
-        """Checks the job and loads its model; every rank then learns whether all ranks managed.
+    def _prepare(self, job: JobSpec | LatentJob) -> tuple[Any, JobSpec | LatentJob]:
+        """Checks the job, brings its files within this rank's reach and loads its model; every rank then
+        learns whether all ranks managed. Returns the model and the job as this rank reads it.
 
         An error here (bad settings, a broken or unsupported model file) is the job's, not the group's:
         the failing rank raises it (marked in step), the others PreparationFailed, all at the same point,
@@ -98,6 +99,7 @@ class Engine:
         loaded, cause = None, None
         try:
             job.validate(self.comm.world_size)
+            job = family(job.model.family).localise(job, self.comm)  # collective: every rank, same point
             loaded = self.model(job.model)
             self._admit(job, loaded)
         except Exception as error:  # noqa: BLE001 - any preparation error is reported with the rank's text
@@ -107,7 +109,7 @@ class Engine:
             raise mark_in_step(cause, failed)
         if failed:
             raise PreparationFailed(failed)
-        return loaded
+        return loaded, job
 
     def _admit(self, job: JobSpec | LatentJob, loaded: Any) -> None:
         """Refuses a job whose estimated peak on this rank does not fit in its device's free memory."""

@@ -85,11 +85,6 @@ class WorkerPool:
         if not isinstance(job, (JobSpec, LatentJob)):
             raise InvalidSettingsError(f"submit takes a JobSpec or a LatentJob, not {type(job).__name__}")
         job.validate(self.world_size)
-        if isinstance(job, LatentJob) and self.config.multi_machine:
-            raise InvalidSettingsError(
-                "jobs on ComfyUI's own models run on this machine's workers only (their weights travel as a file "
-                "on this machine's disk); use a pool without remote workers"
-            )
         with self._submit_lock:
             current = self._job
             if current is not None and not current.done():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import sys
 import time
@@ -17,8 +18,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 import comfy_host  # noqa: E402
 from comfy_client import ComfyClient  # noqa: E402
 
+from distributed.engine.choices import TOKEN_ENV  # noqa: E402
 from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV  # noqa: E402
 
+AGENT_TOKEN = "comfy tests: agents on this machine stand in for other machines"
 TEST_BASE = comfy_host.HOST_DIR / "test-base"
 EXTRA_MODELS = comfy_host.HOST_DIR / "test-extra-models"
 TINY_MODEL = "tiny-random"
@@ -75,6 +78,7 @@ def host():
     _install_wan_test_files(base)
     extra = comfy_host.HOST_DIR / "test-extra_model_paths.yaml"
     extra.write_text(f"video-infinity-tests:\n    video_infinity: {EXTRA_MODELS}\n")
+    os.environ[TOKEN_ENV] = AGENT_TOKEN  # the server's secret for Worker Pools with remote workers
     server = comfy_host.start_server(base, extra_args=("--extra-model-paths-config", str(extra)))
     try:
         TIMINGS["server_ready_s"] = server.wait_ready()

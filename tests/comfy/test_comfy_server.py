@@ -26,7 +26,7 @@ NODES = {
         "mode",
         "norm_window",
     },
-    "VideoInfinityWorkerPool": {"devices", "keep_warm", "timeout_s", "job_timeout_s"},
+    "VideoInfinityWorkerPool": {"devices", "keep_warm", "timeout_s", "job_timeout_s", "remote_workers", "join_address"},
     "VideoInfinityClipParallelKSampler": {
         "model",
         "positive",
@@ -228,7 +228,9 @@ def _validation_errors(client, prompt) -> list[str]:
         ("2", {"local_bias": 1e9}, ["local_bias is 1000000000.0; it must be at most 100.0"]),
         ("1", {"dtype": "fp8"}, ["dtype 'fp8' is not one of"]),
         ("1", {"unet_override": "nope.safetensors"}, ["UNet override 'nope.safetensors' was not found"]),
-        ("3", {"timeout_s": 1}, ["timeout_s"]),  # ComfyUI's own range check: the pool node validates devices only
+        ("3", {"timeout_s": 1}, ["timeout_s is 1.0; it must be at least 10.0"]),
+        ("3", {"remote_workers": 100_000}, ["remote_workers is 100000; it must be at most 256"]),
+        ("3", {"remote_workers": 1, "join_address": "10.0.0.5"}, ["join_address is '10.0.0.5'; give HOST:PORT"]),
         ("5", {"crf": 99}, ["crf"]),
         ("4", {"width": "wide"}, ["width, wide"]),
     ],

@@ -7,16 +7,23 @@ CONDITIONING of Wan's width in place of CLIPLoader + CLIPTextEncode."""
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from conftest import api_workflow
+import requests
+from conftest import AGENT_TOKEN, api_workflow
 from safetensors.numpy import load_file
 
 from support.tiny_wan import TINY_WAN_FILES
 
 pytestmark = [pytest.mark.comfy, pytest.mark.wan]
+REPO = Path(__file__).resolve().parents[2]
 T2V = TINY_WAN_FILES["t2v"].split("/")[-1]
 I2V = TINY_WAN_FILES["i2v"].split("/")[-1]
 VAE = TINY_WAN_FILES["vae"].split("/")[-1]
@@ -91,6 +98,12 @@ def latents(host, client, run, keys: list[str]) -> dict[str, np.ndarray]:
         saved = outputs[key]["latents"][0]
         found[key] = load_file(str(host.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def failure(run) -> str:
@@ -303,3 +316,29 @@ def test_bad_wan_inputs_name_the_problem_and_the_server_stays_up(host, client, c
     error = run.of_type("execution_error")[0]["data"]
     assert error["node_id"] == "10" and message in error["exception_message"], error["exception_message"]
     assert host.alive()
+
+
+def test_a_worker_pool_with_a_worker_on_another_machine_runs_wan(host, client):
+    # The Worker Pool asks for one local worker and one remote: a node agent joins it (started on this machine,
+    # as there is no second one here; its workers import the same ComfyUI). Same result as two local workers.
+    port = free_port()
+    joined = tiny(devices="cpu:1")
+    pool = next(key for key, node in joined.items() if node["class_type"] == "VideoInfinityWorkerPool")
+    joined[pool]["inputs"].update(remote_workers=1, join_address=f"127.0.0.1:{port}")
+    sampler = next(key for key, node in joined.items() if node["class_type"] == "VideoInfinityClipParallelKSampler")
+    save_latent(joined, "90", sampler)
+    prompt_id = client.queue(joined)
+    join = [sys.executable, "-m", "distributed.cli", "join", f"127.0.0.1:{port}", "--devices", "cpu:1", "--once"]
+    agent = subprocess.Popen(join, cwd=REPO, env=dict(os.environ, VIDEO_INFINITY_TOKEN=AGENT_TOKEN))
+    try:
+        run = client.wait(prompt_id, timeout=300)
+        assert run.outcome == "execution_success", failure(run)
+        remote = latents(host, client, run, ["90"])["90"]
+    finally:
+        requests.post(f"{host.url}/video_infinity/unload", timeout=120)  # the next tests get local pools
+        agent.wait(60)
+    local = tiny(devices="cpu:2")
+    save_latent(local, "90", sampler)
+    run = client.wait(client.queue(local), timeout=300)
+    assert run.outcome == "execution_success", failure(run)
+    assert relative(remote, latents(host, client, run, ["90"])["90"]) < 1e-6

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ...engine.comm import Communicator
 from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
 from ...engine.family import LatentLayout
@@ -22,6 +23,9 @@ from .text import frame_text
 
 class UNet3DFamily:
     name = "unet3d"
+
+    def localise(self, job: JobSpec, comm: Communicator) -> JobSpec:
+        return job  # a pipeline folder is read where the job names it, on every machine (docs/2)
 
     def model_key(self, model: ModelSpec) -> Hashable:
         """Files by path, size and modification time, so an edited file reloads."""

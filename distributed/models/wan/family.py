@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ...engine.comm import Communicator
 from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
 from ...engine.dtypes import torch_dtype
 from ...engine.errors import InvalidSettingsError, ModelLoadError
 from ...engine.family import LatentLayout
+from ...engine.file_transfer import local_path
 from ...engine.job import ModelSpec
 from ...engine.latent_job import LatentJob
 from ...engine.settings import DualScopeSettings
 from ...engine.weight_files import check_safetensors_file
 from .comfy_runtime import import_comfy
+from .export import KEEP_EXPORTS
 from .inputs import read_inputs
 from .patch import install_dual_scope
 from .sampling import check_sampling, sample_clip
@@ -33,6 +36,7 @@ from .sampling import check_sampling, sample_clip
 # with G = 16 a frame attends to at most 2P + 1 + G = 37 latent frames, under twice the native clip. The phase
 # bias is off: its reference setting was tuned on VideoCrafter2's timestep schedule, not on a flow model's.
 DEFAULT_ATTENTION = DualScopeSettings(local_window=10, global_frames=16, phase_bias=False)
+KEEP_RECEIVED_INPUTS = 2  # a job's latent and conditioning, received on another machine: only the latest matter
 
 
 @dataclass
@@ -44,6 +48,12 @@ class LoadedWan:
 
 class WanFamily:
     name = "wan"
+
+    def localise(self, job: LatentJob, comm: Communicator) -> LatentJob:
+        """The weights and the job's inputs, received from rank 0 where this machine cannot read them."""
+        weights = local_path(comm, job.model.base, "models", keep=KEEP_EXPORTS)
+        inputs = local_path(comm, job.inputs, "jobs", keep=KEEP_RECEIVED_INPUTS)
+        return replace(job, model=replace(job.model, base=weights), inputs=inputs)
 
     def model_key(self, model: ModelSpec) -> Hashable:
         try:
