@@ -19,15 +19,19 @@ TINY_WAN_FILES = {
     "vae": "vae/video-infinity-tiny-wan-vae.safetensors",
     "lora": "loras/video-infinity-tiny-wan-lora.safetensors",
     "ti2v": "diffusion_models/video-infinity-tiny-wan22-ti2v.safetensors",  # Wan 2.2 TI2V 5B's layout
-    "fun_control": "diffusion_models/video-infinity-tiny-wan-fun-control.safetensors",  # a family the sampler refuses
+    "fun_control": "diffusion_models/video-infinity-tiny-wan-fun-control.safetensors",  # Wan 2.1 Fun Control
+    "camera": "diffusion_models/video-infinity-tiny-wan-camera.safetensors",  # a family the sampler refuses
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default
 WEIGHT_SCALE = 0.3
 
 
-def tiny_wan_state_dict(seed: int = 0, image_to_video: bool = False, **overrides: int) -> dict[str, torch.Tensor]:
-    """A random state dict that ComfyUI's model detection recognises as Wan 2.1 (T2V, or I2V)."""
+def tiny_wan_state_dict(
+    seed: int = 0, image_to_video: bool = False, model_class: str = "WanModel", **overrides: int
+) -> dict[str, torch.Tensor]:
+    """A random state dict that ComfyUI's model detection recognises as Wan 2.1 (T2V, or I2V; another class
+    of comfy.ldm.wan.model, such as CameraWanModel, for the variants)."""
     import comfy.ldm.wan.model
     import comfy.ops
 
@@ -36,8 +40,8 @@ def tiny_wan_state_dict(seed: int = 0, image_to_video: bool = False, **overrides
         config.setdefault("in_dim", 36)
         config["in_dim"] = overrides.get("in_dim", 36)  # 16 noise + 4 mask + 16 image channels
     with torch.device("meta"):
-        model = comfy.ldm.wan.model.WanModel(
-            model_type="i2v" if image_to_video else "t2v",
+        model = getattr(comfy.ldm.wan.model, model_class)(
+            model_type=("camera" if model_class == "CameraWanModel" else "i2v") if image_to_video else "t2v",
             text_dim=TEXT_DIM,
             operations=comfy.ops.disable_weight_init,
             **config,
@@ -52,9 +56,11 @@ def tiny_wan_state_dict(seed: int = 0, image_to_video: bool = False, **overrides
     return state
 
 
-def save_tiny_wan(path: Path, seed: int = 0, image_to_video: bool = False, **overrides: int) -> Path:
+def save_tiny_wan(
+    path: Path, seed: int = 0, image_to_video: bool = False, model_class: str = "WanModel", **overrides: int
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_wan_state_dict(seed, image_to_video, **overrides), str(path))
+    save_file(tiny_wan_state_dict(seed, image_to_video, model_class, **overrides), str(path))
     return path
 
 

@@ -100,7 +100,9 @@ def test_workers_on_machines_that_cannot_see_the_coordinators_files_receive_them
     job = {"weights": tiny_wan, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": DUAL_SCOPE}
     alone = run_on_local_ranks(1, latent_job_across_machines, dict(job, folder=str(tmp_path)))[0]
     spread = run_on_local_ranks(3, latent_job_across_machines, dict(job, folder=str(tmp_path)))[0]
-    assert relative(spread, alone) < 1e-5
+    error = relative(spread, alone)
+    print(f"3 workers, 2 of them on 'other machines': relative difference to one worker {error:.2e}")
+    assert error < 1e-5
     for machine in (1, 2):  # each received the model and the job's inputs into its own folder
         received = tmp_path / f"machine-{machine}"
         assert len(list((received / "models").iterdir())) == 1 and len(list((received / "jobs").iterdir())) == 1

@@ -86,6 +86,12 @@ def test_job_inputs_refuse_values_that_cannot_travel(tmp_path):
         write_inputs(path, original)
 
 
+def test_conditioning_that_appends_frames_inside_the_model_is_refused(tmp_path):
+    original, path = inputs(tmp_path, {"time_dim_concat": torch.zeros(1, 16, 2, 4, 4)})
+    with pytest.raises(InvalidSettingsError, match="'time_dim_concat', which appends frames to the video"):
+        write_inputs(path, original)
+
+
 def test_conditioning_of_another_model_is_refused_naming_both_widths():
     with pytest.raises(InvalidSettingsError, match="width 768 but the model takes 4096"):
         check_conditioning("positive", [[torch.zeros(1, 77, 768), {}]], 4096)

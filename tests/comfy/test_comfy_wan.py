@@ -30,6 +30,7 @@ VAE = TINY_WAN_FILES["vae"].split("/")[-1]
 LORA = TINY_WAN_FILES["lora"].split("/")[-1]
 TI2V = TINY_WAN_FILES["ti2v"].split("/")[-1]
 FUN_CONTROL = TINY_WAN_FILES["fun_control"].split("/")[-1]
+CAMERA = TINY_WAN_FILES["camera"].split("/")[-1]
 LENGTH = 17  # video frames: 5 latent frames
 FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
@@ -117,6 +118,19 @@ def failure(run) -> str:
     )
 
 
+def equal_to_core_and_on_two_workers(host, client, prompt: dict, label: str) -> None:
+    """Runs a prompt whose saved latents are 30 (core KSampler), 31 (ours, one worker, full window), 32 (ours,
+    one worker, dual scope) and 33 (ours, two workers, dual scope), and checks them against each other."""
+    run = client.wait(client.queue(prompt), timeout=900)
+    assert run.outcome == "execution_success", failure(run)
+    found = latents(host, client, run, ["30", "31", "32", "33"])
+    error = relative(found["31"], found["30"])
+    print(f"{label}, one worker, full window: relative difference to core KSampler {error:.2e}")
+    assert error < 1e-5
+    assert relative(found["33"], found["32"]) < 1e-5, "2 workers must give the 1-worker video"
+    assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
+
+
 def relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -171,14 +185,36 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
         save_latent(prompt, key, source)
     for key in ("13", "14", "15", "16"):
         del prompt[key]
-    run = client.wait(client.queue(prompt), timeout=900)
-    assert run.outcome == "execution_success", failure(run)
-    found = latents(host, client, run, ["30", "31", "32", "33"])
-    error = relative(found["31"], found["30"])
-    print(f"I2V, one worker, full window: relative difference to core KSampler {error:.2e}")
-    assert error < 1e-5
-    assert relative(found["33"], found["32"]) < 1e-5, "2 workers must give the 1-worker video"
-    assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
+    equal_to_core_and_on_two_workers(host, client, prompt, "I2V")
+
+
+def test_wan_fun_control_equals_core_and_is_the_same_on_two_workers(host, client):
+    """Wan 2.1 Fun Control: core WanFunControlToVideo puts a control video and a start image (32 channels, one
+    latent per frame) into the conditioning; each worker gets its own frames of it."""
+    from PIL import Image
+
+    gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(host.base / "input" / "example.png")
+    prompt = tiny(devices="cpu:1")
+    prompt["1"]["inputs"]["unet_name"] = FUN_CONTROL
+    prompt["40"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+    prompt["41"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["40", 0], "amount": LENGTH}}
+    prompt["42"] = {"class_type": "WanFunControlToVideo", "inputs": {
+        "positive": ["4", 0], "negative": ["5", 0], "vae": ["6", 0], "width": 64, "height": 64, "length": LENGTH,
+        "batch_size": 1, "start_image": ["40", 0], "control_video": ["41", 0]}}  # fmt: skip
+    core_sampler(prompt, "22", "2", ["42", 2], ["42", 0], ["42", 1])
+    for key, attention, devices in (
+        ("23", FULL_WINDOW, "cpu:1"),
+        ("24", DUAL_SCOPE, "cpu:1"),
+        ("25", DUAL_SCOPE, "cpu:2"),
+    ):
+        our_sampler(prompt, key, "2", attention, devices)
+        prompt[key]["inputs"].update(positive=["42", 0], negative=["42", 1], latent_image=["42", 2])
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
+        save_latent(prompt, key, source)
+    for key in ("10", "11", "12", "13"):
+        del prompt[key]
+    equal_to_core_and_on_two_workers(host, client, prompt, "Fun Control")
 
 
 def test_wan22_ti2v_keeps_the_image_frame_equals_core_and_is_the_same_on_two_workers(host, client):
@@ -304,7 +340,7 @@ def test_cancel_stops_every_worker_and_the_warm_pool_runs_the_next_prompt(host, 
             lambda p: (p["7"]["inputs"].update(length=1), p["8"]["inputs"].update(global_frames=1)),
             "at least one latent frame",
         ),
-        (lambda p: p["1"]["inputs"].update(unet_name=FUN_CONTROL), "cannot run clip-parallel; supported: WAN21_T2V"),
+        (lambda p: p["1"]["inputs"].update(unet_name=CAMERA), "cannot run clip-parallel; supported: WAN21_T2V"),
     ],
     ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "unsupported-family"],
 )

@@ -23,6 +23,7 @@ SUPPORTED_CONFIGS = {
     "WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video",
     "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video",
     "WAN22_T2V": "Wan 2.2 TI2V 5B text- and image-to-video",
+    "WAN21_FunControl2V": "Wan 2.1 / 2.2 Fun Control (control video, start image)",
 }
 KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
@@ -52,6 +53,11 @@ def check_family(patcher: Any) -> str:
         raise InvalidSettingsError(
             f"the MODEL is a {config} ({type(patcher.model).__name__}), which this sampler cannot run clip-parallel; "
             f"supported: {supported}. Use core KSampler for other models"
+        )
+    if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
+        raise InvalidSettingsError(
+            f"the MODEL is a {config} with a reference-image input (Wan Fun 1.1), which adds a frame of tokens ahead "
+            "of the video that the clip-parallel attention does not place yet; use core KSampler for it"
         )
     return config
 

@@ -20,6 +20,7 @@ from .export import ModelSampling
 PLAIN = (bool, int, float, str, type(None))
 CLIP_VISION_FIELDS = ("last_hidden_state", "image_embeds", "penultimate_hidden_states", "mm_projected")
 CONDITIONINGS = ("positive", "negative")
+TIME_EXTENDING = ("time_dim_concat",)  # conditioning that adds latent frames to the model's input
 
 
 @dataclass
@@ -93,6 +94,11 @@ def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str
     tensors[f"{prefix}/cross_attn"] = cross_attn.detach().to("cpu").clone()
     packed: dict[str, Any] = {"plain": {}, "tensors": [], "clip_vision": {}}
     for key, value in extras.items():
+        if key in TIME_EXTENDING:
+            raise InvalidSettingsError(
+                f"the {prefix.split('/')[0]} conditioning carries {key!r}, which appends frames to the video inside "
+                "the model; the clip-parallel sampler splits the video's own frames only. Use core KSampler for it"
+            )
         if isinstance(value, torch.Tensor):
             tensors[f"{prefix}/{key}"] = value.detach().to("cpu").clone()
             packed["tensors"].append(key)
