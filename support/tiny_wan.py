@@ -21,6 +21,7 @@ TINY_WAN_FILES = {
     "ti2v": "diffusion_models/video-infinity-tiny-wan22-ti2v.safetensors",  # Wan 2.2 TI2V 5B's layout
     "fun_control": "diffusion_models/video-infinity-tiny-wan-fun-control.safetensors",  # Wan 2.1 Fun Control
     "camera": "diffusion_models/video-infinity-tiny-wan-camera.safetensors",  # a family the sampler refuses
+    "vace": "diffusion_models/video-infinity-tiny-wan-vace.safetensors",  # Wan 2.1 VACE, one VACE block
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default

@@ -86,6 +86,15 @@ def test_job_inputs_refuse_values_that_cannot_travel(tmp_path):
         write_inputs(path, original)
 
 
+def test_job_inputs_round_trip_lists_of_tensors_and_of_numbers(tmp_path):
+    frames, masks = [torch.randn(1, 32, 3, 4, 4), torch.randn(1, 32, 3, 4, 4)], [torch.rand(1, 64, 3, 4, 4)] * 2
+    original, path = inputs(tmp_path, {"vace_frames": frames, "vace_mask": masks, "vace_strength": [1.0, 0.5]})
+    write_inputs(path, original)
+    back = read_inputs(path).positive[0][1]
+    assert [torch.equal(a, b) for a, b in zip(back["vace_frames"], frames, strict=True)] == [True, True]
+    assert torch.equal(back["vace_mask"][1], masks[1]) and back["vace_strength"] == [1.0, 0.5]
+
+
 def test_conditioning_that_appends_frames_inside_the_model_is_refused(tmp_path):
     original, path = inputs(tmp_path, {"time_dim_concat": torch.zeros(1, 16, 2, 4, 4)})
     with pytest.raises(InvalidSettingsError, match="'time_dim_concat', which appends frames to the video"):

@@ -46,6 +46,8 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
         save_tiny_wan(paths["ti2v"], seed=2, in_dim=48, out_dim=48)
     if not paths["fun_control"].exists():  # Wan 2.1 Fun Control: 48 input channels
         save_tiny_wan(paths["fun_control"], seed=3, image_to_video=True, in_dim=48)
+    if not paths["vace"].exists():  # 96 VACE channels: 32 of control latents, 64 of mask
+        save_tiny_wan(paths["vace"], seed=5, model_class="VaceWanModel", vace_layers=1, vace_in_dim=96)
     if not paths["camera"].exists():  # Wan 2.1 Fun Camera: not supported
         save_tiny_wan(paths["camera"], seed=4, image_to_video=True, model_class="CameraWanModel", in_dim=32)
     return {name: str(path) for name, path in paths.items()}

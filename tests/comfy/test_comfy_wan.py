@@ -31,6 +31,7 @@ LORA = TINY_WAN_FILES["lora"].split("/")[-1]
 TI2V = TINY_WAN_FILES["ti2v"].split("/")[-1]
 FUN_CONTROL = TINY_WAN_FILES["fun_control"].split("/")[-1]
 CAMERA = TINY_WAN_FILES["camera"].split("/")[-1]
+VACE = TINY_WAN_FILES["vace"].split("/")[-1]
 LENGTH = 17  # video frames: 5 latent frames
 FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
@@ -215,6 +216,35 @@ def test_wan_fun_control_equals_core_and_is_the_same_on_two_workers(host, client
     for key in ("10", "11", "12", "13"):
         del prompt[key]
     equal_to_core_and_on_two_workers(host, client, prompt, "Fun Control")
+
+
+def test_wan_vace_equals_core_and_is_the_same_on_two_workers(host, client):
+    """Wan 2.1 VACE: core WanVaceToVideo's control latents and masks (lists of per-frame tensors in the
+    conditioning) are cut per worker; the VACE blocks' self-attention gets the same frame windows."""
+    from PIL import Image
+
+    gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    Image.fromarray(gradient).save(host.base / "input" / "example.png")
+    prompt = tiny(devices="cpu:1")
+    prompt["1"]["inputs"]["unet_name"] = VACE
+    prompt["40"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+    prompt["41"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["40", 0], "amount": LENGTH}}
+    prompt["42"] = {"class_type": "WanVaceToVideo", "inputs": {
+        "positive": ["4", 0], "negative": ["5", 0], "vae": ["6", 0], "width": 64, "height": 64, "length": LENGTH,
+        "batch_size": 1, "strength": 1.0, "control_video": ["41", 0]}}  # fmt: skip
+    core_sampler(prompt, "22", "2", ["42", 2], ["42", 0], ["42", 1])
+    for key, attention, devices in (
+        ("23", FULL_WINDOW, "cpu:1"),
+        ("24", DUAL_SCOPE, "cpu:1"),
+        ("25", DUAL_SCOPE, "cpu:2"),
+    ):
+        our_sampler(prompt, key, "2", attention, devices)
+        prompt[key]["inputs"].update(positive=["42", 0], negative=["42", 1], latent_image=["42", 2])
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
+        save_latent(prompt, key, source)
+    for key in ("10", "11", "12", "13"):
+        del prompt[key]
+    equal_to_core_and_on_two_workers(host, client, prompt, "VACE")
 
 
 def test_wan22_ti2v_keeps_the_image_frame_equals_core_and_is_the_same_on_two_workers(host, client):

@@ -24,6 +24,7 @@ SUPPORTED_CONFIGS = {
     "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video",
     "WAN22_T2V": "Wan 2.2 TI2V 5B text- and image-to-video",
     "WAN21_FunControl2V": "Wan 2.1 / 2.2 Fun Control (control video, start image)",
+    "WAN21_Vace": "Wan 2.1 VACE (control video, masks, reference image)",
 }
 KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.

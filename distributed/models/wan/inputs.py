@@ -83,6 +83,10 @@ def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> Job
     )
 
 
+def _plain_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(item, PLAIN) for item in value)
+
+
 def _check_entry(name: str, entry: Any) -> None:
     if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], torch.Tensor)):
         raise InvalidSettingsError(f"{name} is not CONDITIONING ([tensor, extras] entries)")
@@ -92,7 +96,7 @@ def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str
     _check_entry(prefix.split("/")[0], entry)
     cross_attn, extras = entry
     tensors[f"{prefix}/cross_attn"] = cross_attn.detach().to("cpu").clone()
-    packed: dict[str, Any] = {"plain": {}, "tensors": [], "clip_vision": {}}
+    packed: dict[str, Any] = {"plain": {}, "tensors": [], "tensor_lists": {}, "clip_vision": {}}
     for key, value in extras.items():
         if key in TIME_EXTENDING:
             raise InvalidSettingsError(
@@ -102,8 +106,12 @@ def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str
         if isinstance(value, torch.Tensor):
             tensors[f"{prefix}/{key}"] = value.detach().to("cpu").clone()
             packed["tensors"].append(key)
-        elif isinstance(value, PLAIN):
-            packed["plain"][key] = value
+        elif isinstance(value, PLAIN) or _plain_list(value):
+            packed["plain"][key] = list(value) if isinstance(value, (list, tuple)) else value
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(item, torch.Tensor) for item in value):
+            for index, item in enumerate(value):  # VACE's control latents and masks: one per control input
+                tensors[f"{prefix}/{key}/{index}"] = item.detach().to("cpu").clone()
+            packed["tensor_lists"][key] = len(value)
         elif key == "clip_vision_output":
             fields = [f for f in CLIP_VISION_FIELDS if isinstance(getattr(value, f, None), torch.Tensor)]
             for field in fields:
@@ -123,6 +131,8 @@ def _unpack(
     extras: dict[str, Any] = dict(packed["plain"])
     for key in packed["tensors"]:
         extras[key] = tensors[f"{prefix}/{key}"]
+    for key, count in packed.get("tensor_lists", {}).items():
+        extras[key] = [tensors[f"{prefix}/{key}/{index}"] for index in range(count)]
     for key, fields in packed["clip_vision"].items():
         if clip_vision_output is None:
             raise InvalidSettingsError("a CLIP vision output arrived but ComfyUI's clip_vision module is not at hand")

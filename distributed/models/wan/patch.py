@@ -4,13 +4,15 @@
 - a `patches_replace["dit"][("double_block", i)]` wrapper per block marks its first attention call, which
   in a Wan block is the self-attention (cross-attention to text and image follows), so only that one
   becomes dual-scope;
+- VACE models run their VACE blocks outside that hook, so each is wrapped by an object patch that marks
+  its self-attention the same way;
 - `transformer_options["rope_options"]["shift_t"]` moves RoPE's frame positions to the clip's global start;
 - `model_function_wrapper` sets the step's timestep for the phase bias (on the model's own timestep
   scale) and runs one batch element per model call, so every rank makes the same collective calls
   whatever ComfyUI decides about batching the positive and negative prompt.
 
 Hooks used: optimized_attention_override and rope_options (ComfyUI 0.3.75 and later), patches_replace
-"dit" double_block and model_function_wrapper (older).
+"dit" double_block, model_function_wrapper and object patches (older).
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ class _SelfAttentionTurn:
 
     def __init__(self) -> None:
         self.pending = True
+
+
+class _MarkedSelfAttention(torch.nn.Module):
+    """A block called with the model's own transformer_options (a VACE block), given a self-attention turn."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args: Any, transformer_options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        options = dict(transformer_options or {}, **{OPTIONS_KEY: _SelfAttentionTurn()})
+        return self.block(*args, transformer_options=options, **kwargs)
 
 
 def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
@@ -73,6 +87,8 @@ def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
     model.model_options["transformer_options"]["optimized_attention_override"] = attention_override
     for index in range(len(diffusion_model.blocks)):
         model.set_model_patch_replace(block_wrapper, "dit", "double_block", index)
+    for index, block in enumerate(getattr(diffusion_model, "vace_blocks", None) or ()):
+        model.add_object_patch(f"diffusion_model.vace_blocks.{index}", _MarkedSelfAttention(block))
     model.set_model_unet_function_wrapper(model_wrapper)
     return model
 

@@ -166,13 +166,14 @@ def _whole_video_noise(
 
 
 def _own_frames(conditioning: list, start: int, end: int, total: int) -> list:
-    """The conditioning with every per-frame tensor (frame axis 2 of length `total`) cut to [start, end)."""
-    own = []
-    for tensor, extras in conditioning:
-        cut = {}
-        for key, value in extras.items():
-            if isinstance(value, torch.Tensor) and value.ndim == 5 and value.shape[2] == total:
-                value = value[:, :, start:end]
-            cut[key] = value
-        own.append([tensor, cut])
-    return own
+    """The conditioning with every per-frame tensor (frame axis 2 of length `total`), alone or in a list (VACE's
+    control latents and masks), cut to [start, end)."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim == 5 and value.shape[2] == total:
+            return value[:, :, start:end]
+        if isinstance(value, list) and value and all(isinstance(item, torch.Tensor) for item in value):
+            return [cut(item) for item in value]
+        return value
+
+    return [[tensor, {key: cut(value) for key, value in extras.items()}] for tensor, extras in conditioning]
