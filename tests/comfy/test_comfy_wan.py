@@ -189,20 +189,20 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     equal_to_core_and_on_two_workers(host, client, prompt, "I2V")
 
 
-def test_wan_fun_control_equals_core_and_is_the_same_on_two_workers(host, client):
-    """Wan 2.1 Fun Control: core WanFunControlToVideo puts a control video and a start image (32 channels, one
-    latent per frame) into the conditioning; each worker gets its own frames of it."""
+def control_prompt(host, unet: str, node: str, inputs: dict) -> dict:
+    """Core KSampler and three of ours on `unet`, conditioned by a core Wan control node fed a 17-frame control
+    video (and the image it repeats as `start_image` when the node takes one)."""
     from PIL import Image
 
     gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
     Image.fromarray(gradient).save(host.base / "input" / "example.png")
     prompt = tiny(devices="cpu:1")
-    prompt["1"]["inputs"]["unet_name"] = FUN_CONTROL
+    prompt["1"]["inputs"]["unet_name"] = unet
     prompt["40"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
     prompt["41"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["40", 0], "amount": LENGTH}}
-    prompt["42"] = {"class_type": "WanFunControlToVideo", "inputs": {
+    prompt["42"] = {"class_type": node, "inputs": {
         "positive": ["4", 0], "negative": ["5", 0], "vae": ["6", 0], "width": 64, "height": 64, "length": LENGTH,
-        "batch_size": 1, "start_image": ["40", 0], "control_video": ["41", 0]}}  # fmt: skip
+        "batch_size": 1, "control_video": ["41", 0], **inputs}}  # fmt: skip
     core_sampler(prompt, "22", "2", ["42", 2], ["42", 0], ["42", 1])
     for key, attention, devices in (
         ("23", FULL_WINDOW, "cpu:1"),
@@ -215,35 +215,20 @@ def test_wan_fun_control_equals_core_and_is_the_same_on_two_workers(host, client
         save_latent(prompt, key, source)
     for key in ("10", "11", "12", "13"):
         del prompt[key]
+    return prompt
+
+
+def test_wan_fun_control_equals_core_and_is_the_same_on_two_workers(host, client):
+    """Wan 2.1 Fun Control: core WanFunControlToVideo puts a control video and a start image (32 channels, one
+    latent per frame) into the conditioning; each worker gets its own frames of it."""
+    prompt = control_prompt(host, FUN_CONTROL, "WanFunControlToVideo", {"start_image": ["40", 0]})
     equal_to_core_and_on_two_workers(host, client, prompt, "Fun Control")
 
 
 def test_wan_vace_equals_core_and_is_the_same_on_two_workers(host, client):
     """Wan 2.1 VACE: core WanVaceToVideo's control latents and masks (lists of per-frame tensors in the
     conditioning) are cut per worker; the VACE blocks' self-attention gets the same frame windows."""
-    from PIL import Image
-
-    gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
-    Image.fromarray(gradient).save(host.base / "input" / "example.png")
-    prompt = tiny(devices="cpu:1")
-    prompt["1"]["inputs"]["unet_name"] = VACE
-    prompt["40"] = {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
-    prompt["41"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["40", 0], "amount": LENGTH}}
-    prompt["42"] = {"class_type": "WanVaceToVideo", "inputs": {
-        "positive": ["4", 0], "negative": ["5", 0], "vae": ["6", 0], "width": 64, "height": 64, "length": LENGTH,
-        "batch_size": 1, "strength": 1.0, "control_video": ["41", 0]}}  # fmt: skip
-    core_sampler(prompt, "22", "2", ["42", 2], ["42", 0], ["42", 1])
-    for key, attention, devices in (
-        ("23", FULL_WINDOW, "cpu:1"),
-        ("24", DUAL_SCOPE, "cpu:1"),
-        ("25", DUAL_SCOPE, "cpu:2"),
-    ):
-        our_sampler(prompt, key, "2", attention, devices)
-        prompt[key]["inputs"].update(positive=["42", 0], negative=["42", 1], latent_image=["42", 2])
-    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
-        save_latent(prompt, key, source)
-    for key in ("10", "11", "12", "13"):
-        del prompt[key]
+    prompt = control_prompt(host, VACE, "WanVaceToVideo", {"strength": 1.0})
     equal_to_core_and_on_two_workers(host, client, prompt, "VACE")
 
 
