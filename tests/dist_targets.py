@@ -97,10 +97,15 @@ def receive_where_the_file_is_not_visible(comm: Communicator, path: str, receive
     file_transfer.CHUNK_BYTES = chunk
     if comm.rank == 1:
         file_transfer.visible_here = lambda path, size: False
+    try:
+        file_transfer.local_path(comm, path + ".missing", "models", keep=2)
+        missing = ""
+    except Exception as error:  # noqa: BLE001 - the test compares every rank's text
+        missing = str(error)
     calls = []
     for _ in range(2):
         comm.reset_counters()
         where = file_transfer.local_path(comm, path, "models", keep=2)
         with open(where, "rb") as file:
             calls.append({"path": where, "data": file.read(), "received": comm.bytes_received})
-    return {"calls": calls}
+    return {"calls": calls, "missing": missing}

@@ -30,3 +30,7 @@ def test_a_rank_that_cannot_see_the_file_receives_it_once_and_the_others_read_it
         assert [call["path"] for call in ranks[rank]["calls"]] == [str(path)] * 2
         assert all(call["data"] == data for call in ranks[rank]["calls"])
     assert not (tmp_path / "received" / "machine-2").exists()
+    # A file gone from the coordinator's disk: every rank says so at the same point and stays in step.
+    assert {rank["missing"] for rank in ranks} == {
+        f"{path}.missing is gone from the coordinator's disk; queue the job again"
+    }

@@ -36,11 +36,16 @@ def local_path(comm: Communicator, path: str, kind: str, keep: int) -> str:
     else a copy received from rank 0 (kept in `received_dir()/kind`, the newest `keep` there)."""
     if comm.world_size == 1:
         return path
-    identity = torch.zeros(2, dtype=torch.int64, device=comm.device)
+    identity = torch.tensor([-1, 0], dtype=torch.int64, device=comm.device)  # -1: rank 0 cannot read it either
     if comm.is_root:
-        stat = os.stat(path)
-        identity[0], identity[1] = stat.st_size, stat.st_mtime_ns
+        try:
+            stat = os.stat(path)
+            identity[0], identity[1] = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            pass  # every rank learns it from the broadcast and raises the same error
     size, stamp = (int(value) for value in comm.broadcast_(identity).tolist())
+    if size < 0:
+        raise ModelLoadError(f"{path} is gone from the coordinator's disk; queue the job again")
     source = Path(path)
     copy = received_dir() / kind / f"{source.stem}-{size}-{stamp}{source.suffix}"
     if comm.is_root or visible_here(path, size):
