@@ -86,16 +86,20 @@ def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:
     }
 
 
-def receive_where_the_file_is_not_visible(comm: Communicator, path: str, received: str, chunk: int) -> dict:
-    """Rank 1 stands in for another machine (it cannot see the coordinator's disk; there is no second machine
-    here); rank 2 sees the file, as on a shared file system. Two calls, as two jobs on a warm pool."""
+def receive_where_the_file_is_not_visible(
+    comm: Communicator, path: str, received: str, chunk: int, elsewhere: dict[str, str]
+) -> dict:
+    """Ranks named in `elsewhere` stand in for ranks on other machines (there is no second machine here): they
+    cannot see the coordinator's disk and keep what they receive in that machine's folder. The others see
+    the file, as on a shared file system. Two calls, as two jobs on a warm pool."""
     import os
 
     from distributed.engine import file_transfer
 
-    os.environ[file_transfer.RECEIVED_ENV] = os.path.join(received, f"machine-{comm.rank}")
     file_transfer.CHUNK_BYTES = chunk
-    if comm.rank == 1:
+    machine = elsewhere.get(str(comm.rank))
+    if machine is not None:
+        os.environ[file_transfer.RECEIVED_ENV] = os.path.join(received, machine)
         file_transfer.visible_here = lambda path, size: False
     try:
         file_transfer.local_path(comm, path + ".missing", "models", keep=2)

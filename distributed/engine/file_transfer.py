@@ -10,7 +10,9 @@ warm pool sends a model only once. Every rank calls `local_path` at the same poi
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from .errors import ModelLoadError
 
 RECEIVED_ENV = "VIDEO_INFINITY_RECEIVED_DIR"  # where a machine keeps received files (default: its temp folder)
 CHUNK_BYTES = 64 << 20  # one transfer's size: bounds the buffers on both ends
+LACKS, HAS, FAILED = 0, 1, 2  # a rank's state in a transfer round
 
 
 def received_dir() -> Path:
@@ -55,15 +58,34 @@ def local_path(comm: Communicator, path: str, kind: str, keep: int) -> str:
         os.utime(copy)  # used again: the newest, kept longest
     else:
         where = ""
-    flags = comm.all_gather(torch.tensor([int(bool(where))], device=comm.device))
-    lacking = [rank for rank, has in enumerate(flags) if not has.item()]
-    for rank in lacking:
-        if comm.is_root:
-            _send(comm, path, size, rank)
-        elif rank == comm.rank:
-            _receive(comm, copy, size)
-            _prune(copy.parent, keep, copy)
-            where = str(copy)
+    # Rounds: each sends the file once to each machine that lacks it (to its first lacking rank); the other
+    # ranks of that machine then find the copy. Machines are told apart by host name; should two share one,
+    # the next round sends to the rank that still lacks the file.
+    machine = zlib.crc32(socket.gethostname().encode())
+    failure: Exception | None = None
+    while True:
+        status = HAS if where else FAILED if failure else LACKS
+        states = comm.all_gather(torch.tensor([status, machine], dtype=torch.int64, device=comm.device))
+        receivers: dict[int, int] = {}
+        for rank, state in enumerate(states):
+            if int(state[0]) == LACKS:
+                receivers.setdefault(int(state[1]), rank)
+        if not receivers:
+            break
+        for rank in sorted(receivers.values()):
+            if comm.is_root:
+                _send(comm, path, size, rank)
+            elif rank == comm.rank:
+                try:
+                    _receive(comm, copy, size)
+                    _prune(copy.parent, keep, copy)
+                except (ModelLoadError, OSError) as error:
+                    failure = error  # raised after the rounds, so the other ranks are not left waiting
+        comm.broadcast_(torch.zeros(1, device=comm.device))  # every copy of this round is in place
+        if not where and failure is None and _same_size(str(copy), size):
+            where = str(copy)  # received here, or by another rank of this machine
+    if failure is not None:
+        raise failure
     return where
 
 
@@ -112,7 +134,11 @@ def _receive(comm: Communicator, copy: Path, size: int) -> None:
 
 
 def _prune(folder: Path, keep: int, current: Path) -> None:
-    """Removes all but the `keep` most recently used received files of this folder (never `current`)."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p != current), key=lambda p: p.stat().st_mtime)
+    """Removes all but the `keep` most recently used received files of this folder (never `current`, nor a
+    file another worker is still receiving)."""
+    files = sorted(
+        (p for p in folder.iterdir() if p.is_file() and p != current and ".part" not in p.suffix),
+        key=lambda p: p.stat().st_mtime,
+    )
     for old in files[: max(0, len(files) - (keep - 1))]:
         old.unlink(missing_ok=True)
