@@ -202,8 +202,11 @@ class HostServer:
                 return
 
 
-def start_server(base: Path = BASE, port: int | None = None, extra_args: tuple[str, ...] = ()) -> HostServer:
-    """Starts `main.py --cpu` on loopback with `base` as its base directory; does not wait for it."""
+def start_server(
+    base: Path = BASE, port: int | None = None, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> HostServer:
+    """Starts `main.py --cpu` on loopback with `base` as its base directory; does not wait for it. `env`: more
+    environment variables for the server alone."""
     if not (TREE / "main.py").exists():
         raise RuntimeError(f"ComfyUI is not installed at {TREE}; run: python scripts/comfy_host.py install")
     port = port or free_port()
@@ -225,7 +228,7 @@ def start_server(base: Path = BASE, port: int | None = None, extra_args: tuple[s
         f"sqlite:///{base / 'user' / 'comfyui.db'}",
         *extra_args,
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", **(env or {}))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,

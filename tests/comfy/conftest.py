@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import sys
 import time
@@ -78,8 +77,10 @@ def host():
     _install_wan_test_files(base)
     extra = comfy_host.HOST_DIR / "test-extra_model_paths.yaml"
     extra.write_text(f"video-infinity-tests:\n    video_infinity: {EXTRA_MODELS}\n")
-    os.environ[TOKEN_ENV] = AGENT_TOKEN  # the server's secret for Worker Pools with remote workers
-    server = comfy_host.start_server(base, extra_args=("--extra-model-paths-config", str(extra)))
+    # The server's secret for Worker Pools with remote workers; only the server gets it, not this process.
+    server = comfy_host.start_server(
+        base, extra_args=("--extra-model-paths-config", str(extra)), env={TOKEN_ENV: AGENT_TOKEN}
+    )
     try:
         TIMINGS["server_ready_s"] = server.wait_ready()
         TIMINGS["setup_s"] = time.monotonic() - started
