@@ -9,6 +9,7 @@ warm pool sends a model only once. Every rank calls `local_path` at the same poi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -55,7 +56,8 @@ def local_path(comm: Communicator, path: str, kind: str, keep: int) -> str:
         where = path
     elif _same_size(str(copy), size):
         where = str(copy)
-        os.utime(copy)  # used again: the newest, kept longest
+        with contextlib.suppress(OSError):  # an error here would leave this rank out of the next exchange
+            os.utime(copy)  # used again: the newest, kept longest
     else:
         where = ""
     # Rounds: each sends the file once to each machine that lacks it (to its first lacking rank); the other
@@ -81,7 +83,9 @@ def local_path(comm: Communicator, path: str, kind: str, keep: int) -> str:
                     _prune(copy.parent, keep, copy)
                 except (ModelLoadError, OSError) as error:
                     failure = error  # raised after the rounds, so the other ranks are not left waiting
-        comm.broadcast_(torch.zeros(1, device=comm.device))  # every copy of this round is in place
+        # A barrier (an all-gather waits for every rank; a broadcast only for rank 0): every copy of this
+        # round is in place before the other ranks of its machine look for it.
+        comm.all_gather(torch.zeros(1, device=comm.device))
         if not where and failure is None and _same_size(str(copy), size):
             where = str(copy)  # received here, or by another rank of this machine
     if failure is not None:
