@@ -34,14 +34,20 @@ class PoolChoice:
     join_address: str = f"127.0.0.1:{DEFAULT_JOIN_PORT}"  # HOST:PORT where the agents connect
 
     def join_endpoint(self) -> tuple[str, int]:
-        """(host, port) of join_address; raises ValueError naming the expected form."""
-        host, sep, port = self.join_address.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        """(host, port) of join_address, read as the agents' command line reads it, plus a host and a port in
+        range; raises ValueError naming the expected form."""
+        from ..distributed.pool.netutil import parse_address
+
+        try:
+            host, port = parse_address(self.join_address.strip())
+        except ValueError:
+            host, port = "", 0
+        if not host or not 1 <= port <= 65535:
             raise ValueError(
                 f"join_address is {self.join_address!r}; give HOST:PORT, such as 10.0.0.5:{DEFAULT_JOIN_PORT}, "
                 "an address of this machine that the other machines reach"
             )
-        return host.strip("[]"), int(port)
+        return host, port
 
 
 DEFAULT_POOL = PoolChoice(devices=AUTO_DEVICES)  # what a sampler uses with no Worker Pool connected

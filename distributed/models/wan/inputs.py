@@ -83,6 +83,11 @@ def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> Job
     )
 
 
+def is_tensor_list(value: Any) -> bool:
+    """A conditioning value that is a list of tensors (VACE's control latents and masks)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(item, torch.Tensor) for item in value)
+
+
 def _plain_list(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(item, PLAIN) for item in value)
 
@@ -108,7 +113,7 @@ def _pack(prefix: str, entry: Any, tensors: dict[str, torch.Tensor]) -> dict[str
             packed["tensors"].append(key)
         elif isinstance(value, PLAIN) or _plain_list(value):
             packed["plain"][key] = list(value) if isinstance(value, (list, tuple)) else value
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(item, torch.Tensor) for item in value):
+        elif is_tensor_list(value):
             for index, item in enumerate(value):  # VACE's control latents and masks: one per control input
                 tensors[f"{prefix}/{key}/{index}"] = item.detach().to("cpu").clone()
             packed["tensor_lists"][key] = len(value)

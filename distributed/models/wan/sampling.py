@@ -18,6 +18,7 @@ from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
 from ...engine.errors import InvalidSettingsError
 from ...engine.latent_job import ComfySampling
+from .inputs import is_tensor_list
 
 # Samplers whose step count depends on the data: ranks would disagree on how many model calls to make.
 ADAPTIVE_SAMPLERS = ("dpm_adaptive",)
@@ -172,7 +173,7 @@ def _own_frames(conditioning: list, start: int, end: int, total: int) -> list:
     def cut(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.ndim == 5 and value.shape[2] == total:
             return value[:, :, start:end]
-        if isinstance(value, list) and value and all(isinstance(item, torch.Tensor) for item in value):
+        if is_tensor_list(value):
             return [cut(item) for item in value]
         return value
 
