@@ -83,6 +83,11 @@ def window_evaluations(frames: int, length: int, stride: int) -> int:
     return len(window_starts(frames, length, stride)) * min(frames, length)
 
 
+def frame_range(frames: slice) -> torch.Tensor:
+    """The video frame indices of a window, for models that embed each frame's place in the video."""
+    return torch.arange(frames.start, frames.stop)
+
+
 @torch.no_grad()
 def sliding_window_step(
     unet: nn.Module, sample: torch.Tensor, timestep: float, text: torch.Tensor, length: int, stride: int
@@ -95,7 +100,7 @@ def sliding_window_step(
     norm = torch.zeros((1, 1, frames, 1, 1), dtype=sample.dtype)
     for start in window_starts(frames, length, stride):
         window = slice(start, start + length)
-        out = run_unet3d(unet, sample[:, :, window], timestep, text[:, window])
+        out = run_unet3d(unet, sample[:, :, window], timestep, text[:, window], None, frame_range(window))
         total[:, :, window] += out * weights
         norm[:, :, window] += weights
     return total / norm
@@ -108,8 +113,8 @@ def independent_clips_step(
     """Every clip of `length` frames denoised on its own, one after another (no context across clips)."""
     out = torch.empty_like(sample)
     for start in range(0, sample.shape[2], length):
-        clip = slice(start, start + length)
-        out[:, :, clip] = run_unet3d(unet, sample[:, :, clip], timestep, text[:, clip])
+        clip = slice(start, min(start + length, sample.shape[2]))
+        out[:, :, clip] = run_unet3d(unet, sample[:, :, clip], timestep, text[:, clip], None, frame_range(clip))
     return out
 
 

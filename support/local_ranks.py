@@ -127,5 +127,6 @@ def run_job(comm: Communicator, job: dict[str, Any]) -> dict[str, Any]:
         "bytes_sent_per_step": stats.bytes_sent_per_step,
         "bytes_received_per_step": stats.bytes_received_per_step,
         "calls_per_step": stats.calls_per_step,
+        "rounds_per_step": stats.rounds_per_step,
         "frames_per_rank": stats.frames_per_rank,
     }

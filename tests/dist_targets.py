@@ -69,13 +69,13 @@ def temporal_conv_call(comm: Communicator, frames: int, mode: str, norm_window: 
 
 def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:
     """The GroupNorm moments of uneven fp32 pieces of one random (2, 3, sum(sizes)) tensor, merged over ranks."""
-    from distributed.models.unet3d.temporal_conv import merge_over_ranks, row_moments
+    from distributed.models.unet3d.temporal_conv import row_moments, start_merge_over_ranks
 
     whole = torch.randn(2, 3, sum(sizes), generator=torch.Generator().manual_seed(5)) * 3 + 40
     start = sum(sizes[: comm.rank])
     comm.reset_counters()
     mine = whole[..., start : start + sizes[comm.rank]].contiguous()
-    mean, var = merge_over_ranks(comm, *row_moments(mine.view(2, 3, 1, -1)))
+    mean, var = start_merge_over_ranks(comm, *row_moments(mine.view(2, 3, 1, -1)))()
     truth = whole.double()
     return {
         "mean": mean.numpy(),

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from diffusers import UNet3DConditionModel
+from diffusers.models.resnet import TemporalConvLayer
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
 from support.local_ranks import run_job, run_on_local_ranks
+from support.tiny_models import build_tiny_pipeline
 
 from .dist_targets import groupnorm_statistics, temporal_conv_call, unet_call
 
@@ -106,6 +110,34 @@ def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
         assert relative < 1e-5
         assert result["frames"].shape == (19, 32, 32, 3)
         assert np.abs(result["frames"].astype(int) - oracle["frames"].astype(int)).max() <= 1
+
+
+def test_a_frame_phase_model_sees_video_frame_indices_on_every_rank(tmp_path_factory):
+    # The demo model's phase embedding: each rank must pass its frames' places in the whole video.
+    model = build_tiny_pipeline(
+        tmp_path_factory.mktemp("phase") / "tiny-phase", seed=0, words=["red", "ball"], frame_phase_period=5
+    )
+    oracle = run_on_local_ranks(1, run_job, {"job": job(model)})[0]
+    result = run_on_local_ranks(3, run_job, {"job": job(model)})[0]
+    relative = np.abs(result["latents"] - oracle["latents"]).max() / np.abs(oracle["latents"]).max()
+    assert relative < 1e-5
+
+
+def test_halo_exchanges_travel_with_an_all_gather_of_the_same_layer(tiny_pipeline):
+    # Each temporal attention's halo moves while its global frames' all-gather travels, and each temporal
+    # convolution's halo while its first norm's statistics do: one wait, not two, per such layer.
+    exact = run_on_local_ranks(2, run_job, {"job": job(tiny_pipeline)})[0]
+    unet = UNet3DConditionModel.from_pretrained(tiny_pipeline / "unet")
+    attentions = sum(
+        1 + (block.attn2 is not None)
+        for module in unet.modules()
+        if isinstance(module, TransformerTemporalModel)
+        for block in module.transformer_blocks
+    )
+    convs = sum(isinstance(module, TemporalConvLayer) for module in unet.modules())
+    assert attentions > 0 and convs > 0
+    for calls, rounds in zip(exact["calls_per_step"], exact["rounds_per_step"], strict=True):
+        assert calls - rounds == attentions + convs
 
 
 def test_reference_mode_with_several_ranks_differs_from_exact(tiny_pipeline):

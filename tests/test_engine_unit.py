@@ -23,10 +23,10 @@ from distributed.engine.layout import FrameLayout, global_indices_exact, global_
 from distributed.engine.runner import Engine
 from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.chunked import ChunkedFeedForward, FrameChunked
-from distributed.models.unet3d.model import run_unet3d
+from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
 from distributed.models.unet3d.patch import patch_unet
 from distributed.models.unet3d.temporal_conv import HaloTemporalConv, own_moments
-from support.tiny_models import tiny_text_encoder
+from support.tiny_models import tiny_text_encoder, tiny_unet_config
 
 from .dist_targets import random_unet
 
@@ -82,6 +82,27 @@ def test_full_window_without_globals_equals_the_unpatched_model():
     with torch.no_grad():
         banded = run_unet3d(unet, sample, 500, text[:, None].expand(2, frames, 7, 32))
     assert (banded - expected).abs().max().item() > 1e-4  # a narrow window really is local
+
+
+def test_the_frame_phase_embedding_reads_video_frame_indices_modulo_its_period():
+    torch.manual_seed(0)
+    unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config(frame_phase_period=4)).double().eval()
+    sample = torch.randn(2, 4, 6, 8, 8, dtype=torch.float64)
+    text = torch.randn(2, 6, 7, 32, dtype=torch.float64)
+
+    def call(index: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            return run_unet3d(unet, sample, 500, text, 8, index)
+
+    untrained = call(torch.arange(3, 9))
+    assert torch.equal(untrained, call(None)), "a new phase embedding starts at zero: no change"
+    with torch.no_grad():
+        unet.phase_embedding.weight.normal_(0.0, 0.5)
+    shifted = call(torch.arange(3, 9))
+    assert (shifted - call(None)).abs().max() > 1e-3
+    assert (shifted - call(torch.arange(7, 13))).abs().max() < 1e-12  # one period later
+    per_clip = call(torch.arange(3, 9).expand(2, 6))
+    assert (per_clip - shifted).abs().max() < 1e-12
 
 
 def test_exact_global_frames_are_spread_over_the_timeline_independent_of_ranks():

@@ -55,3 +55,20 @@ def test_training_captions_drop_each_attribute_at_the_given_rate() -> None:
         assert kept == pytest.approx(0.75, abs=0.03)
         assert all(s[index] in (value, None) for s in said)
     assert all(spoken_caption(spec, rng, 0.0) == spec.caption for _ in range(10))
+
+
+def test_anchored_clips_follow_one_phase_locked_trajectory_per_direction() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        spec = shapes.sample_spec(rng, anchored=True)
+        dx, dy = shapes.DIRECTIONS[spec.direction]
+        assert 0 <= spec.start < shapes.PERIOD
+        # At every video frame that is a multiple of the period, the shape is back in the anchor band.
+        first_whole_period = (shapes.PERIOD - spec.start) % shapes.PERIOD
+        x, y = spec.position(first_whole_period)
+        along = x if dx else y
+        assert 0 <= along < shapes.ANCHOR_SPREAD
+        assert spec.position(first_whole_period + shapes.PERIOD) == (x, y)
+    # Unanchored clips start anywhere, at video frame 0.
+    starts = {shapes.sample_spec(rng).start for _ in range(50)}
+    assert starts == {0}

@@ -17,7 +17,7 @@ The same palette and a matching colour/centroid tracker are used by the quality 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +40,12 @@ STREAK_OPACITY = (0.35, 0.22, 0.1)
 SQUARE_SIDE = 16.0
 CIRCLE_DIAMETER = 18.0  # slightly larger than the square so both cover a similar area
 FPS = 8  # the frame rate the clips represent (the model's fps condition)
+# Anchored trajectories: a shape crosses the canvas once per PERIOD frames, and at every frame whose
+# video index is a multiple of PERIOD its coordinate along the motion lies in [0, ANCHOR_SPREAD). So the
+# direction word and the frame's place in the video together say where the shape is, which is what
+# lets a model tie the word to the motion (docs/4-quality.md, "The direction probes").
+PERIOD = SIZE // SPEED
+ANCHOR_SPREAD = 16
 
 
 @dataclass(frozen=True)
@@ -47,16 +53,19 @@ class ClipSpec:
     colour: str
     shape: str
     direction: str
-    x0: int  # centre at frame 0, pixels
+    x0: int  # centre at video frame 0, pixels
     y0: int
+    start: int = 0  # the video frame index of the clip's first frame
 
     @property
     def caption(self) -> str:
         return caption(self.colour, self.shape, self.direction)
 
     def position(self, frame: int) -> tuple[int, int]:
+        """Centre at the clip's `frame` (counted from the clip's first frame)."""
         dx, dy = DIRECTIONS[self.direction]
-        return (self.x0 + dx * SPEED * frame) % SIZE, (self.y0 + dy * SPEED * frame) % SIZE
+        moved = SPEED * (self.start + frame)
+        return (self.x0 + dx * moved) % SIZE, (self.y0 + dy * moved) % SIZE
 
 
 def caption(colour: str | None, shape: str | None, direction: str | None) -> str:
@@ -89,13 +98,25 @@ def parse_caption(text: str) -> tuple[str | None, str | None, str | None]:
     return found[0], found[1], found[2]
 
 
-def sample_spec(rng: np.random.Generator) -> ClipSpec:
-    return ClipSpec(
+def sample_spec(rng: np.random.Generator, anchored: bool = False) -> ClipSpec:
+    """A random clip. Anchored: the coordinate along the motion starts in [0, ANCHOR_SPREAD) at video
+    frame 0 and the clip begins at a random frame of the period, so every phase is seen."""
+    spec = ClipSpec(
         colour=str(rng.choice(list(COLOURS))),
         shape=str(rng.choice(SHAPES)),
         direction=str(rng.choice(list(DIRECTIONS))),
         x0=int(rng.integers(SIZE)),
         y0=int(rng.integers(SIZE)),
+    )
+    if not anchored:
+        return spec
+    along = int(rng.integers(ANCHOR_SPREAD))
+    horizontal = DIRECTIONS[spec.direction][0] != 0
+    return replace(
+        spec,
+        x0=along if horizontal else spec.x0,
+        y0=spec.y0 if horizontal else along,
+        start=int(rng.integers(PERIOD)),
     )
 
 
@@ -140,10 +161,10 @@ def render_clip(spec: ClipSpec, frames: int) -> np.ndarray:
     return np.stack([render_frame(spec.colour, spec.shape, spec.direction, *spec.position(t)) for t in range(frames)])
 
 
-def sample_clips(seed: int, count: int, frames: int) -> tuple[list[ClipSpec], np.ndarray]:
+def sample_clips(seed: int, count: int, frames: int, anchored: bool = False) -> tuple[list[ClipSpec], np.ndarray]:
     """`count` random clips, deterministic from `seed`: their specs and (count, frames, SIZE, SIZE, 3)."""
     rng = np.random.default_rng(seed)
-    specs = [sample_spec(rng) for _ in range(count)]
+    specs = [sample_spec(rng, anchored) for _ in range(count)]
     return specs, np.stack([render_clip(spec, frames) for spec in specs])
 
 

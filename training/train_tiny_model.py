@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "assets" / "tiny-shapes-t2v"
 DEFAULT_WORK = REPO / "artifacts" / "tiny_train"
 LATENT = data.SIZE // 8
+PHASE_STEPS = 0  # the anchored, phase-locked stage is a probe (docs/4-quality.md, probe 15), not shipped
 
 
 def log(message: str) -> None:
@@ -67,7 +68,9 @@ def make_vae() -> AutoencoderKL:
     return tiny_vae(block_out_channels=(8, 16, 32, 32), sample_size=data.SIZE, mid_block_add_attention=False)
 
 
-def make_unet(text_at_full_resolution: bool = False) -> UNet3DVideoCrafterConditionModel:
+def make_unet(
+    text_at_full_resolution: bool = False, phase_period: int | None = None
+) -> UNet3DVideoCrafterConditionModel:
     # Two levels (8x8, 4x4). Spatial and text cross-attention at 4x4 and in the mid block, where 16
     # tokens make it cheap; optionally also at 8x8, where the motion and the streak are drawn.
     top = "CrossAttn" if text_at_full_resolution else ""
@@ -81,6 +84,7 @@ def make_unet(text_at_full_resolution: bool = False) -> UNet3DVideoCrafterCondit
         attention_head_dim=8,
         norm_num_groups=8,
         fps_cond=True,
+        frame_phase_period=phase_period,
     )
     return UNet3DVideoCrafterConditionModel(**config)
 
@@ -355,6 +359,36 @@ def export(
     staging.replace(output)
 
 
+@dataclass(frozen=True)
+class UNetStage:
+    """One UNet training stage: the first learns the shapes, the second the anchored, phase-locked
+    trajectories (with the frame-phase embedding) on top of the first one's EMA weights."""
+
+    name: str  # checkpoint file stem
+    steps: int
+    lr: float
+    warmup: int
+    anchored: bool
+    phase_period: int | None
+    high_noise_cap: float  # weights a step by min(1/SNR, cap) where that is above 1; 1 turns it off
+
+
+def shapes_stage(args: argparse.Namespace) -> UNetStage:
+    return UNetStage("unet", args.steps, args.lr, args.warmup, False, None, 1.0)
+
+
+def phase_stage(args: argparse.Namespace) -> UNetStage:
+    return UNetStage("unet_phase", args.phase_steps, args.phase_lr, 100, True, data.PERIOD, args.high_noise_cap)
+
+
+def loss_weights(snr: torch.Tensor, high_noise_cap: float) -> torch.Tensor:
+    """Min-SNR weighting (gamma 5) stops the easy low-noise steps from dominating the gradient; the
+    optional high-noise factor (an x0 loss, capped) lifts the steps where only the caption and the
+    frame's phase tell where the shape is, which an epsilon loss barely registers."""
+    weight = torch.clamp(snr, max=5.0) / snr
+    return weight * torch.clamp(1.0 / snr, min=1.0, max=high_noise_cap)
+
+
 def train_unet(
     args: argparse.Namespace,
     work: Path,
@@ -362,8 +396,11 @@ def train_unet(
     vae: AutoencoderKL,
     cache: torch.Tensor,
     scaling_factor: float,
-) -> None:
-    path = work / "unet.pt"
+    stage: UNetStage,
+    start_weights: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Runs one stage to its step count (or the deadline) and returns the EMA weights."""
+    path = work / f"{stage.name}.pt"
     tokenizer, encoder = build_text(work, args.seed)
     captions = data.open_captions()
     caption_embeddings = encode_text(tokenizer, encoder, captions)
@@ -372,12 +409,16 @@ def train_unet(
     alphas = scheduler.alphas_cumprod
 
     torch.manual_seed(args.seed + 11)
-    unet = make_unet(args.text_at_full_resolution)
+    unet = make_unet(args.text_at_full_resolution, stage.phase_period)
+    if start_weights is not None:
+        missing, unexpected = unet.load_state_dict(start_weights, strict=False)
+        if unexpected or any(not key.startswith("phase_embedding.") for key in missing):
+            raise RuntimeError(f"{stage.name}: start weights do not fit ({missing=}, {unexpected=})")
     ema = copy.deepcopy(unet).requires_grad_(False)
-    optimiser = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
-    state = resume_parts(path, args.resume, "unet", model=unet, ema=ema, optimiser=optimiser)
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=stage.lr, weight_decay=0.01)
+    state = resume_parts(path, args.resume, stage.name, model=unet, ema=ema, optimiser=optimiser)
     step, history = (state["step"], state["history"]) if state is not None else (0, [])
-    log(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
+    log(f"{stage.name}: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -394,24 +435,29 @@ def train_unet(
     def ship(fidelity: float | None) -> None:
         info = {
             "seed": args.seed,
-            "unet_steps": step,
+            "stage": stage.name,
+            "unet_steps": args.steps,
+            "phase_steps": args.phase_steps,
+            "stage_step": step,
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
             "batch": args.batch,
             "frames": args.frames,
             "threads": args.threads,
+            "high_noise_cap": args.high_noise_cap,
             "monitor_fidelity": fidelity,
             "command": "python -m training.train_tiny_model",
         }
         export(Path(args.output), ema, vae, scaling_factor, encoder, work / "tokenizer", info)
-        log(f"exported {args.output} at step {step}")
+        log(f"exported {args.output} at {stage.name} step {step}")
 
     losses: list[float] = []
     started = time.time()
-    while step < args.steps and time.time() < deadline:
-        rng = np.random.default_rng([args.seed, 2, step])
-        generator = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
-        specs = [data.sample_spec(rng) for _ in range(args.batch)]
+    stage_seed, noise_offset = (2, 0) if stage.phase_period is None else (5, 500_000)
+    while step < stage.steps and time.time() < deadline:
+        rng = np.random.default_rng([args.seed, stage_seed, step])
+        generator = torch.Generator().manual_seed(args.seed * 7_000_003 + noise_offset + step)
+        specs = [data.sample_spec(rng, anchored=stage.anchored) for _ in range(args.batch)]
         latents = clip_latents(cache, specs, args.frames) * scaling_factor
         said = [spoken_caption(spec, rng, args.attribute_dropout) for spec in specs]
         text = caption_embeddings[[captions.index(c) for c in said]].clone()
@@ -421,15 +467,13 @@ def train_unet(
         noise = torch.randn(latents.shape, generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         frame_text = text[:, None].expand(-1, args.frames, -1, -1)
-        prediction = run_unet3d(unet, noisy, timesteps, frame_text, data.FPS)
-        # Min-SNR weighting (gamma 5): stops the easy low-noise steps from dominating the gradient.
+        prediction = predict_clips(unet, noisy, timesteps, frame_text, [spec.start for spec in specs])
         snr = alphas[timesteps] / (1 - alphas[timesteps])
-        weight = torch.clamp(snr, max=5.0) / snr
         per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3, 4))
-        loss = (weight * per_sample).mean()
-        warmup = min(1.0, (step + 1) / args.warmup)
+        loss = (loss_weights(snr, stage.high_noise_cap) * per_sample).mean()
+        warmup = min(1.0, (step + 1) / stage.warmup)
         for group in optimiser.param_groups:
-            group["lr"] = args.lr * warmup
+            group["lr"] = stage.lr * warmup
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -440,7 +484,7 @@ def train_unet(
         if step % 50 == 0:
             rate = (time.time() - started) / max(len(losses), 1)
             history.append({"step": step, "loss": float(np.mean(losses))})
-            log(f"unet step {step}/{args.steps} loss {np.mean(losses):.4f} ({rate:.2f} s/step)")
+            log(f"{stage.name} step {step}/{stage.steps} loss {np.mean(losses):.4f} ({rate:.2f} s/step)")
             losses.clear()
             started = time.time()
         if step % args.checkpoint_every == 0:
@@ -454,9 +498,21 @@ def train_unet(
     checkpoint()
     fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed)
     history.append({"step": step, "monitor_fidelity": fidelity})
-    log(f"final monitor fidelity {fidelity:.2f} at step {step}")
+    log(f"{stage.name}: final monitor fidelity {fidelity:.2f} at step {step}")
     ship(fidelity)
-    (work / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    (work / ("history.json" if stage.phase_period is None else f"{stage.name}_history.json")).write_text(
+        json.dumps(history, indent=1) + "\n"
+    )
+    return ema.state_dict()
+
+
+def predict_clips(
+    unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, frame_text: torch.Tensor, starts: list[int]
+) -> torch.Tensor:
+    """The denoiser on a batch of clips, each with its frames' indices in its video."""
+    frames = noisy.shape[2]
+    index = torch.tensor(starts)[:, None] + torch.arange(frames)[None]
+    return run_unet3d(unet, noisy, timesteps, frame_text, data.FPS, index)
 
 
 def parse_args() -> argparse.Namespace:
@@ -488,6 +544,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--attribute-dropout", type=float, default=0.1, help="chance that a caption leaves out each attribute"
     )
+    parser.add_argument(
+        "--phase-steps", type=int, default=PHASE_STEPS, help="steps of the anchored, phase-locked stage (0: none)"
+    )
+    parser.add_argument("--phase-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--high-noise-cap", type=float, default=10.0, help="cap of the phase stage's high-noise weight (1: off)"
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="a pipeline folder whose VAE and UNet replace stages 1 to 4 (runs the phase stage on top of it)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
     return parser.parse_args()
@@ -499,17 +567,31 @@ def main() -> None:
     deadline = time.time() + args.minutes * 60
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    vae = train_vae(args, work, deadline)
-    if time.time() >= deadline:
-        log("time budget spent during the VAE stage; run again with --resume")
-        return
-    cache, scaling_factor = build_latent_cache(vae, work, args.resume)
-    vae = train_decoder(args, work, deadline, vae, cache)
-    if args.only_decoder or time.time() >= deadline:
-        log("stopping after the decoder stage")
-        return
-    train_unet(args, work, deadline, vae, cache, scaling_factor)
-    log("done" if math.isfinite(scaling_factor) else "done (check the scaling factor)")
+    if args.init_from:
+        vae, start_weights = load_pipeline_parts(Path(args.init_from))
+        cache, _ = build_latent_cache(vae, work, args.resume)
+        scaling_factor = float(vae.config.scaling_factor)
+    else:
+        vae = train_vae(args, work, deadline)
+        if time.time() >= deadline:
+            log("time budget spent during the VAE stage; run again with --resume")
+            return
+        cache, scaling_factor = build_latent_cache(vae, work, args.resume)
+        vae = train_decoder(args, work, deadline, vae, cache)
+        if args.only_decoder or time.time() >= deadline:
+            log("stopping after the decoder stage")
+            return
+        start_weights = train_unet(args, work, deadline, vae, cache, scaling_factor, shapes_stage(args))
+    if args.phase_steps and time.time() < deadline:
+        train_unet(args, work, deadline, vae, cache, scaling_factor, phase_stage(args), start_weights)
+    log("done" if time.time() < deadline else "time budget spent; run again with --resume")
+
+
+def load_pipeline_parts(folder: Path) -> tuple[AutoencoderKL, dict[str, torch.Tensor]]:
+    """The VAE and the UNet weights of an exported pipeline folder."""
+    vae = AutoencoderKL.from_pretrained(folder / "vae").eval().requires_grad_(False)
+    unet = UNet3DVideoCrafterConditionModel.from_pretrained(folder / "unet")
+    return vae, unet.state_dict()
 
 
 if __name__ == "__main__":

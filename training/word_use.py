@@ -53,6 +53,9 @@ VARIANTS: dict[str, Callable[[data.ClipSpec], str]] = {
 }
 
 
+PHASE_VARIANT = "phase half a period off"
+
+
 def load_model(folder: Path) -> LoadedPipeline:
     """The pipeline folder as the engine loads it (fp32, CPU)."""
     return load_pipeline(ModelSpec(base=str(folder)))
@@ -72,25 +75,35 @@ def denoising_errors(
     model: LoadedPipeline, clips: int, seed: int, timesteps: tuple[int, ...], batch: int = 8
 ) -> dict[str, list[float]]:
     """Mean epsilon MSE per caption variant, one value per timestep."""
-    specs, pixels = data.sample_clips(seed, clips, frames=16)
+    anchored = getattr(model.unet, "frame_phase_period", None) is not None
+    specs, pixels = data.sample_clips(seed, clips, frames=16, anchored=anchored)
     latents = encode_clips(model.vae, pixels)
+    index = torch.tensor([spec.start for spec in specs])[:, None] + torch.arange(latents.shape[2])[None]
+    # The phase variant: the true caption, with every frame's place in the video half a period off.
+    shifts = {name: 0 for name in VARIANTS} | ({PHASE_VARIANT: data.PERIOD // 2} if anchored else {})
     texts = {
         name: encode_text(model.tokenizer, model.text_encoder, [variant(s) for s in specs])
         for name, variant in VARIANTS.items()
     }
     scheduler = default_scheduler()
     generator = torch.Generator().manual_seed(seed)
-    errors: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    errors: dict[str, list[float]] = {name: [] for name in shifts}
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
         steps = torch.full((clips,), t)
         noisy = scheduler.add_noise(latents, noise, steps)
-        for name, text in texts.items():
+        for name, shift in shifts.items():
+            text = texts[name if name in texts else "true caption"]
             frame_text = text[:, None].expand(-1, latents.shape[2], -1, -1)
             losses = [
                 F.mse_loss(
                     run_unet3d(
-                        model.unet, noisy[i : i + batch], steps[i : i + batch], frame_text[i : i + batch], data.FPS
+                        model.unet,
+                        noisy[i : i + batch],
+                        steps[i : i + batch],
+                        frame_text[i : i + batch],
+                        data.FPS,
+                        index[i : i + batch] + shift,
                     ),
                     noise[i : i + batch],
                     reduction="none",

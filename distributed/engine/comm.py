@@ -33,6 +33,9 @@ class Communicator:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.calls = 0  # communication calls (a batch of point-to-point transfers counts once)
+        self.rounds = 0  # points where this rank waits; calls in flight together count once
+        self._gathers_in_flight: dict[int, bool] = {}  # started all-gathers: whether another wait overlapped
+        self._gathers_started = 0
         self._cancel_requested: Callable[[], bool] | None = None  # set while a job's steps run
         self._cancel_step = 0
         self._carried_cancel = False  # an all-gather carried the flag since the last checkpoint
@@ -49,6 +52,12 @@ class Communicator:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.calls = 0
+        self.rounds = 0
+
+    def _count_wait(self) -> None:
+        """One blocking wait: a round of its own, and it overlaps every all-gather still in flight."""
+        self.rounds += 1
+        self._gathers_in_flight = dict.fromkeys(self._gathers_in_flight, True)
 
     def borrow_frames(
         self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
@@ -83,6 +92,7 @@ class Communicator:
         p2p = [op[0] if isinstance(op, tuple) else op for op in ops]
         if p2p:
             self.calls += 1
+            self._count_wait()
             for request in dist.batch_isend_irecv(p2p):
                 request.wait()
         for op in ops:
@@ -95,6 +105,7 @@ class Communicator:
         if self.world_size > 1:
             dist.all_reduce(tensor, group=self.group)
             self.calls += 1
+            self._count_wait()
             moved = 2 * (self.world_size - 1) * tensor.numel() * tensor.element_size() // self.world_size
             self.bytes_sent += moved
             self.bytes_received += moved
@@ -105,8 +116,13 @@ class Communicator:
 
         While a Cancel is watched, the flag travels as one extra value and JobCancelled is raised on
         every rank when any rank set it."""
+        return self.start_all_gather(tensor)()
+
+    def start_all_gather(self, tensor: torch.Tensor) -> Callable[[], list[torch.Tensor]]:
+        """Posts the all-gather and returns the call that waits for it, so a rank can do other work (or
+        other exchanges) while it travels. Every rank must finish it before starting its next one."""
         if self.world_size == 1:
-            return [tensor]
+            return lambda: [tensor]
         watched = self._cancel_requested is not None
         sent = tensor.contiguous()
         if watched:
@@ -114,32 +130,45 @@ class Communicator:
             sent[:-1].view(tensor.shape).copy_(tensor)
             sent[-1] = 1 if self._cancel_requested() else 0
         pieces = [torch.empty_like(sent) for _ in range(self.world_size)]
-        dist.all_gather(pieces, sent, group=self.group)
+        work = dist.all_gather(pieces, sent, group=self.group, async_op=True)
         self.calls += 1
         moved = (self.world_size - 1) * sent.numel() * sent.element_size()
         self.bytes_sent += moved
         self.bytes_received += moved
-        if not watched:
-            return pieces
-        self._carried_cancel = True
-        if bool(torch.stack([piece[-1] for piece in pieces]).any()):  # one device sync for all flags
-            raise JobCancelled(self._cancel_step)
-        return [piece[:-1].view(tensor.shape) for piece in pieces]
+        key = self._gathers_started
+        self._gathers_started += 1
+        self._gathers_in_flight[key] = False
+
+        def finish() -> list[torch.Tensor]:
+            work.wait()
+            if not self._gathers_in_flight.pop(key):  # nothing else waited while it travelled
+                self.rounds += 1
+            if not watched:
+                return pieces
+            self._carried_cancel = True
+            if bool(torch.stack([piece[-1] for piece in pieces]).any()):  # one device sync for all flags
+                raise JobCancelled(self._cancel_step)
+            return [piece[:-1].view(tensor.shape) for piece in pieces]
+
+        return finish
 
     def send_to(self, tensor: torch.Tensor, rank: int) -> None:
         dist.send(tensor.contiguous(), rank, group=self.group)
         self.calls += 1
+        self._count_wait()
         self.bytes_sent += tensor.numel() * tensor.element_size()
 
     def recv_from(self, tensor: torch.Tensor, rank: int) -> None:
         dist.recv(tensor, rank, group=self.group)
         self.calls += 1
+        self._count_wait()
         self.bytes_received += tensor.numel() * tensor.element_size()
 
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size > 1:
             dist.broadcast(tensor, src, group=self.group)
             self.calls += 1
+            self._count_wait()
         return tensor
 
     def agree(self, decision_on_root: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -63,8 +64,18 @@ class TemporalContext:
             right = _pad_frames(right, dim, width, at_start=False)
         return left, right
 
-    def gather_global(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        """The global frames (same set on every rank), stacked along `dim` in global-index order.
+    def halo_and_globals(
+        self, x: torch.Tensor, dim: int, width: int, pad_ends: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(left halo, right halo, global frames) of an attention input, in one round: the global
+        all-gather is posted first and travels while the halo frames are exchanged."""
+        finish = self.start_gather_global(x, dim) if self.global_indices else None
+        left, right = self.borrow(x, dim, width, pad_ends)
+        return left, right, finish() if finish is not None else x.narrow(dim, 0, 0)
+
+    def start_gather_global(self, x: torch.Tensor, dim: int) -> Callable[[], torch.Tensor]:
+        """Posts the exchange of the global frames (the same set on every rank); the returned call waits
+        and stacks them along `dim` in global-index order.
 
         Each rank contributes the global frames it owns, padded to the largest share so every rank
         sends an equally shaped piece; an all-gather then moves about G frames per rank, half of what
@@ -79,11 +90,16 @@ class TemporalContext:
         widest = max(len(rows) for rows in shares)
         if piece.shape[dim] < widest:
             piece = _pad_frames(piece, dim, widest, at_start=False)
-        pieces = self.comm.all_gather(piece)
+        wait = self.comm.start_all_gather(piece)
         rows_in_order = [row for rows in shares for row in rows]
-        stacked = torch.cat([p.narrow(dim, 0, len(rows)) for p, rows in zip(pieces, shares, strict=True)], dim=dim)
         order = sorted(range(len(rows_in_order)), key=rows_in_order.__getitem__)
-        return stacked.index_select(dim, torch.tensor(order, device=x.device, dtype=torch.long))
+
+        def finish() -> torch.Tensor:
+            pieces = wait()
+            stacked = torch.cat([p.narrow(dim, 0, len(rows)) for p, rows in zip(pieces, shares, strict=True)], dim=dim)
+            return stacked.index_select(dim, torch.tensor(order, device=x.device, dtype=torch.long))
+
+        return finish
 
     def _global_shares(self) -> list[list[int]]:
         """For each rank, the rows of global_indices that fall into its clip."""

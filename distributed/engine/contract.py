@@ -30,6 +30,7 @@ class RunStats:
     bytes_sent_per_step: list[int] = field(default_factory=list)
     bytes_received_per_step: list[int] = field(default_factory=list)
     calls_per_step: list[int] = field(default_factory=list)  # communication calls of one model evaluation
+    rounds_per_step: list[int] = field(default_factory=list)  # waits of one model evaluation (comm.rounds)
     frames_per_rank: tuple[int, ...] = ()
 
 
@@ -83,3 +84,4 @@ class RunControl:
         self.stats.bytes_sent_per_step.append(comm.bytes_sent)
         self.stats.bytes_received_per_step.append(comm.bytes_received)
         self.stats.calls_per_step.append(comm.calls)
+        self.stats.rounds_per_step.append(comm.rounds)

@@ -46,8 +46,7 @@ class DualScopeAttnProcessor:
         settings = ctx.settings
         width = settings.local_window
         x = hidden_states
-        left, right = ctx.borrow(x, dim=1, width=width, pad_ends=True)
-        glb = ctx.gather_global(x, dim=1) if ctx.global_indices else x[:, :0]
+        left, right, glb = ctx.halo_and_globals(x, dim=1, width=width, pad_ends=True)
         # One copy of every key frame, [left ; own ; right ; globals], shared by to_k and to_v.
         key_frames = torch.cat([left, x, right, glb], dim=1)
 

@@ -71,9 +71,10 @@ class UNet3DFamily:
         layout = self.latent_layout(loaded)
         factor = layout.spatial_factor
         shape = (1, layout.channels, end - start, job.height // factor, job.width // factor)
+        frame_index = torch.arange(start, end, device=loaded.device)
 
         def predict(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return run_unet3d(loaded.unet, model_input, timestep, text, job.fps)
+            return run_unet3d(loaded.unet, model_input, timestep, text, job.fps, frame_index)
 
         return denoise(predict, loaded.scheduler_config, shape, job, ctx, control, loaded.device, loaded.dtype)
 

@@ -3,9 +3,15 @@
 VideoCrafter2's diffusers port is a `UNet3DConditionModel` with an extra fps embedding added to
 the time embedding. `run_unet3d` replaces `UNet3DConditionModel.forward` so that every frame can
 carry its own text conditioning (prompt schedules), which the stock forward cannot express.
+
+The pack's own demo model adds one option the real families do not have: a frame-phase embedding
+(`frame_phase_period`), the frame's index in the whole video modulo a period, added per frame to the
+time embedding. The UNet3D's temporal layers carry no frame position of their own.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers import UNet3DConditionModel
@@ -49,6 +55,7 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
         num_attention_heads: int | tuple[int] | None = None,
         time_cond_proj_dim: int | None = None,
         fps_cond: bool = False,
+        frame_phase_period: int | None = None,
     ):
         # The parent's config registration is skipped here: ours (with fps_cond) is the one saved.
         UNet3DConditionModel.__init__.__wrapped__(
@@ -75,6 +82,24 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
             channels = self.config.block_out_channels[0]
             self.fps_proj = Timesteps(channels, True, 0)
             self.fps_embedding = TimestepEmbedding(channels, channels * 4, act_fn=act_fn)
+        self.frame_phase_period = frame_phase_period
+        if frame_phase_period is not None:
+            if frame_phase_period < 1:
+                raise ValueError(f"frame_phase_period must be at least 1, got {frame_phase_period}")
+            # Starts at zero, so adding it to a trained model leaves that model's outputs unchanged.
+            self.phase_embedding = torch.nn.Linear(2 * PHASE_HARMONICS, block_out_channels[0] * 4)
+            torch.nn.init.zeros_(self.phase_embedding.weight)
+            torch.nn.init.zeros_(self.phase_embedding.bias)
+
+
+PHASE_HARMONICS = 4
+
+
+def phase_features(frame_index: torch.Tensor, period: int) -> torch.Tensor:
+    """(F, 2 * PHASE_HARMONICS) sines and cosines of each frame's phase in the period."""
+    angle = frame_index.double()[:, None] * (2 * math.pi / period)
+    harmonics = torch.arange(1, PHASE_HARMONICS + 1, dtype=torch.float64, device=frame_index.device)
+    return torch.cat([torch.sin(angle * harmonics), torch.cos(angle * harmonics)], dim=1)
 
 
 def run_unet3d(
@@ -83,11 +108,13 @@ def run_unet3d(
     timestep: torch.Tensor | float | int,
     frame_text: torch.Tensor,
     fps: float | None = None,
+    frame_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoiser call with per-frame text conditioning.
 
-    sample: (B, C, F, H, W). frame_text: (B, F, L, D), one text embedding per frame.
-    Returns the model output with the sample's shape.
+    sample: (B, C, F, H, W). frame_text: (B, F, L, D), one text embedding per frame. frame_index: (F,) or
+    (B, F), the frames' indices in the whole video (default 0 to F-1); only a model with a frame-phase
+    embedding reads them. Returns the model output with the sample's shape.
     """
     batch, _, num_frames, height, width = sample.shape
     if frame_text.shape[:2] != (batch, num_frames):
@@ -106,6 +133,12 @@ def run_unet3d(
         fps_value = torch.full((batch,), 24.0 if fps is None else float(fps), device=sample.device)
         emb = emb + unet.fps_embedding(unet.fps_proj(fps_value).to(dtype=unet.dtype))
     emb = emb.repeat_interleave(num_frames, dim=0)
+    period = getattr(unet, "frame_phase_period", None)
+    if period is not None:
+        if frame_index is None:
+            frame_index = torch.arange(num_frames, device=sample.device)
+        index = frame_index.to(sample.device).expand(batch, num_frames).reshape(-1)
+        emb = emb + unet.phase_embedding(phase_features(index, period).to(unet.dtype))
     text = frame_text.reshape(batch * num_frames, *frame_text.shape[2:]).to(unet.dtype)
 
     hidden = sample.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, -1, height, width)

@@ -12,6 +12,8 @@ from torch import nn
 from ...engine.comm import Communicator
 from ...engine.context import TemporalContext
 
+Statistics = tuple[torch.Tensor, torch.Tensor]  # whole-video mean and variance per (batch, group), fp64
+
 
 class FrameGroupNorm(nn.Module):
     """A GroupNorm over (B, C, F, H, W) that normalises across frames.
@@ -30,7 +32,9 @@ class FrameGroupNorm(nn.Module):
         self.norm = norm
         self.ctx = ctx
 
-    def forward(self, x: torch.Tensor, own: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, own: tuple[int, int] | None = None, merged: Statistics | None = None
+    ) -> torch.Tensor:
         """own: [first, end) of this rank's own frames along axis 2 when x carries halo frames too."""
         ctx = self.ctx
         exact = ctx.active and ctx.settings.mode == "exact"
@@ -38,12 +42,26 @@ class FrameGroupNorm(nn.Module):
         whole_video = ctx.comm.world_size == 1 and own in (None, (0, frames))
         if not exact or (ctx.settings.norm_window == 0 and whole_video):
             return self.norm(x)  # torch's own GroupNorm: per rank, or the whole video is here anyway
-        scale, shift = self.terms(x, own)
+        scale, shift = self.terms(x, own, merged)
         return torch.addcmul(shift, x, scale).to(x.dtype)
 
-    def terms(self, x: torch.Tensor, own: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def whole_video_statistics(self) -> bool:
+        """Whether this norm's statistics are one all-gather of every rank's own moments."""
+        settings = self.ctx.settings
+        return self.ctx.active and settings.mode == "exact" and settings.norm_window == 0
+
+    def start_statistics(self, x: torch.Tensor) -> Callable[[], Statistics]:
+        """Posts the exchange of the moments of x, all of it this rank's own frames (B, C, F, H, W), so a
+        caller can move halo frames while it travels; the returned call gives what `terms` takes."""
+        return start_merge_over_ranks(self.ctx.comm, *own_moments(x, self.norm.num_groups, (0, x.shape[2])))
+
+    def terms(
+        self, x: torch.Tensor, own: tuple[int, int] | None = None, merged: Statistics | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) such that x * scale + shift is this layer's output, broadcastable to x: per
-        channel, and per frame with window statistics. Lets a caller apply the norm in pieces."""
+        channel, and per frame with window statistics. Lets a caller apply the norm in pieces. `merged`:
+        the whole video's statistics when the caller already has them (start_statistics)."""
         ctx = self.ctx
         norm = self.norm
         frames = x.shape[2]
@@ -55,8 +73,10 @@ class FrameGroupNorm(nn.Module):
             grouped = x.reshape(x.shape[0], norm.num_groups, -1, frames, x[0, 0, 0].numel())
             grouped = grouped.float() if x.element_size() < 4 else grouped
             mean, var = window_statistics(ctx, grouped, own, ctx.settings.norm_window)
+        elif merged is not None:
+            mean, var = merged
         else:
-            mean, var = merge_over_ranks(ctx.comm, *own_moments(x, norm.num_groups, own))
+            mean, var = start_merge_over_ranks(ctx.comm, *own_moments(x, norm.num_groups, own))()
         return _fold(x, norm, mean, var)
 
 
@@ -112,17 +132,22 @@ def row_moments(rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     return n * rows.shape[-2], mean, m2
 
 
-def merge_over_ranks(
+def start_merge_over_ranks(
     comm: Communicator, count: int, mean: torch.Tensor, m2: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (biased) variance of every rank's moments together, in fp64, merged in rank order with
-    Chan's formula; one all_gather. The counts may differ between ranks; every rank gets bit-identical
-    results."""
-    pieces = comm.all_gather(torch.stack([torch.full_like(mean, count), mean, m2]))
-    total = sum(piece[0] for piece in pieces)
-    merged_mean = sum(piece[0] * piece[1] for piece in pieces) / total
-    merged_m2 = sum(piece[2] + piece[0] * (piece[1] - merged_mean).square() for piece in pieces)
-    return merged_mean, merged_m2 / total
+) -> Callable[[], Statistics]:
+    """Posts the all-gather of this rank's moments; the returned call gives the mean and (biased) variance
+    of every rank's moments together, in fp64, merged in rank order with Chan's formula. The counts may
+    differ between ranks; every rank gets bit-identical results."""
+    wait = comm.start_all_gather(torch.stack([torch.full_like(mean, count), mean, m2]))
+
+    def finish() -> Statistics:
+        pieces = wait()
+        total = sum(piece[0] for piece in pieces)
+        merged_mean = sum(piece[0] * piece[1] for piece in pieces) / total
+        merged_m2 = sum(piece[2] + piece[0] * (piece[1] - merged_mean).square() for piece in pieces)
+        return merged_mean, merged_m2 / total
+
+    return finish
 
 
 def window_statistics(
@@ -179,29 +204,43 @@ class HaloTemporalConv(nn.Module):
             return self._run(hidden_states, num_frames, None)
         batch = hidden_states.shape[0] // num_frames
         frames = hidden_states.view(batch, num_frames, *hidden_states.shape[1:])
+        first_norm = self.layer.conv1[0]
+        # The first stage's statistics need only the own frames: their all-gather travels with the halo.
+        merge_first = ctx.comm.world_size > 1 and first_norm.whole_video_statistics
+        first_statistics = first_norm.start_statistics(frames.transpose(1, 2)) if merge_first else None
         left, right = ctx.borrow(frames, dim=1, width=width, pad_ends=ctx.settings.mode == "reference")
+        merged = first_statistics() if first_statistics is not None else None
         if left.shape[1] == right.shape[1] == 0:  # one rank: nothing to add, and no copy of the clip
-            return self._run(hidden_states, num_frames, None)
+            return self._run(hidden_states, num_frames, None, merged)
         extended = torch.cat([left, frames, right], dim=1)
         total = extended.shape[1]
         out = self._run(
             extended.reshape(batch * total, *hidden_states.shape[1:]),
             total,
             (left.shape[1], left.shape[1] + num_frames),
+            merged,
         )
         out = out.view(batch, total, *out.shape[1:])[:, left.shape[1] : left.shape[1] + num_frames]
         return out.reshape(batch * num_frames, *out.shape[2:])
 
-    def _run(self, hidden_states: torch.Tensor, num_frames: int, own: tuple[int, int] | None) -> torch.Tensor:
-        """TemporalConvLayer's own computation, with each stage's FrameGroupNorm told which frames are ours."""
+    def _run(
+        self,
+        hidden_states: torch.Tensor,
+        num_frames: int,
+        own: tuple[int, int] | None,
+        first_statistics: Statistics | None = None,
+    ) -> torch.Tensor:
+        """TemporalConvLayer's own computation, with each stage's FrameGroupNorm told which frames are ours
+        (and the first one given its statistics when they travelled with the halo)."""
         layer = self.layer
         x = hidden_states[None, :].reshape((-1, num_frames) + hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
         identity = x
-        for stage in (layer.conv1, layer.conv2, layer.conv3, layer.conv4):
+        for index, stage in enumerate((layer.conv1, layer.conv2, layer.conv3, layer.conv4)):
+            merged = first_statistics if index == 0 else None
             if _chunkable(stage):
-                x = _stage_in_chunks(stage, x, own, self.elements, self.ctx.comm.poll_cancel)
+                x = _stage_in_chunks(stage, x, own, self.elements, self.ctx.comm.poll_cancel, merged)
                 continue
-            x = stage[0](x, own)
+            x = stage[0](x, own, merged)
             for module in stage[1:]:
                 x = module(x)
         x = identity + x
@@ -226,13 +265,18 @@ def _chunkable(stage: nn.Sequential) -> bool:
 
 
 def _stage_in_chunks(
-    stage: nn.Sequential, x: torch.Tensor, own: tuple[int, int] | None, elements: int, poll: Callable[[], bool]
+    stage: nn.Sequential,
+    x: torch.Tensor,
+    own: tuple[int, int] | None,
+    elements: int,
+    poll: Callable[[], bool],
+    merged: Statistics | None = None,
 ) -> torch.Tensor:
     """norm -> element-wise layers -> convolution over frames, on chunks of frames (each with the frames
     its kernel reaches beyond it), so the normalised and activated input never exists for the whole clip.
     The norm's statistics come first, from the whole input."""
     norm, conv, between = stage[0], stage[-1], list(stage[1:-1])
-    scale, shift = norm.terms(x, own)
+    scale, shift = norm.terms(x, own, merged)
     per_frame_terms = scale.dim() > 2 and scale.shape[2] == x.shape[2] and x.shape[2] > 1
     batch, channels, frames, height, width = x.shape
     reach = conv.padding[0]

@@ -27,9 +27,8 @@ def dual_scope_self_attention(
     batch, length, width = q.shape
     frames = length // tokens_per_frame
     kv = torch.stack([k, v]).view(2, batch, frames, tokens_per_frame, width)
-    left, right = ctx.borrow(kv, dim=2, width=settings.local_window, pad_ends=False)
+    left, right, glb = ctx.halo_and_globals(kv, dim=2, width=settings.local_window, pad_ends=False)
     extended = torch.cat([left, kv, right], dim=2) if left.shape[2] or right.shape[2] else kv
-    glb = ctx.gather_global(kv, dim=2) if ctx.global_indices else kv[:, :, :0]
     local_bonus = settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0
     global_bonus = settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0
     out = frame_window_attention(
