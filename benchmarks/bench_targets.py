@@ -137,7 +137,7 @@ def _measure(comm: Communicator, call: Any, reps: int) -> dict[str, Any]:
     _release_freed_memory()
     before = rss_bytes()
     resettable = reset_peak_rss()
-    times, sent, received = [], [], []
+    times, sent, received, calls, rounds = [], [], [], [], []
     for _ in range(reps):
         comm.reset_counters()
         _barrier(comm)  # ranks start together, so the slowest rank's time is the step time
@@ -147,6 +147,8 @@ def _measure(comm: Communicator, call: Any, reps: int) -> dict[str, Any]:
         times.append(time.perf_counter() - began)
         sent.append(comm.bytes_sent)
         received.append(comm.bytes_received)
+        calls.append(comm.calls)
+        rounds.append(comm.rounds)
         del out
     return {
         "rank": comm.rank,
@@ -156,7 +158,40 @@ def _measure(comm: Communicator, call: Any, reps: int) -> dict[str, Any]:
         "bytes_sent": sent[0],
         "bytes_received": received[0],
         "bytes_steady": len(set(sent)) == 1,
+        "calls": calls[0],
+        "rounds": rounds[0],
         "rss_before": before,
         "peak_rss": peak_rss_bytes(),
         "peak_resettable": resettable,
     }
+
+
+def exchange_latency_target(comm: Communicator, latent: int = 8, repeats: int = 500) -> dict[str, float]:
+    """Seconds per exchange of the kinds a step waits on, as the engine makes them: the all-gather of one
+    norm's statistics, a temporal convolution's halo of 4 frames, and both posted together."""
+    settings = DualScopeSettings()
+    layout = FrameLayout(64 * comm.world_size, comm.world_size)
+    moments = torch.zeros(3, 2, 8, dtype=torch.float64)  # count, mean, m2 per (CFG batch, group)
+    frames = torch.zeros(2, 64, 48, latent, latent)  # the first level's temporal-conv input, CFG batch 2
+
+    def gather() -> None:
+        comm.all_gather(moments)
+
+    def halo() -> None:
+        comm.borrow_frames(frames, 1, layout, settings.conv_halo)
+
+    def both() -> None:
+        finish = comm.start_all_gather(moments)
+        comm.borrow_frames(frames, 1, layout, settings.conv_halo)
+        finish()
+
+    timings = {}
+    for name, call in (("statistics", gather), ("halo", halo), ("both", both)):
+        for _ in range(20):
+            call()
+        _barrier(comm)
+        began = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        timings[name] = (time.perf_counter() - began) / repeats
+    return timings

@@ -29,7 +29,7 @@ from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel
 from support.local_ranks import run_on_local_ranks
 from support.tiny_models import tiny_unet_config
 
-from .bench_targets import TEXT_TOKENS, step_target
+from .bench_targets import TEXT_TOKENS, exchange_latency_target, step_target
 from .common import (
     MIB,
     TemporalShapes,
@@ -108,6 +108,8 @@ def measure(method: Method, frame_counts: list[int], latent: int, timeout: float
                 "bytes_sent": max(rank["bytes_sent"] for rank in per_rank),
                 "bytes_received": max(rank["bytes_received"] for rank in per_rank),
                 "bytes_steady": all(rank["bytes_steady"] for rank in per_rank),
+                "calls": max(rank["calls"] for rank in per_rank),
+                "rounds": max(rank["rounds"] for rank in per_rank),
                 "load": load,
             }
         )
@@ -150,7 +152,10 @@ def run(
         interior = measure(Method("vi4", "Video-Infinity, 4 ranks", "vi", 4), interior_frames, latent, timeout)
         sent = ", ".join(f"{row['frames']}: {human_bytes(row['bytes_sent'])}" for row in interior)
         print(f"  Video-Infinity, 4 ranks (bytes sent, worst rank) {sent}", flush=True)
-    return {"results": results, "interior": interior, "rounds": rounds}
+    latency = run_on_local_ranks(2, exchange_latency_target, {"latent": latent}, timeout=timeout)
+    waits = {name: max(rank[name] for rank in latency) for name in latency[0]}
+    print("  exchange latency, 2 ranks: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in waits.items()), flush=True)
+    return {"results": results, "interior": interior, "rounds": rounds, "latency": waits}
 
 
 def analytic_traffic(shapes: TemporalShapes, frames: int, world: int, scheme: str) -> tuple[int, int]:
@@ -261,6 +266,19 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
             )
             checks.append(
                 ("(info) 2 ranks vs that ceiling (cost of the exchange)", f"{exchange:.2f} at {f} frames", "-", None)
+            )
+        exchanges = pick(results, "vi2", f)
+        latency = data.get("latency")
+        if exchanges is not None and "rounds" in exchanges and latency:
+            checks.append(
+                (
+                    "(info) exchanges per step, 2 ranks: calls, and waits (calls in flight together count once)",
+                    f"{exchanges['calls']} calls, {exchanges['rounds']} waits; one wait for norm statistics "
+                    f"{latency['statistics'] * 1e3:.2f} ms, for a conv halo {latency['halo'] * 1e3:.2f} ms, "
+                    f"for both together {latency['both'] * 1e3:.2f} ms",
+                    "-",
+                    None,
+                )
             )
 
     # 3. Peak memory per rank when frames and ranks double together (1 rank at F vs 2 ranks at 2F).

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks.attention_memory import memory_target, score_counts
-from benchmarks.bench_targets import bench_unet, step_target
+from benchmarks.bench_targets import bench_unet, exchange_latency_target, step_target
 from benchmarks.common import (
     pyramid_weights,
     sliding_window_step,
@@ -158,6 +158,13 @@ def test_scaling_targets_pass_and_miss_on_the_issue_bounds() -> None:
     # 4.2 -> 5.0 is not flat.
     slow = {row[0]: row[3] for row in evaluate_targets(_peer_rows({64: 4.2, 128: 4.2, 1024: 5.0}, peers), shapes)}
     assert [slow[label] for label in slow] == [True, False, True, False, True]
+
+
+def test_exchange_latency_is_measured_for_each_kind_of_wait() -> None:
+    timings = run_on_local_ranks(2, exchange_latency_target, {"repeats": 20}, timeout=120)
+    for rank in timings:
+        assert set(rank) == {"statistics", "halo", "both"}
+        assert all(0 < seconds < 1 for seconds in rank.values())
 
 
 def test_memory_estimate_of_a_demo_job_is_within_30_percent_of_its_measured_peak() -> None:

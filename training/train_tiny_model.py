@@ -321,13 +321,14 @@ def evaluate(
     encoder: CLIPTextModel,
     seed: int,
     count: int = 8,
+    scheduler: DDIMScheduler | None = None,
 ) -> float:
     """Share of sampled 16-frame clips whose tracked colour, shape and direction match the caption."""
     rng = np.random.default_rng([seed, 3])
     captions = [str(c) for c in rng.choice(data.all_captions(), size=count, replace=False)]
     cond = encode_text(tokenizer, encoder, captions)
     uncond = encode_text(tokenizer, encoder, [""])
-    latents = sample_clips(unet, default_scheduler(), cond, uncond, 16, seed)
+    latents = sample_clips(unet, scheduler or default_scheduler(), cond, uncond, 16, seed)
     hits = 0
     for caption, clip in zip(captions, latents, strict=True):
         pixels = vae.decode(clip.permute(1, 0, 2, 3) / scaling_factor).sample
@@ -345,6 +346,7 @@ def export(
     encoder: CLIPTextModel,
     tokenizer_folder: Path,
     info: dict[str, Any],
+    scheduler: DDIMScheduler | None = None,
 ) -> None:
     """Writes the pipeline folder (EMA UNet weights) next to `output`, then swaps it in."""
     staging = output.with_name(output.name + ".staging")
@@ -352,7 +354,7 @@ def export(
         shutil.rmtree(staging)
     shutil.copytree(tokenizer_folder, staging / "tokenizer")
     vae.register_to_config(scaling_factor=scaling_factor)
-    save_pipeline(staging, unet, vae, encoder, default_scheduler())
+    save_pipeline(staging, unet, vae, encoder, scheduler or default_scheduler())
     (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if output.exists():
         shutil.rmtree(output)
@@ -371,6 +373,7 @@ class UNetStage:
     anchored: bool
     phase_period: int | None
     high_noise_cap: float  # weights a step by min(1/SNR, cap) where that is above 1; 1 turns it off
+    zero_terminal_snr: bool = False  # v-prediction on a schedule whose last step is pure noise
 
 
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
@@ -378,7 +381,28 @@ def shapes_stage(args: argparse.Namespace) -> UNetStage:
 
 
 def phase_stage(args: argparse.Namespace) -> UNetStage:
-    return UNetStage("unet_phase", args.phase_steps, args.phase_lr, 100, True, data.PERIOD, args.high_noise_cap)
+    return UNetStage(
+        "unet_phase",
+        args.phase_steps,
+        args.phase_lr,
+        100,
+        True,
+        data.PERIOD,
+        args.high_noise_cap,
+        args.zero_terminal_snr,
+    )
+
+
+def stage_scheduler(stage: UNetStage) -> DDIMScheduler:
+    """The training and shipped schedule: the default, or (zero_terminal_snr) the same betas rescaled so the
+    last step is pure noise, v-prediction and trailing timesteps, so the first sampling step sees no trace of
+    the shape and only the caption and the phase can say where it is."""
+    scheduler = default_scheduler()
+    if not stage.zero_terminal_snr:
+        return scheduler
+    return DDIMScheduler.from_config(
+        scheduler.config, rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"
+    )
 
 
 def loss_weights(snr: torch.Tensor, high_noise_cap: float) -> torch.Tensor:
@@ -405,7 +429,7 @@ def train_unet(
     captions = data.open_captions()
     caption_embeddings = encode_text(tokenizer, encoder, captions)
     empty_embedding = encode_text(tokenizer, encoder, [""])[0]
-    scheduler = default_scheduler()
+    scheduler = stage_scheduler(stage)
     alphas = scheduler.alphas_cumprod
 
     torch.manual_seed(args.seed + 11)
@@ -448,7 +472,7 @@ def train_unet(
             "monitor_fidelity": fidelity,
             "command": "python -m training.train_tiny_model",
         }
-        export(Path(args.output), ema, vae, scaling_factor, encoder, work / "tokenizer", info)
+        export(Path(args.output), ema, vae, scaling_factor, encoder, work / "tokenizer", info, scheduler)
         log(f"exported {args.output} at {stage.name} step {step}")
 
     losses: list[float] = []
@@ -468,9 +492,16 @@ def train_unet(
         noisy = scheduler.add_noise(latents, noise, timesteps)
         frame_text = text[:, None].expand(-1, args.frames, -1, -1)
         prediction = predict_clips(unet, noisy, timesteps, frame_text, [spec.start for spec in specs])
-        snr = alphas[timesteps] / (1 - alphas[timesteps])
-        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3, 4))
-        loss = (loss_weights(snr, stage.high_noise_cap) * per_sample).mean()
+        if stage.zero_terminal_snr:
+            # A plain v loss: like an epsilon loss at low noise, like an x0 loss at high noise.
+            target = scheduler.get_velocity(latents, noise, timesteps)
+            weights = torch.ones(args.batch)
+        else:
+            target = noise
+            snr = alphas[timesteps] / (1 - alphas[timesteps])
+            weights = loss_weights(snr, stage.high_noise_cap)
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3, 4))
+        loss = (weights * per_sample).mean()
         warmup = min(1.0, (step + 1) / stage.warmup)
         for group in optimiser.param_groups:
             group["lr"] = stage.lr * warmup
@@ -490,13 +521,13 @@ def train_unet(
         if step % args.checkpoint_every == 0:
             checkpoint()
         if step % args.export_every == 0:
-            fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed)
+            fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed, scheduler=scheduler)
             history.append({"step": step, "monitor_fidelity": fidelity})
             log(f"monitor: prompt fidelity of the EMA model {fidelity:.2f}")
             ship(fidelity)
             started = time.time()
     checkpoint()
-    fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed)
+    fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed, scheduler=scheduler)
     history.append({"step": step, "monitor_fidelity": fidelity})
     log(f"{stage.name}: final monitor fidelity {fidelity:.2f} at step {step}")
     ship(fidelity)
@@ -550,6 +581,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--phase-lr", type=float, default=5e-4)
     parser.add_argument(
         "--high-noise-cap", type=float, default=10.0, help="cap of the phase stage's high-noise weight (1: off)"
+    )
+    parser.add_argument(
+        "--zero-terminal-snr",
+        action="store_true",
+        help="phase stage: v-prediction on a schedule whose last step is pure noise (shipped with the model)",
     )
     parser.add_argument(
         "--init-from",
