@@ -115,7 +115,11 @@ def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
 def test_a_frame_phase_model_sees_video_frame_indices_on_every_rank(tmp_path_factory):
     # The demo model's phase embedding: each rank must pass its frames' places in the whole video.
     model = build_tiny_pipeline(
-        tmp_path_factory.mktemp("phase") / "tiny-phase", seed=0, words=["red", "ball"], frame_phase_period=5
+        tmp_path_factory.mktemp("phase") / "tiny-phase",
+        seed=0,
+        words=["red", "ball"],
+        frame_phase_period=5,
+        spatial_position=True,
     )
     oracle = run_on_local_ranks(1, run_job, {"job": job(model)})[0]
     result = run_on_local_ranks(3, run_job, {"job": job(model)})[0]

@@ -105,6 +105,21 @@ def test_the_frame_phase_embedding_reads_video_frame_indices_modulo_its_period()
     assert (per_clip - shifted).abs().max() < 1e-12
 
 
+def test_the_spatial_position_embedding_starts_at_zero_and_then_marks_each_latent_pixel():
+    torch.manual_seed(0)
+    unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config(spatial_position=True)).double().eval()
+    plain = UNet3DVideoCrafterConditionModel(**tiny_unet_config()).double().eval()
+    plain.load_state_dict(unet.state_dict(), strict=False)
+    sample = torch.randn(1, 4, 3, 8, 8, dtype=torch.float64)
+    text = torch.randn(1, 3, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(run_unet3d(unet, sample, 500, text, 8), run_unet3d(plain, sample, 500, text, 8))
+        unet.position_embedding.weight.normal_(0.0, 0.5)
+        assert (run_unet3d(unet, sample, 500, text, 8) - run_unet3d(plain, sample, 500, text, 8)).abs().max() > 1e-3
+        # Any latent size works: the features are periodic over the image, not a table of one size.
+        assert run_unet3d(unet, sample[..., :4, :6], 500, text, 8).shape == (1, 4, 3, 4, 6)
+
+
 def test_exact_global_frames_are_spread_over_the_timeline_independent_of_ranks():
     assert global_indices_exact(64, 4) == [8, 24, 40, 56]
     assert global_indices_exact(5, 5) == [0, 1, 2, 3, 4]

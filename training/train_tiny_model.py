@@ -71,6 +71,7 @@ def make_vae() -> AutoencoderKL:
 def make_unet(
     text_at_full_resolution: bool = False, phase_period: int | None = None
 ) -> UNet3DVideoCrafterConditionModel:
+    """The demo UNet; with a phase period it also gets the frame-phase and spatial position embeddings."""
     # Two levels (8x8, 4x4). Spatial and text cross-attention at 4x4 and in the mid block, where 16
     # tokens make it cheap; optionally also at 8x8, where the motion and the streak are drawn.
     top = "CrossAttn" if text_at_full_resolution else ""
@@ -85,6 +86,7 @@ def make_unet(
         norm_num_groups=8,
         fps_cond=True,
         frame_phase_period=phase_period,
+        spatial_position=phase_period is not None,
     )
     return UNet3DVideoCrafterConditionModel(**config)
 
@@ -436,7 +438,8 @@ def train_unet(
     unet = make_unet(args.text_at_full_resolution, stage.phase_period)
     if start_weights is not None:
         missing, unexpected = unet.load_state_dict(start_weights, strict=False)
-        if unexpected or any(not key.startswith("phase_embedding.") for key in missing):
+        added = ("phase_embedding.", "position_embedding.")  # new in this stage, zero at the start
+        if unexpected or any(not key.startswith(added) for key in missing):
             raise RuntimeError(f"{stage.name}: start weights do not fit ({missing=}, {unexpected=})")
     ema = copy.deepcopy(unet).requires_grad_(False)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=stage.lr, weight_decay=0.01)

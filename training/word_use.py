@@ -18,17 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, DDIMScheduler
 
 from distributed.engine.job import ModelSpec
 from distributed.models.unet3d.loader import LoadedPipeline, load_pipeline
 from distributed.models.unet3d.model import run_unet3d
-from support.tiny_models import default_scheduler
 from training import shapes_data as data
 from training.train_tiny_model import DEFAULT_OUTPUT as DEFAULT_MODEL
 from training.train_tiny_model import encode_text
 
-DEFAULT_TIMESTEPS = (950, 850, 750, 650, 550, 450, 350, 250, 150, 50)
+DEFAULT_TIMESTEPS = (999, 950, 850, 750, 650, 550, 450, 350, 250, 150, 50)
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 OTHER_AXIS = {"left": "up", "right": "down", "up": "left", "down": "right"}
 
@@ -74,7 +73,8 @@ def encode_clips(vae: AutoencoderKL, clips: np.ndarray) -> torch.Tensor:
 def denoising_errors(
     model: LoadedPipeline, clips: int, seed: int, timesteps: tuple[int, ...], batch: int = 8
 ) -> dict[str, list[float]]:
-    """Mean epsilon MSE per caption variant, one value per timestep."""
+    """Mean MSE of the model's prediction (epsilon or v, as its scheduler says) per caption variant, one
+    value per timestep."""
     anchored = getattr(model.unet, "frame_phase_period", None) is not None
     specs, pixels = data.sample_clips(seed, clips, frames=16, anchored=anchored)
     latents = encode_clips(model.vae, pixels)
@@ -85,13 +85,15 @@ def denoising_errors(
         name: encode_text(model.tokenizer, model.text_encoder, [variant(s) for s in specs])
         for name, variant in VARIANTS.items()
     }
-    scheduler = default_scheduler()
+    scheduler = DDIMScheduler.from_config(model.scheduler_config)
     generator = torch.Generator().manual_seed(seed)
     errors: dict[str, list[float]] = {name: [] for name in shifts}
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
         steps = torch.full((clips,), t)
         noisy = scheduler.add_noise(latents, noise, steps)
+        velocity = scheduler.config.prediction_type == "v_prediction"
+        target = scheduler.get_velocity(latents, noise, steps) if velocity else noise
         for name, shift in shifts.items():
             text = texts[name if name in texts else "true caption"]
             frame_text = text[:, None].expand(-1, latents.shape[2], -1, -1)
@@ -105,7 +107,7 @@ def denoising_errors(
                         data.FPS,
                         index[i : i + batch] + shift,
                     ),
-                    noise[i : i + batch],
+                    target[i : i + batch],
                     reduction="none",
                 ).mean(dim=(1, 2, 3, 4))
                 for i in range(0, clips, batch)

@@ -4,9 +4,11 @@ VideoCrafter2's diffusers port is a `UNet3DConditionModel` with an extra fps emb
 the time embedding. `run_unet3d` replaces `UNet3DConditionModel.forward` so that every frame can
 carry its own text conditioning (prompt schedules), which the stock forward cannot express.
 
-The pack's own demo model adds one option the real families do not have: a frame-phase embedding
+The pack's own demo model has two options the real families do not have: a frame-phase embedding
 (`frame_phase_period`), the frame's index in the whole video modulo a period, added per frame to the
-time embedding. The UNet3D's temporal layers carry no frame position of their own.
+time embedding (the UNet3D's temporal layers carry no frame position of their own); and a spatial
+position embedding (`spatial_position`), periodic in x and y like the demo's wrapped canvas, added to the
+first convolution's output (convolutions alone see position only near zero-padded borders).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
         time_cond_proj_dim: int | None = None,
         fps_cond: bool = False,
         frame_phase_period: int | None = None,
+        spatial_position: bool = False,
     ):
         # The parent's config registration is skipped here: ours (with fps_cond) is the one saved.
         UNet3DConditionModel.__init__.__wrapped__(
@@ -90,9 +93,22 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
             self.phase_embedding = torch.nn.Linear(2 * PHASE_HARMONICS, block_out_channels[0] * 4)
             torch.nn.init.zeros_(self.phase_embedding.weight)
             torch.nn.init.zeros_(self.phase_embedding.bias)
+        self.spatial_position = spatial_position
+        if spatial_position:
+            self.position_embedding = torch.nn.Linear(4 * PHASE_HARMONICS, block_out_channels[0])
+            torch.nn.init.zeros_(self.position_embedding.weight)
+            torch.nn.init.zeros_(self.position_embedding.bias)
 
 
 PHASE_HARMONICS = 4
+
+
+def position_features(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(H, W, 4 * PHASE_HARMONICS): sines and cosines of each latent pixel's column and row, periodic over
+    the image (a shape leaving one side of the demo's canvas comes back on the other)."""
+    columns = phase_features(torch.arange(width, device=device), width)
+    rows = phase_features(torch.arange(height, device=device), height)
+    return torch.cat([columns[None].expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)
 
 
 def phase_features(frame_index: torch.Tensor, period: int) -> torch.Tensor:
@@ -143,6 +159,9 @@ def run_unet3d(
 
     hidden = sample.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, -1, height, width)
     hidden = unet.conv_in(hidden)
+    if getattr(unet, "spatial_position", False):
+        position = unet.position_embedding(position_features(height, width, sample.device).to(unet.dtype))
+        hidden = hidden + position.permute(2, 0, 1)[None]
     hidden = unet.transformer_in(hidden, num_frames=num_frames, return_dict=False)[0]
 
     skips: tuple[torch.Tensor, ...] = (hidden,)
