@@ -376,6 +376,7 @@ class UNetStage:
     phase_period: int | None
     high_noise_cap: float  # weights a step by min(1/SNR, cap) where that is above 1; 1 turns it off
     zero_terminal_snr: bool = False  # v-prediction on a schedule whose last step is pure noise
+    min_timestep: int = 0  # trains only the noise levels from here up
 
 
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
@@ -392,6 +393,7 @@ def phase_stage(args: argparse.Namespace) -> UNetStage:
         data.PERIOD,
         args.high_noise_cap,
         args.zero_terminal_snr,
+        args.min_timestep,
     )
 
 
@@ -490,7 +492,9 @@ def train_unet(
         text = caption_embeddings[[captions.index(c) for c in said]].clone()
         dropped = torch.from_numpy(rng.random(args.batch) < args.uncond_prob)
         text[dropped] = empty_embedding  # the unconditional branch that classifier-free guidance needs
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=generator)
+        timesteps = torch.randint(
+            stage.min_timestep, scheduler.config.num_train_timesteps, (args.batch,), generator=generator
+        )
         noise = torch.randn(latents.shape, generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         frame_text = text[:, None].expand(-1, args.frames, -1, -1)
@@ -589,6 +593,9 @@ def parse_args() -> argparse.Namespace:
         "--zero-terminal-snr",
         action="store_true",
         help="phase stage: v-prediction on a schedule whose last step is pure noise (shipped with the model)",
+    )
+    parser.add_argument(
+        "--min-timestep", type=int, default=0, help="phase stage: train only the noise levels from this one up"
     )
     parser.add_argument(
         "--init-from",
