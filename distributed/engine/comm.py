@@ -53,6 +53,7 @@ class Communicator:
         self.bytes_received = 0
         self.calls = 0
         self.rounds = 0
+        self._gathers_in_flight.clear()  # a job that failed mid-step may have left some unwaited
 
     def _count_wait(self) -> None:
         """One blocking wait: a round of its own, and it overlaps every all-gather still in flight."""

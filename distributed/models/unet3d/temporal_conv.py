@@ -66,17 +66,17 @@ class FrameGroupNorm(nn.Module):
         norm = self.norm
         frames = x.shape[2]
         own = own if own is not None else (0, frames)
-        if not ctx.active or ctx.settings.mode != "exact":
-            count, mean, m2 = own_moments(x, norm.num_groups, (0, frames))  # per rank, halo included
-            var = m2 / count
-        elif ctx.settings.norm_window > 0:
+        if self.whole_video_statistics:
+            if merged is None:
+                merged = start_merge_over_ranks(ctx.comm, *own_moments(x, norm.num_groups, own))()
+            mean, var = merged
+        elif ctx.active and ctx.settings.mode == "exact":  # windowed statistics
             grouped = x.reshape(x.shape[0], norm.num_groups, -1, frames, x[0, 0, 0].numel())
             grouped = grouped.float() if x.element_size() < 4 else grouped
             mean, var = window_statistics(ctx, grouped, own, ctx.settings.norm_window)
-        elif merged is not None:
-            mean, var = merged
         else:
-            mean, var = start_merge_over_ranks(ctx.comm, *own_moments(x, norm.num_groups, own))()
+            count, mean, m2 = own_moments(x, norm.num_groups, (0, frames))  # per rank, halo included
+            var = m2 / count
         return _fold(x, norm, mean, var)
 
 
