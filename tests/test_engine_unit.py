@@ -120,6 +120,42 @@ def test_the_spatial_position_embedding_starts_at_zero_and_then_marks_each_laten
         assert run_unet3d(unet, sample[..., :4, :6], 500, text, 8).shape == (1, 4, 3, 4, 6)
 
 
+def test_the_caption_time_embedding_starts_at_zero_and_then_follows_the_caption():
+    torch.manual_seed(0)
+    unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config(caption_in_time_embedding=True)).double().eval()
+    plain = UNet3DVideoCrafterConditionModel(**tiny_unet_config()).double().eval()
+    plain.load_state_dict(unet.state_dict(), strict=False)
+    sample = torch.randn(1, 4, 3, 8, 8, dtype=torch.float64)
+    text = torch.randn(1, 3, 7, 32, dtype=torch.float64)
+    other = text.clone()
+    other[:, :, 4] += 1.0  # one token of the caption differs
+    with torch.no_grad():
+        assert torch.equal(run_unet3d(unet, sample, 500, text, 8), run_unet3d(plain, sample, 500, text, 8))
+        unet.caption_embedding[2].weight.normal_(0.0, 0.5)
+        # The caption now also changes the output through the time embedding, beyond the cross-attention.
+        through_time = run_unet3d(unet, sample, 500, other, 8) - run_unet3d(unet, sample, 500, text, 8)
+        through_attention = run_unet3d(plain, sample, 500, other, 8) - run_unet3d(plain, sample, 500, text, 8)
+        assert (through_time - through_attention).abs().max() > 1e-3
+
+
+def test_the_caption_position_gain_starts_at_one_and_then_moves_the_position_features():
+    torch.manual_seed(0)
+    config = tiny_unet_config(spatial_position=True)
+    unet = UNet3DVideoCrafterConditionModel(**config, caption_position=True).double().eval()
+    plain = UNet3DVideoCrafterConditionModel(**config).double().eval()
+    plain.load_state_dict(unet.state_dict(), strict=False)
+    sample = torch.randn(1, 4, 3, 8, 8, dtype=torch.float64)
+    text = torch.randn(1, 3, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        unet.position_embedding.weight.normal_(0.0, 0.5)
+        plain.position_embedding.weight.copy_(unet.position_embedding.weight)
+        assert torch.equal(run_unet3d(unet, sample, 500, text, 8), run_unet3d(plain, sample, 500, text, 8))
+        unet.caption_position_gain.weight.normal_(0.0, 0.5)
+        assert (run_unet3d(unet, sample, 500, text, 8) - run_unet3d(plain, sample, 500, text, 8)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="caption_position needs spatial_position"):
+        UNet3DVideoCrafterConditionModel(**tiny_unet_config(caption_position=True))
+
+
 def test_exact_global_frames_are_spread_over_the_timeline_independent_of_ranks():
     assert global_indices_exact(64, 4) == [8, 24, 40, 56]
     assert global_indices_exact(5, 5) == [0, 1, 2, 3, 4]

@@ -60,7 +60,7 @@ def test_training_captions_drop_each_attribute_at_the_given_rate() -> None:
 def test_anchored_clips_follow_one_phase_locked_trajectory_per_direction() -> None:
     rng = np.random.default_rng(1)
     for _ in range(200):
-        spec = shapes.sample_spec(rng, anchored=True)
+        spec = shapes.sample_spec(rng, "anchored")
         dx, dy = shapes.DIRECTIONS[spec.direction]
         assert 0 <= spec.start < shapes.PERIOD
         # At every video frame that is a multiple of the period, the shape is back in the anchor band.
@@ -72,3 +72,19 @@ def test_anchored_clips_follow_one_phase_locked_trajectory_per_direction() -> No
     # Unanchored clips start anywhere, at video frame 0.
     starts = {shapes.sample_spec(rng).start for _ in range(50)}
     assert starts == {0}
+
+
+def test_lane_clips_travel_along_their_direction_s_lane() -> None:
+    rng = np.random.default_rng(2)
+    seen: dict[str, set[int]] = {d: set() for d in shapes.DIRECTIONS}
+    for _ in range(400):
+        spec = shapes.sample_spec(rng, "lanes")
+        dx, _ = shapes.DIRECTIONS[spec.direction]
+        for frame in range(0, 40, 7):
+            x, y = spec.position(frame)
+            across = y if dx else x
+            assert abs(across - shapes.LANES[spec.direction]) <= shapes.LANE_WIDTH // 2
+        seen[spec.direction].add(spec.x0 if dx else spec.y0)  # along the lane: anywhere
+    assert all(len(starts) > 32 for starts in seen.values())
+    with pytest.raises(ValueError, match="trajectories"):
+        shapes.sample_spec(rng, "diagonal")

@@ -46,6 +46,12 @@ FPS = 8  # the frame rate the clips represent (the model's fps condition)
 # lets a model tie the word to the motion (docs/4-quality.md, "The direction probes").
 PERIOD = SIZE // SPEED
 ANCHOR_SPREAD = 16
+# Lanes: each direction has its own lane, a band across the canvas that its shapes travel along, so the
+# direction word alone says where the shape is, in every frame and for any number of workers, and the
+# lane says which way the shape goes. The lane's centre across the motion, and its width (pixels).
+LANES: dict[str, int] = {"right": 16, "left": 48, "down": 16, "up": 48}
+LANE_WIDTH = 8
+TRAJECTORIES = ("free", "anchored", "lanes")
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,12 @@ def parse_caption(text: str) -> tuple[str | None, str | None, str | None]:
     return found[0], found[1], found[2]
 
 
-def sample_spec(rng: np.random.Generator, anchored: bool = False) -> ClipSpec:
-    """A random clip. Anchored: the coordinate along the motion starts in [0, ANCHOR_SPREAD) at video
-    frame 0 and the clip begins at a random frame of the period, so every phase is seen."""
+def sample_spec(rng: np.random.Generator, trajectories: str = "free") -> ClipSpec:
+    """A random clip. Free: it starts anywhere. Anchored: the coordinate along the motion starts in
+    [0, ANCHOR_SPREAD) at video frame 0 and the clip begins at a random frame of the period, so every
+    phase is seen. Lanes: the coordinate across the motion lies in the direction's lane."""
+    if trajectories not in TRAJECTORIES:
+        raise ValueError(f"unknown trajectories {trajectories!r}; use one of {TRAJECTORIES}")
     spec = ClipSpec(
         colour=str(rng.choice(list(COLOURS))),
         shape=str(rng.choice(SHAPES)),
@@ -108,10 +117,13 @@ def sample_spec(rng: np.random.Generator, anchored: bool = False) -> ClipSpec:
         x0=int(rng.integers(SIZE)),
         y0=int(rng.integers(SIZE)),
     )
-    if not anchored:
-        return spec
-    along = int(rng.integers(ANCHOR_SPREAD))
     horizontal = DIRECTIONS[spec.direction][0] != 0
+    if trajectories == "free":
+        return spec
+    if trajectories == "lanes":
+        across = LANES[spec.direction] - LANE_WIDTH // 2 + int(rng.integers(LANE_WIDTH))
+        return replace(spec, y0=across) if horizontal else replace(spec, x0=across)
+    along = int(rng.integers(ANCHOR_SPREAD))
     return replace(
         spec,
         x0=along if horizontal else spec.x0,
@@ -161,10 +173,10 @@ def render_clip(spec: ClipSpec, frames: int) -> np.ndarray:
     return np.stack([render_frame(spec.colour, spec.shape, spec.direction, *spec.position(t)) for t in range(frames)])
 
 
-def sample_clips(seed: int, count: int, frames: int, anchored: bool = False) -> tuple[list[ClipSpec], np.ndarray]:
+def sample_clips(seed: int, count: int, frames: int, trajectories: str = "free") -> tuple[list[ClipSpec], np.ndarray]:
     """`count` random clips, deterministic from `seed`: their specs and (count, frames, SIZE, SIZE, 3)."""
     rng = np.random.default_rng(seed)
-    specs = [sample_spec(rng, anchored) for _ in range(count)]
+    specs = [sample_spec(rng, trajectories) for _ in range(count)]
     return specs, np.stack([render_clip(spec, frames) for spec in specs])
 
 

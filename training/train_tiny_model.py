@@ -10,8 +10,9 @@ Four stages, each resumable from checkpoints under --work:
    per frame through `run_unet3d` -- the exact call the engine makes at inference.
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
-It stays at its seeded random initialisation: its outputs already differ per caption, and freezing it
-lets all caption embeddings be computed once.
+In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
+and freezing it lets all caption embeddings be computed once. The phase stage can train it with the UNet
+(`--train-text-encoder`), so a word whose random embedding says little can be given a louder one.
 
 Run from the repository root:
 
@@ -52,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "assets" / "tiny-shapes-t2v"
 DEFAULT_WORK = REPO / "artifacts" / "tiny_train"
 LATENT = data.SIZE // 8
+TOP_LEVELS = 900  # the noise levels where a sample shows nearly nothing of the shape yet
 PHASE_STEPS = 0  # the anchored, phase-locked stage is a probe (docs/4-quality.md, probe 15), not shipped
 
 
@@ -69,9 +71,13 @@ def make_vae() -> AutoencoderKL:
 
 
 def make_unet(
-    text_at_full_resolution: bool = False, phase_period: int | None = None
+    text_at_full_resolution: bool = False,
+    phase_period: int | None = None,
+    spatial_position: bool = False,
+    caption_in_time: bool = False,
+    caption_position: bool = False,
 ) -> UNet3DVideoCrafterConditionModel:
-    """The demo UNet; with a phase period it also gets the frame-phase and spatial position embeddings."""
+    """The demo UNet, optionally with the frame-phase, spatial position and caption time embeddings."""
     # Two levels (8x8, 4x4). Spatial and text cross-attention at 4x4 and in the mid block, where 16
     # tokens make it cheap; optionally also at 8x8, where the motion and the streak are drawn.
     top = "CrossAttn" if text_at_full_resolution else ""
@@ -86,7 +92,9 @@ def make_unet(
         norm_num_groups=8,
         fps_cond=True,
         frame_phase_period=phase_period,
-        spatial_position=phase_period is not None,
+        spatial_position=spatial_position,
+        caption_in_time_embedding=caption_in_time,
+        caption_position=caption_position,
     )
     return UNet3DVideoCrafterConditionModel(**config)
 
@@ -254,23 +262,30 @@ def clip_latents(cache: torch.Tensor, specs: list[data.ClipSpec], frames: int) -
 # --- text ---------------------------------------------------------------------------------------------
 
 
-def build_text(work: Path, seed: int) -> tuple[CLIPTokenizer, CLIPTextModel]:
+def build_text(work: Path, seed: int, start_from: Path | None = None) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """The word tokenizer and the encoder: seeded random, or (start_from) an exported pipeline's."""
     folder = work / "tokenizer"
     if folder.exists():
         shutil.rmtree(folder)
     vocab_size = write_word_tokenizer(folder, data.vocabulary())
     torch.manual_seed(seed + 7)
-    encoder = tiny_text_encoder(vocab_size, hidden_size=32).eval().requires_grad_(False)
-    return CLIPTokenizer.from_pretrained(folder), encoder
+    encoder = tiny_text_encoder(vocab_size, hidden_size=32)
+    if start_from is not None:
+        encoder = CLIPTextModel.from_pretrained(start_from / "text_encoder")
+    return CLIPTokenizer.from_pretrained(folder), encoder.eval().requires_grad_(False)
+
+
+def caption_ids(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    # Padded to the full length like diffusers text-to-video pipelines do; (N, L).
+    return tokenizer(
+        prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 @torch.no_grad()
 def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
-    # Padded to the full length like diffusers text-to-video pipelines do; (N, L, D).
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
-    ).input_ids
-    return encoder(ids).last_hidden_state
+    """(N, L, D) caption embeddings."""
+    return encoder(caption_ids(tokenizer, prompts)).last_hidden_state
 
 
 # --- stage 4: UNet ---------------------------------------------------------------------------------
@@ -366,21 +381,26 @@ def export(
 @dataclass(frozen=True)
 class UNetStage:
     """One UNet training stage: the first learns the shapes, the second the anchored, phase-locked
-    trajectories (with the frame-phase embedding) on top of the first one's EMA weights."""
+    trajectories (with the frame-phase embedding) or the lanes on top of the first one's EMA weights."""
 
     name: str  # checkpoint file stem
     steps: int
     lr: float
     warmup: int
-    anchored: bool
+    trajectories: str  # shapes_data.TRAJECTORIES
     phase_period: int | None
+    spatial_position: bool
     high_noise_cap: float  # weights a step by min(1/SNR, cap) where that is above 1; 1 turns it off
     zero_terminal_snr: bool = False  # v-prediction on a schedule whose last step is pure noise
     min_timestep: int = 0  # trains only the noise levels from here up
+    train_text: bool = False  # the text encoder learns with the UNet
+    caption_in_time: bool = False  # the UNet's caption embedding (the token mean in the time embedding)
+    caption_position: bool = False  # the UNet's caption gains on its position features
+    top_share: float = 0.0  # share of each batch drawn from the levels from TOP_LEVELS up
 
 
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
-    return UNetStage("unet", args.steps, args.lr, args.warmup, False, None, 1.0)
+    return UNetStage("unet", args.steps, args.lr, args.warmup, "free", None, False, 1.0)
 
 
 def phase_stage(args: argparse.Namespace) -> UNetStage:
@@ -389,11 +409,16 @@ def phase_stage(args: argparse.Namespace) -> UNetStage:
         args.phase_steps,
         args.phase_lr,
         100,
+        args.trajectories,
+        data.PERIOD if args.trajectories == "anchored" else None,
         True,
-        data.PERIOD,
         args.high_noise_cap,
         args.zero_terminal_snr,
         args.min_timestep,
+        args.train_text_encoder,
+        args.caption_in_time_embedding,
+        args.caption_position,
+        args.top_share,
     )
 
 
@@ -429,23 +454,39 @@ def train_unet(
 ) -> dict[str, torch.Tensor]:
     """Runs one stage to its step count (or the deadline) and returns the EMA weights."""
     path = work / f"{stage.name}.pt"
-    tokenizer, encoder = build_text(work, args.seed)
+    on_top = stage.trajectories != "free"  # the second stage, on the first one's weights
+    start_text = Path(args.init_from) if args.init_from and on_top else None
+    tokenizer, encoder = build_text(work, args.seed, start_text)
     captions = data.open_captions()
-    caption_embeddings = encode_text(tokenizer, encoder, captions)
-    empty_embedding = encode_text(tokenizer, encoder, [""])[0]
+    ids = caption_ids(tokenizer, captions)
+    empty_ids = caption_ids(tokenizer, [""])[0]
+    with torch.no_grad():  # a frozen encoder's embeddings are computed once
+        caption_embeddings = encoder(ids).last_hidden_state
+        empty_embedding = encoder(empty_ids[None]).last_hidden_state[0]
     scheduler = stage_scheduler(stage)
     alphas = scheduler.alphas_cumprod
 
     torch.manual_seed(args.seed + 11)
-    unet = make_unet(args.text_at_full_resolution, stage.phase_period)
+    unet = make_unet(
+        args.text_at_full_resolution,
+        stage.phase_period,
+        stage.spatial_position,
+        stage.caption_in_time,
+        stage.caption_position,
+    )
     if start_weights is not None:
         missing, unexpected = unet.load_state_dict(start_weights, strict=False)
-        added = ("phase_embedding.", "position_embedding.")  # new in this stage, zero at the start
+        # New in this stage, and zero at the start.
+        added = ("phase_embedding.", "position_embedding.", "caption_embedding.", "caption_position_gain.")
         if unexpected or any(not key.startswith(added) for key in missing):
             raise RuntimeError(f"{stage.name}: start weights do not fit ({missing=}, {unexpected=})")
     ema = copy.deepcopy(unet).requires_grad_(False)
-    optimiser = torch.optim.AdamW(unet.parameters(), lr=stage.lr, weight_decay=0.01)
-    state = resume_parts(path, args.resume, stage.name, model=unet, ema=ema, optimiser=optimiser)
+    encoder.requires_grad_(stage.train_text)
+    ema_encoder = copy.deepcopy(encoder).requires_grad_(False)
+    trained = [*unet.parameters(), *(encoder.parameters() if stage.train_text else [])]
+    optimiser = torch.optim.AdamW(trained, lr=stage.lr, weight_decay=0.01)
+    text_parts = {"encoder": encoder, "ema_encoder": ema_encoder} if stage.train_text else {}
+    state = resume_parts(path, args.resume, stage.name, model=unet, ema=ema, optimiser=optimiser, **text_parts)
     step, history = (state["step"], state["history"]) if state is not None else (0, [])
     log(f"{stage.name}: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters")
 
@@ -458,7 +499,8 @@ def train_unet(
                 "optimiser": optimiser.state_dict(),
                 "step": step,
                 "history": history,
-            },
+            }
+            | {name: part.state_dict() for name, part in text_parts.items()},
         )
 
     def ship(fidelity: float | None) -> None:
@@ -474,27 +516,41 @@ def train_unet(
             "frames": args.frames,
             "threads": args.threads,
             "high_noise_cap": args.high_noise_cap,
+            "trajectories": stage.trajectories,
+            "train_text_encoder": stage.train_text,
+            "caption_in_time_embedding": stage.caption_in_time,
+            "caption_position": stage.caption_position,
+            "top_share": stage.top_share,
             "monitor_fidelity": fidelity,
             "command": "python -m training.train_tiny_model",
         }
-        export(Path(args.output), ema, vae, scaling_factor, encoder, work / "tokenizer", info, scheduler)
+        export(Path(args.output), ema, vae, scaling_factor, ema_encoder, work / "tokenizer", info, scheduler)
         log(f"exported {args.output} at {stage.name} step {step}")
 
     losses: list[float] = []
     started = time.time()
-    stage_seed, noise_offset = (2, 0) if stage.phase_period is None else (5, 500_000)
+    stage_seed, noise_offset = (5, 500_000) if on_top else (2, 0)
     while step < stage.steps and time.time() < deadline:
         rng = np.random.default_rng([args.seed, stage_seed, step])
         generator = torch.Generator().manual_seed(args.seed * 7_000_003 + noise_offset + step)
-        specs = [data.sample_spec(rng, anchored=stage.anchored) for _ in range(args.batch)]
+        specs = [data.sample_spec(rng, stage.trajectories) for _ in range(args.batch)]
         latents = clip_latents(cache, specs, args.frames) * scaling_factor
         said = [spoken_caption(spec, rng, args.attribute_dropout) for spec in specs]
-        text = caption_embeddings[[captions.index(c) for c in said]].clone()
+        chosen = [captions.index(c) for c in said]
         dropped = torch.from_numpy(rng.random(args.batch) < args.uncond_prob)
-        text[dropped] = empty_embedding  # the unconditional branch that classifier-free guidance needs
-        timesteps = torch.randint(
-            stage.min_timestep, scheduler.config.num_train_timesteps, (args.batch,), generator=generator
-        )
+        if stage.train_text:
+            batch_ids = ids[chosen].clone()
+            batch_ids[dropped] = empty_ids  # the unconditional branch that classifier-free guidance needs
+            text = encoder(batch_ids).last_hidden_state
+        else:
+            text = caption_embeddings[chosen].clone()
+            text[dropped] = empty_embedding
+        last = scheduler.config.num_train_timesteps
+        timesteps = torch.randint(stage.min_timestep, last, (args.batch,), generator=generator)
+        if stage.top_share > 0:
+            # Part of every batch from the top levels, where only the caption says where the shape is.
+            top = round(stage.top_share * args.batch)
+            timesteps[:top] = torch.randint(max(stage.min_timestep, TOP_LEVELS), last, (top,), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         frame_text = text[:, None].expand(-1, args.frames, -1, -1)
@@ -514,10 +570,13 @@ def train_unet(
             group["lr"] = stage.lr * warmup
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
         step += 1
-        ema_update(ema, unet, min(args.ema, (1 + step) / (10 + step)))
+        decay = min(args.ema, (1 + step) / (10 + step))
+        ema_update(ema, unet, decay)
+        if stage.train_text:
+            ema_update(ema_encoder, encoder, decay)
         losses.append(per_sample.mean().item())
         if step % 50 == 0:
             rate = (time.time() - started) / max(len(losses), 1)
@@ -528,17 +587,17 @@ def train_unet(
         if step % args.checkpoint_every == 0:
             checkpoint()
         if step % args.export_every == 0:
-            fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed, scheduler=scheduler)
+            fidelity = evaluate(ema, vae, scaling_factor, tokenizer, ema_encoder, args.seed, scheduler=scheduler)
             history.append({"step": step, "monitor_fidelity": fidelity})
             log(f"monitor: prompt fidelity of the EMA model {fidelity:.2f}")
             ship(fidelity)
             started = time.time()
     checkpoint()
-    fidelity = evaluate(ema, vae, scaling_factor, tokenizer, encoder, args.seed, scheduler=scheduler)
+    fidelity = evaluate(ema, vae, scaling_factor, tokenizer, ema_encoder, args.seed, scheduler=scheduler)
     history.append({"step": step, "monitor_fidelity": fidelity})
     log(f"{stage.name}: final monitor fidelity {fidelity:.2f} at step {step}")
     ship(fidelity)
-    (work / ("history.json" if stage.phase_period is None else f"{stage.name}_history.json")).write_text(
+    (work / (f"{stage.name}_history.json" if on_top else "history.json")).write_text(
         json.dumps(history, indent=1) + "\n"
     )
     return ema.state_dict()
@@ -596,6 +655,31 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--min-timestep", type=int, default=0, help="phase stage: train only the noise levels from this one up"
+    )
+    parser.add_argument(
+        "--train-text-encoder", action="store_true", help="phase stage: train the text encoder with the UNet"
+    )
+    parser.add_argument(
+        "--trajectories",
+        choices=[t for t in data.TRAJECTORIES if t != "free"],
+        default="anchored",
+        help="phase stage: phase-locked trajectories (with the frame-phase embedding) or one lane per direction",
+    )
+    parser.add_argument(
+        "--caption-in-time-embedding",
+        action="store_true",
+        help="phase stage: the UNet also gets the caption's token mean in its time embedding",
+    )
+    parser.add_argument(
+        "--caption-position",
+        action="store_true",
+        help="phase stage: the caption's token mean also scales the UNet's position features",
+    )
+    parser.add_argument(
+        "--top-share",
+        type=float,
+        default=0.0,
+        help=f"phase stage: share of each batch drawn from noise levels {TOP_LEVELS} and up",
     )
     parser.add_argument(
         "--init-from",

@@ -12,6 +12,7 @@ which noise levels a word matters. Real training clips are noised with the same 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def load_model(folder: Path) -> LoadedPipeline:
     return load_pipeline(ModelSpec(base=str(folder)))
 
 
+def trained_trajectories(folder: Path, model: LoadedPipeline) -> str:
+    """The trajectories of the model's last training stage (shapes_data.TRAJECTORIES)."""
+    info = folder / "training.json"
+    recorded = json.loads(info.read_text()).get("trajectories") if info.exists() else None
+    anchored = getattr(model.unet, "frame_phase_period", None) is not None
+    return recorded or ("anchored" if anchored else "free")
+
+
 @torch.no_grad()
 def encode_clips(vae: AutoencoderKL, clips: np.ndarray) -> torch.Tensor:
     """(B, T, H, W, 3) in [0, 1] -> (B, 4, T, h, w) scaled latents (posterior means)."""
@@ -71,12 +80,12 @@ def encode_clips(vae: AutoencoderKL, clips: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def denoising_errors(
-    model: LoadedPipeline, clips: int, seed: int, timesteps: tuple[int, ...], batch: int = 8
+    model: LoadedPipeline, clips: int, seed: int, timesteps: tuple[int, ...], trajectories: str, batch: int = 8
 ) -> dict[str, list[float]]:
     """Mean MSE of the model's prediction (epsilon or v, as its scheduler says) per caption variant, one
-    value per timestep."""
+    value per timestep, on clips of the model's own training data."""
     anchored = getattr(model.unet, "frame_phase_period", None) is not None
-    specs, pixels = data.sample_clips(seed, clips, frames=16, anchored=anchored)
+    specs, pixels = data.sample_clips(seed, clips, frames=16, trajectories=trajectories)
     latents = encode_clips(model.vae, pixels)
     index = torch.tensor([spec.start for spec in specs])[:, None] + torch.arange(latents.shape[2])[None]
     # The phase variant: the true caption, with every frame's place in the video half a period off.
@@ -135,7 +144,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    errors = denoising_errors(load_model(args.model), args.clips, args.seed, DEFAULT_TIMESTEPS)
+    model = load_model(args.model)
+    trajectories = trained_trajectories(args.model, model)
+    errors = denoising_errors(model, args.clips, args.seed, DEFAULT_TIMESTEPS, trajectories)
     print_table(errors, DEFAULT_TIMESTEPS)
 
 

@@ -8,7 +8,11 @@ The pack's own demo model has two options the real families do not have: a frame
 (`frame_phase_period`), the frame's index in the whole video modulo a period, added per frame to the
 time embedding (the UNet3D's temporal layers carry no frame position of their own); and a spatial
 position embedding (`spatial_position`), periodic in x and y like the demo's wrapped canvas, added to the
-first convolution's output (convolutions alone see position only near zero-padded borders).
+first convolution's output (convolutions alone see position only near zero-padded borders); and a caption
+embedding (`caption_in_time_embedding`), the mean of the text tokens added to the time embedding, so the
+caption reaches every ResNet at every level, as the frame phase does, and not only the cross-attentions; and
+(`caption_position`, with the spatial position embedding) a gain per position feature from the same token
+mean, so the caption can say where in the picture something is, before any frame shows it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
         fps_cond: bool = False,
         frame_phase_period: int | None = None,
         spatial_position: bool = False,
+        caption_in_time_embedding: bool = False,
+        caption_position: bool = False,
     ):
         # The parent's config registration is skipped here: ours (with fps_cond) is the one saved.
         UNet3DConditionModel.__init__.__wrapped__(
@@ -98,6 +104,21 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
             self.position_embedding = torch.nn.Linear(4 * PHASE_HARMONICS, block_out_channels[0])
             torch.nn.init.zeros_(self.position_embedding.weight)
             torch.nn.init.zeros_(self.position_embedding.bias)
+        if caption_position and not spatial_position:
+            raise ValueError("caption_position needs spatial_position: it scales the position features")
+        self.caption_position = caption_position
+        if caption_position:
+            self.caption_position_gain = torch.nn.Linear(cross_attention_dim, 4 * PHASE_HARMONICS)
+            torch.nn.init.zeros_(self.caption_position_gain.weight)
+            torch.nn.init.zeros_(self.caption_position_gain.bias)
+        self.caption_in_time_embedding = caption_in_time_embedding
+        if caption_in_time_embedding:
+            width = block_out_channels[0] * 4
+            self.caption_embedding = torch.nn.Sequential(
+                torch.nn.Linear(cross_attention_dim, width), torch.nn.SiLU(), torch.nn.Linear(width, width)
+            )
+            torch.nn.init.zeros_(self.caption_embedding[2].weight)
+            torch.nn.init.zeros_(self.caption_embedding[2].bias)
 
 
 PHASE_HARMONICS = 4
@@ -156,12 +177,16 @@ def run_unet3d(
         index = frame_index.to(sample.device).expand(batch, num_frames).reshape(-1)
         emb = emb + unet.phase_embedding(phase_features(index, period).to(unet.dtype))
     text = frame_text.reshape(batch * num_frames, *frame_text.shape[2:]).to(unet.dtype)
+    if getattr(unet, "caption_in_time_embedding", False):
+        emb = emb + unet.caption_embedding(text.mean(dim=1))
 
     hidden = sample.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, -1, height, width)
     hidden = unet.conv_in(hidden)
     if getattr(unet, "spatial_position", False):
-        position = unet.position_embedding(position_features(height, width, sample.device).to(unet.dtype))
-        hidden = hidden + position.permute(2, 0, 1)[None]
+        features = position_features(height, width, sample.device).to(unet.dtype)[None]  # (1, H, W, P)
+        if getattr(unet, "caption_position", False):
+            features = features * (1 + unet.caption_position_gain(text.mean(dim=1)))[:, None, None]
+        hidden = hidden + unet.position_embedding(features).permute(0, 3, 1, 2)
     hidden = unet.transformer_in(hidden, num_frames=num_frames, return_dict=False)[0]
 
     skips: tuple[torch.Tensor, ...] = (hidden,)
