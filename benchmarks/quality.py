@@ -39,6 +39,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from distributed.engine.choices import DEFAULT_CFG, recommended_settings
 from distributed.engine.comm import Communicator
 from distributed.engine.job import JobSpec
 from distributed.engine.layout import FrameLayout
@@ -349,7 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--short", action="store_true", help="a quick version for CI")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--cfg", type=float, default=12.0)
+    parser.add_argument("--cfg", type=float, default=None, help="guidance (default: the model's recommended)")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "sde_dpmpp"])
     parser.add_argument("--frames", type=int, default=None, help="long video length (default 64, short 32)")
     parser.add_argument("--ranks", type=int, default=4)
@@ -375,6 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.open_ranks = args.ranks
     if args.seeds is None:
         args.seeds = 1 if args.short else 2
+    if args.cfg is None:
+        args.cfg = float(recommended_settings(args.model).get("cfg", DEFAULT_CFG))
     if args.short:
         args.steps = min(args.steps, 15)
     return args

@@ -1,17 +1,21 @@
 """Trains the embedded tiny text-to-video model ("tiny-shapes-t2v") on procedural moving-shape clips.
 
-Four stages, each resumable from checkpoints under --work:
+Five stages, each resumable from checkpoints under --work:
 
 1. a per-frame AutoencoderKL (64x64 RGB <-> 4x8x8 latents);
 2. a latent cache: every frame the data can contain (colour x shape x direction x position) encoded once, so a
    training clip is a lookup, not 16 encoder calls;
 3. the decoder alone, fine-tuned on those cached latents (the encoder, hence the latents, stay fixed);
 4. a UNet3D (VideoCrafter2 variant, fps embedding on) denoising 16-frame latent clips, conditioned
-   per frame through `run_unet3d` -- the exact call the engine makes at inference.
+   per frame through `run_unet3d` -- the exact call the engine makes at inference;
+5. the placement stage: the same UNet, with a spatial position embedding that the caption scales and the
+   caption in its time embedding, on clips in which each direction travels its own lane, with v-prediction
+   on a schedule whose last step is pure noise. There the caption alone says where the shape is, and the
+   lane says which way it goes, so the direction word decides the motion (docs/4-quality.md, probe 19).
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
 In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
-and freezing it lets all caption embeddings be computed once. The phase stage can train it with the UNet
+and freezing it lets all caption embeddings be computed once. The placement stage can train it with the UNet
 (`--train-text-encoder`), so a word whose random embedding says little can be given a louder one.
 
 Run from the repository root:
@@ -54,7 +58,8 @@ DEFAULT_OUTPUT = REPO / "assets" / "tiny-shapes-t2v"
 DEFAULT_WORK = REPO / "artifacts" / "tiny_train"
 LATENT = data.SIZE // 8
 TOP_LEVELS = 900  # the noise levels where a sample shows nearly nothing of the shape yet
-PHASE_STEPS = 0  # the anchored, phase-locked stage is a probe (docs/4-quality.md, probe 15), not shipped
+# The placement stage of the shipped model: lanes, the caption's position embedding, zero terminal SNR.
+PLACEMENT_STEPS = 1500
 
 
 def log(message: str) -> None:
@@ -380,8 +385,9 @@ def export(
 
 @dataclass(frozen=True)
 class UNetStage:
-    """One UNet training stage: the first learns the shapes, the second the anchored, phase-locked
-    trajectories (with the frame-phase embedding) or the lanes on top of the first one's EMA weights."""
+    """One UNet training stage: the first learns the shapes on free trajectories; the second, the placement
+    stage, on top of the first one's EMA weights, learns where the caption puts the shape (one lane per
+    direction, or phase-locked trajectories with the frame-phase embedding)."""
 
     name: str  # checkpoint file stem
     steps: int
@@ -403,11 +409,11 @@ def shapes_stage(args: argparse.Namespace) -> UNetStage:
     return UNetStage("unet", args.steps, args.lr, args.warmup, "free", None, False, 1.0)
 
 
-def phase_stage(args: argparse.Namespace) -> UNetStage:
+def placement_stage(args: argparse.Namespace) -> UNetStage:
     return UNetStage(
-        "unet_phase",
-        args.phase_steps,
-        args.phase_lr,
+        "unet_placement",
+        args.placement_steps,
+        args.placement_lr,
         100,
         args.trajectories,
         data.PERIOD if args.trajectories == "anchored" else None,
@@ -425,7 +431,7 @@ def phase_stage(args: argparse.Namespace) -> UNetStage:
 def stage_scheduler(stage: UNetStage) -> DDIMScheduler:
     """The training and shipped schedule: the default, or (zero_terminal_snr) the same betas rescaled so the
     last step is pure noise, v-prediction and trailing timesteps, so the first sampling step sees no trace of
-    the shape and only the caption and the phase can say where it is."""
+    the shape and only the caption (and the phase) can say where it is."""
     scheduler = default_scheduler()
     if not stage.zero_terminal_snr:
         return scheduler
@@ -508,7 +514,7 @@ def train_unet(
             "seed": args.seed,
             "stage": stage.name,
             "unet_steps": args.steps,
-            "phase_steps": args.phase_steps,
+            "placement_steps": args.placement_steps,
             "stage_step": step,
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
@@ -642,49 +648,55 @@ def parse_args() -> argparse.Namespace:
         "--attribute-dropout", type=float, default=0.1, help="chance that a caption leaves out each attribute"
     )
     parser.add_argument(
-        "--phase-steps", type=int, default=PHASE_STEPS, help="steps of the anchored, phase-locked stage (0: none)"
+        "--placement-steps",
+        type=int,
+        default=PLACEMENT_STEPS,
+        help="steps of the placement stage, which ties the caption to where the shape is (0: none)",
     )
-    parser.add_argument("--phase-lr", type=float, default=5e-4)
+    parser.add_argument("--placement-lr", type=float, default=5e-4)
     parser.add_argument(
-        "--high-noise-cap", type=float, default=10.0, help="cap of the phase stage's high-noise weight (1: off)"
+        "--high-noise-cap", type=float, default=10.0, help="placement stage: cap of an epsilon loss's high-noise weight"
     )
     parser.add_argument(
         "--zero-terminal-snr",
-        action="store_true",
-        help="phase stage: v-prediction on a schedule whose last step is pure noise (shipped with the model)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="placement stage: v-prediction on a schedule whose last step is pure noise (shipped with the model)",
     )
     parser.add_argument(
-        "--min-timestep", type=int, default=0, help="phase stage: train only the noise levels from this one up"
+        "--min-timestep", type=int, default=0, help="placement stage: train only the noise levels from this one up"
     )
     parser.add_argument(
-        "--train-text-encoder", action="store_true", help="phase stage: train the text encoder with the UNet"
+        "--train-text-encoder", action="store_true", help="placement stage: train the text encoder with the UNet"
     )
     parser.add_argument(
         "--trajectories",
         choices=[t for t in data.TRAJECTORIES if t != "free"],
-        default="anchored",
-        help="phase stage: phase-locked trajectories (with the frame-phase embedding) or one lane per direction",
+        default="lanes",
+        help="placement stage: one lane per direction, or phase-locked trajectories (with the frame-phase embedding)",
     )
     parser.add_argument(
         "--caption-in-time-embedding",
-        action="store_true",
-        help="phase stage: the UNet also gets the caption's token mean in its time embedding",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="placement stage: the UNet also gets the caption's token mean in its time embedding",
     )
     parser.add_argument(
         "--caption-position",
-        action="store_true",
-        help="phase stage: the caption's token mean also scales the UNet's position features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="placement stage: the caption's token mean also scales the UNet's position features",
     )
     parser.add_argument(
         "--top-share",
         type=float,
-        default=0.0,
-        help=f"phase stage: share of each batch drawn from noise levels {TOP_LEVELS} and up",
+        default=0.5,
+        help=f"placement stage: share of each batch drawn from noise levels {TOP_LEVELS} and up",
     )
     parser.add_argument(
         "--init-from",
         default=None,
-        help="a pipeline folder whose VAE and UNet replace stages 1 to 4 (runs the phase stage on top of it)",
+        help="a pipeline folder whose VAE and UNet replace stages 1 to 4 (runs the placement stage on top of it)",
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
@@ -712,8 +724,8 @@ def main() -> None:
             log("stopping after the decoder stage")
             return
         start_weights = train_unet(args, work, deadline, vae, cache, scaling_factor, shapes_stage(args))
-    if args.phase_steps and time.time() < deadline:
-        train_unet(args, work, deadline, vae, cache, scaling_factor, phase_stage(args), start_weights)
+    if args.placement_steps and time.time() < deadline:
+        train_unet(args, work, deadline, vae, cache, scaling_factor, placement_stage(args), start_weights)
     log("done" if time.time() < deadline else "time budget spent; run again with --resume")
 
 
