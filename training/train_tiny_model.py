@@ -11,7 +11,7 @@ Five stages, each resumable from checkpoints under --work:
 5. the placement stage: the same UNet, with a spatial position embedding that the caption scales and the
    caption in its time embedding, on clips in which each direction travels its own lane, with v-prediction
    on a schedule whose last step is pure noise. There the caption alone says where the shape is, and the
-   lane says which way it goes, so the direction word decides the motion (docs/4-quality.md, probe 19).
+   lane says which way it goes, so the direction word decides the motion (docs/4-quality.md, probes 19 to 23).
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
 In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
