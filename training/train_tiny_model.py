@@ -273,10 +273,11 @@ def build_text(work: Path, seed: int, start_from: Path | None = None) -> tuple[C
     if folder.exists():
         shutil.rmtree(folder)
     vocab_size = write_word_tokenizer(folder, data.vocabulary())
-    torch.manual_seed(seed + 7)
-    encoder = tiny_text_encoder(vocab_size, hidden_size=32)
     if start_from is not None:
         encoder = CLIPTextModel.from_pretrained(start_from / "text_encoder")
+    else:
+        torch.manual_seed(seed + 7)
+        encoder = tiny_text_encoder(vocab_size, hidden_size=32)
     return CLIPTokenizer.from_pretrained(folder), encoder.eval().requires_grad_(False)
 
 

@@ -177,15 +177,16 @@ def run_unet3d(
         index = frame_index.to(sample.device).expand(batch, num_frames).reshape(-1)
         emb = emb + unet.phase_embedding(phase_features(index, period).to(unet.dtype))
     text = frame_text.reshape(batch * num_frames, *frame_text.shape[2:]).to(unet.dtype)
+    caption = text.mean(dim=1)  # the token mean that the demo model's caption options read
     if getattr(unet, "caption_in_time_embedding", False):
-        emb = emb + unet.caption_embedding(text.mean(dim=1))
+        emb = emb + unet.caption_embedding(caption)
 
     hidden = sample.permute(0, 2, 1, 3, 4).reshape(batch * num_frames, -1, height, width)
     hidden = unet.conv_in(hidden)
     if getattr(unet, "spatial_position", False):
         features = position_features(height, width, sample.device).to(unet.dtype)[None]  # (1, H, W, P)
         if getattr(unet, "caption_position", False):
-            features = features * (1 + unet.caption_position_gain(text.mean(dim=1)))[:, None, None]
+            features = features * (1 + unet.caption_position_gain(caption))[:, None, None]
         hidden = hidden + unet.position_embedding(features).permute(0, 3, 1, 2)
     hidden = unet.transformer_in(hidden, num_frames=num_frames, return_dict=False)[0]
 
