@@ -13,7 +13,7 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from distributed.engine.banded import band_plan, banded_attention
+from distributed.engine.banded import band_plan, banded_attention, banded_attention_in_parts, part_plans
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
 from distributed.engine.errors import InvalidSettingsError, JobCancelled, ModelLoadError
@@ -402,6 +402,41 @@ def test_own_moments_match_torch_in_both_memory_layouts(frame_major):
     assert count == own.shape[-1]
     assert torch.allclose(mean, expected_mean, rtol=1e-13, atol=0)
     assert torch.allclose(m2 / count, var, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "frames, start, total, width, count, mask_ends, local_bonus, global_bonus, token_num_scale",
+    [
+        (21, 0, 64, 3, 4, True, 0.0, 2.0, False),  # video start: the left halo is masked
+        (21, 30, 64, 3, 4, True, 10.0, 0.0, True),  # interior, local phase, per-row scale
+        (16, 48, 64, 8, 16, True, 0.0, 10.0, False),  # video end, the demo's P and G
+        (5, 10, 40, 8, 0, True, 10.0, 0.0, False),  # a clip shorter than P: rows see both halos; G = 0
+        (12, 0, 36, 4, 6, False, 0.0, 0.0, False),  # reference mode: zero-padded ends stay visible
+        (9, 9, 27, 0, 3, True, 0.0, 0.0, False),  # P = 0: globals only
+        (9, 9, 27, 2, 0, True, 0.0, 0.0, False),  # middle rows see no key of the rest
+    ],
+)
+def test_attention_in_two_parts_equals_the_one_pass_banded_attention(
+    frames, start, total, width, count, mask_ends, local_bonus, global_bonus, token_num_scale
+):
+    """The own band first, then halo and global keys merged by their normalisers: the same result to fp64
+    rounding, including rows that see none of the rest and clips shorter than the halo."""
+    heads, dim = 2, 5
+    generator = torch.Generator().manual_seed(5)
+    query = torch.randn(3, heads, frames, dim, generator=generator, dtype=torch.float64)
+    key, value = (
+        torch.randn(3, heads, frames + 2 * width + count, dim, generator=generator, dtype=torch.float64) * 2
+        for _ in range(2)
+    )
+    arguments = (frames, start, total, width, count, mask_ends, local_bonus, global_bonus, 1.0, token_num_scale)
+    cpu = (torch.device("cpu"), torch.float64)
+    expected = banded_attention(query, key, value, band_plan(*arguments, *cpu), dim**-0.5)
+    own = slice(width, width + frames)
+    rest = [torch.cat([x[:, :, :width], x[:, :, width + frames :]], dim=2) for x in (key, value)]
+    got = banded_attention_in_parts(
+        query, key[:, :, own], value[:, :, own], lambda: tuple(rest), part_plans(*arguments, *cpu), dim**-0.5
+    )
+    assert (got - expected).abs().max().item() < 1e-12
 
 
 @pytest.mark.parametrize("frames, start, token_num_scale", [(21, 0, False), (21, 30, True), (16, 4, False)])

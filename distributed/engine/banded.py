@@ -2,12 +2,17 @@
 
 Model-independent: a family hands over queries for its own frames and keys/values laid out as
 [left halo ; own ; right halo ; global frames] along the frame axis; memory grows with F * (2P+1+G).
+
+With several ranks the attention runs in two parts (`banded_attention_in_parts`): the band over the
+rank's own frames while the halo and global frames are still travelling, then the halo and global keys,
+joined exactly by their softmax normalisers (the merge of online softmax).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -27,6 +32,31 @@ class BandPlan:
         self.globals_count = globals_count
         self.bias = bias  # (blocks, block, block + 2 * width + globals_count)
         self.row_scale = row_scale  # (blocks, block, 1) or None
+
+
+@dataclass(frozen=True)
+class PartPlans:
+    """The attention of one rank's frames in two parts whose key sets do not overlap.
+
+    own: the band over the own frames alone, keys laid out [P empty ; own ; P empty].
+    rest_bias: (F, 2P + G) additive bias of the other keys, laid out [left halo ; right halo ; globals].
+    row_scale: (F, 1) query scale of the whole attention (see band_plan), or None.
+    """
+
+    own: BandPlan
+    rest_bias: torch.Tensor
+    row_scale: torch.Tensor | None
+
+
+@dataclass
+class PartialAttention:
+    """Softmax attention over a subset of the keys: its output and each row's log normaliser.
+
+    out (B, h, F, d); lse (B, h, F), -inf for a row that sees no key of the subset (its out is then 0).
+    """
+
+    out: torch.Tensor
+    lse: torch.Tensor
 
 
 @lru_cache(maxsize=64)
@@ -70,6 +100,44 @@ def band_plan(
     return BandPlan(block, blocks, width, globals_count, bias.to(device=device, dtype=dtype), row_scale)
 
 
+@lru_cache(maxsize=64)
+def part_plans(
+    frames: int,
+    start: int,
+    total: int,
+    width: int,
+    globals_count: int,
+    mask_ends: bool,
+    local_bonus: float,
+    global_bonus: float,
+    attn_scale: float,
+    token_num_scale: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> PartPlans:
+    """band_plan's attention split into the own band and the rest (same arguments, same result once merged)."""
+    whole = band_plan(
+        frames, start, total, width, globals_count, mask_ends, local_bonus, global_bonus, attn_scale,
+        token_num_scale, device, dtype,
+    )  # fmt: skip
+    # The own frames as a video of their own: its ends mask exactly the halo positions.
+    own = band_plan(frames, 0, frames, width, 0, True, local_bonus, 0.0, 1.0, False, device, dtype)
+    query = torch.arange(frames).view(frames, 1)
+    halo = torch.arange(width).view(1, width)
+    left_frame = start - width + halo  # global index of left halo key j
+    right_frame = start + frames + halo
+    left_visible = halo >= query  # |(start + i) - left_frame| <= P
+    right_visible = halo <= query - frames + width
+    if mask_ends:
+        left_visible &= left_frame >= 0
+        right_visible &= right_frame < total
+    local = torch.cat([left_visible, right_visible], dim=1)
+    rest = torch.full((frames, 2 * width + globals_count), float(global_bonus))
+    rest[:, : 2 * width] = torch.where(local, local_bonus, float("-inf"))
+    row_scale = None if whole.row_scale is None else whole.row_scale.reshape(-1, 1)[:frames]
+    return PartPlans(own, rest.to(device=device, dtype=dtype), row_scale)
+
+
 def banded_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -86,10 +154,82 @@ def banded_attention(
     copied once, straight into the layout the attention kernel reads. `poll` runs before each chunk of
     the batch; True skips the rest (a Cancel inside a long clip's attention, see engine.comm.poll_cancel).
     """
+    return _banded(query, key, value, plan, scale, poll, with_lse=False).out
+
+
+def banded_attention_in_parts(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rest: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    plans: PartPlans,
+    scale: float,
+    poll: Callable[[], bool] = lambda: False,
+) -> torch.Tensor:
+    """The same attention as banded_attention, while the halo and global frames travel.
+
+    query/key/value (B, h, F, d) are the own frames'. `rest` is called once the own band is done: it waits
+    for the other frames and returns their keys and values (B, h, 2P + G, d) as [left ; right ; globals].
+    Returns (B, h, F, d) as banded_attention does.
+    """
+    if plans.row_scale is not None:
+        query = query * plans.row_scale
+    width = plans.own.width
+    padded = [F.pad(x, (0, 0, width, width)) for x in (key, value)]  # the halo positions are masked
+    own = _banded(query, padded[0], padded[1], plans.own, scale, poll, with_lse=True)
+    rest_key, rest_value = rest()
+    if rest_key.shape[2] == 0:
+        return own.out
+    return merge_partials(own, masked_attention(query, rest_key, rest_value, plans.rest_bias, scale))
+
+
+def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
+    """The attention over both key sets: each part weighted by its share of the joint normaliser.
+
+    Returns (B, h, F, d) in a's memory layout."""
+    joint = torch.logaddexp(a.lse, b.lse)
+    out = a.out * torch.exp(a.lse - joint).unsqueeze(-1).to(a.out.dtype)
+    out.addcmul_(b.out, torch.exp(b.lse - joint).unsqueeze(-1).to(b.out.dtype))
+    return out
+
+
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> PartialAttention:
+    """Softmax attention with an additive (F, K) bias, keeping each row's log normaliser; rows with no
+    visible key give out 0 and lse -inf. Chunked over the batch like banded_attention."""
+    batch, heads, frames, dim = query.shape
+    out = query.new_empty((batch, heads, frames, dim))
+    lse = query.new_empty((batch, heads, frames), dtype=torch.promote_types(query.dtype, torch.float32))
+    step = max(1, CHUNK_ELEMENTS // max(1, heads * frames * key.shape[2]))
+    for lo in range(0, batch, step):
+        hi = min(batch, lo + step)
+        scores = torch.matmul(query[lo:hi], key[lo:hi].transpose(-1, -2)).mul_(scale).add_(bias).to(lse.dtype)
+        row_lse = torch.logsumexp(scores, dim=-1)
+        finite = torch.where(torch.isfinite(row_lse), row_lse, torch.zeros_like(row_lse))
+        weights = torch.exp(scores - finite.unsqueeze(-1)).to(value.dtype)
+        out[lo:hi] = torch.matmul(weights, value[lo:hi])
+        lse[lo:hi] = row_lse
+    return PartialAttention(out, lse)
+
+
+def _banded(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    plan: BandPlan,
+    scale: float,
+    poll: Callable[[], bool],
+    with_lse: bool,
+) -> PartialAttention:
+    """banded_attention, with each row's log normaliser when asked (else lse is an empty tensor)."""
     batch, heads, frames, dim = query.shape
     block, blocks, width, count = plan.block, plan.blocks, plan.width, plan.globals_count
     length = block + 2 * width + count
     out = query.new_empty((batch, frames, heads, dim))
+    lse = query.new_empty(
+        (batch, heads, frames if with_lse else 0), dtype=torch.promote_types(query.dtype, torch.float32)
+    )
     per_item = heads * blocks * length * dim * 2
     step = max(1, CHUNK_ELEMENTS // max(1, per_item))
     row_scale = None if plan.row_scale is None else plan.row_scale.reshape(-1, 1)[:frames]
@@ -101,15 +241,37 @@ def banded_attention(
         q = _blocked_queries(query[lo:hi], blocks * block, row_scale)
         keys = _windows(key[lo:hi], frames, plan)
         values = _windows(value[lo:hi], frames, plan)
-        result = F.scaled_dot_product_attention(
+        args = (
             q.view(merged, blocks, block, dim),
             keys.view(merged, blocks, length, dim),
             values.view(merged, blocks, length, dim),
-            attn_mask=plan.bias.unsqueeze(0),
-            scale=scale,
+            plan.bias.unsqueeze(0),
+            scale,
         )
+        if with_lse:
+            result, row_lse = _attention_with_lse(*args)
+            lse[lo:hi] = row_lse.reshape(hi - lo, heads, blocks * block)[:, :, :frames]
+        else:
+            result = F.scaled_dot_product_attention(args[0], args[1], args[2], attn_mask=args[3], scale=scale)
         out[lo:hi] = result.view(hi - lo, heads, blocks * block, dim)[:, :, :frames].transpose(1, 2)
-    return out.transpose(1, 2)
+    return PartialAttention(out.transpose(1, 2), lse)
+
+
+def _attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and each row's log normaliser. Every row must see at least one key.
+
+    On CPU, torch's fused attention kernel returns the normaliser itself; elsewhere it is computed out."""
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=bias, scale=scale
+        )
+        return out, lse
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale).add_(bias).float()
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = torch.exp(scores - lse.unsqueeze(-1)).to(value.dtype)
+    return torch.matmul(weights, value), lse
 
 
 def _blocked_queries(query: torch.Tensor, padded: int, row_scale: torch.Tensor | None) -> torch.Tensor:

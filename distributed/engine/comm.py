@@ -68,6 +68,12 @@ class Communicator:
         `x` holds this rank's own frames along `dim`. Returns (left, right) with the borrowed frames in
         global order; they may come from several ranks when neighbouring clips are short.
         """
+        return self.start_borrow_frames(x, dim, layout, width)()
+
+    def start_borrow_frames(
+        self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
+    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """Posts borrow_frames' transfers and returns the call that waits for them and gives (left, right)."""
         (l_lo, l_hi), (r_lo, r_hi) = layout.halo(self.rank, width)
         shape = list(x.shape)
         shape[dim] = l_hi - l_lo
@@ -75,9 +81,9 @@ class Communicator:
         shape[dim] = r_hi - r_lo
         right = x.new_empty(shape)
         if self.world_size == 1 or width == 0:
-            return left, right
+            return lambda: (left, right)
         start = layout.starts[self.rank]
-        ops = []
+        ops, landings = [], []
         for tag, (sender, receiver, lo, hi) in enumerate(layout.transfers(width)):
             if sender == self.rank:
                 piece = x.narrow(dim, lo - start, hi - lo).contiguous()
@@ -88,18 +94,23 @@ class Communicator:
                 view = target.narrow(dim, lo - offset, hi - lo)
                 # A received piece lands in a contiguous buffer first: narrow() of a non-leading dim is strided.
                 buffer = torch.empty_like(view, memory_format=torch.contiguous_format)
-                ops.append((dist.P2POp(dist.irecv, buffer, sender, self.group, tag), view, buffer))
+                ops.append(dist.P2POp(dist.irecv, buffer, sender, self.group, tag))
+                landings.append((view, buffer))
                 self.bytes_received += buffer.numel() * buffer.element_size()
-        p2p = [op[0] if isinstance(op, tuple) else op for op in ops]
-        if p2p:
+        requests = dist.batch_isend_irecv(ops) if ops else []
+        if ops:
             self.calls += 1
-            self._count_wait()
-            for request in dist.batch_isend_irecv(p2p):
+
+        def finish() -> tuple[torch.Tensor, torch.Tensor]:
+            if ops:
+                self._count_wait()
+            for request in requests:
                 request.wait()
-        for op in ops:
-            if isinstance(op, tuple):
-                op[1].copy_(op[2])
-        return left, right
+            for view, buffer in landings:
+                view.copy_(buffer)
+            return left, right
+
+        return finish
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks in place. Counted as a ring all-reduce: 2 (N-1)/N of the tensor each way."""

@@ -57,21 +57,44 @@ class TemporalContext:
     def borrow(self, x: torch.Tensor, dim: int, width: int, pad_ends: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Halo frames on each side. With pad_ends, missing frames at the video ends become zeros so
         both sides are exactly `width` long (reference behaviour); otherwise they are simply absent."""
+        return self.start_borrow(x, dim, width, pad_ends)()
+
+    def start_borrow(
+        self, x: torch.Tensor, dim: int, width: int, pad_ends: bool
+    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """Posts borrow's transfers; the returned call waits for them."""
         assert self.layout is not None
-        left, right = self.comm.borrow_frames(x, dim, self.layout, width)
-        if pad_ends:
-            left = _pad_frames(left, dim, width, at_start=True)
-            right = _pad_frames(right, dim, width, at_start=False)
-        return left, right
+        wait = self.comm.start_borrow_frames(x, dim, self.layout, width)
+
+        def finish() -> tuple[torch.Tensor, torch.Tensor]:
+            left, right = wait()
+            if pad_ends:
+                left = _pad_frames(left, dim, width, at_start=True)
+                right = _pad_frames(right, dim, width, at_start=False)
+            return left, right
+
+        return finish
 
     def halo_and_globals(
         self, x: torch.Tensor, dim: int, width: int, pad_ends: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(left halo, right halo, global frames) of an attention input, in one round: the global
         all-gather is posted first and travels while the halo frames are exchanged."""
-        finish = self.start_gather_global(x, dim) if self.global_indices else None
-        left, right = self.borrow(x, dim, width, pad_ends)
-        return left, right, finish() if finish is not None else x.narrow(dim, 0, 0)
+        return self.start_halo_and_globals(x, dim, width, pad_ends)()
+
+    def start_halo_and_globals(
+        self, x: torch.Tensor, dim: int, width: int, pad_ends: bool
+    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Posts both exchanges of halo_and_globals; the returned call waits for them (one round), so the
+        caller can compute on its own frames meanwhile."""
+        gather = self.start_gather_global(x, dim) if self.global_indices else None
+        borrow = self.start_borrow(x, dim, width, pad_ends)
+
+        def finish() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            left, right = borrow()
+            return left, right, gather() if gather is not None else x.narrow(dim, 0, 0)
+
+        return finish
 
     def start_gather_global(self, x: torch.Tensor, dim: int) -> Callable[[], torch.Tensor]:
         """Posts the exchange of the global frames (the same set on every rank); the returned call waits

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
-from ...engine.banded import band_plan, banded_attention
+from ...engine.banded import band_plan, banded_attention, banded_attention_in_parts, part_plans
 from ...engine.context import TemporalContext
 
 PROFILE_LABEL = "video_infinity.temporal_attention"
@@ -43,43 +43,10 @@ class DualScopeAttnProcessor:
         ctx.cancel_checkpoint()
         if not ctx.active:
             return self.plain(attn, hidden_states)
-        settings = ctx.settings
-        width = settings.local_window
         x = hidden_states
-        left, right, glb = ctx.halo_and_globals(x, dim=1, width=width, pad_ends=True)
-        # One copy of every key frame, [left ; own ; right ; globals], shared by to_k and to_v.
-        key_frames = torch.cat([left, x, right, glb], dim=1)
-
-        heads = attn.heads
-        if all(type(layer) is nn.Linear for layer in (attn.to_q, attn.to_k, attn.to_v)):
-            # One projection to queries, keys and values over every key frame: the own frames' queries
-            # are rows of it, so the frames are read once.
-            projected = F.linear(key_frames, *_fused_qkv(attn))
-            inner = attn.to_q.out_features
-            own = slice(left.shape[1], left.shape[1] + x.shape[1])
-            query = _split_heads(projected[:, own, :inner], heads)
-            key = _split_heads(projected[:, :, inner : 2 * inner], heads)
-            value = _split_heads(projected[:, :, 2 * inner :], heads)
-        else:  # projections with adapters of their own
-            query = _split_heads(attn.to_q(x), heads)
-            key = _split_heads(attn.to_k(key_frames), heads)
-            value = _split_heads(attn.to_v(key_frames), heads)
-        start, _ = ctx.span
-        plan = band_plan(
-            frames=x.shape[1],
-            start=start,
-            total=ctx.layout.total,  # type: ignore[union-attr]
-            width=width,
-            globals_count=glb.shape[1],
-            mask_ends=settings.mode == "exact",
-            local_bonus=settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0,
-            global_bonus=settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0,
-            attn_scale=settings.attn_scale,
-            token_num_scale=settings.token_num_scale,
-            device=x.device,
-            dtype=query.dtype,
-        )
-        out = banded_attention(query, key, value, plan, attn.scale, poll=ctx.comm.poll_cancel)
+        # One rank has nothing to wait for; several compute their own band while the other frames travel.
+        attend = _attend_in_parts if ctx.comm.world_size > 1 else _attend_in_one_pass
+        out = attend(ctx, attn, x)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1).to(x.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -87,6 +54,75 @@ class DualScopeAttnProcessor:
         if attn.rescale_output_factor != 1.0:
             out = out / attn.rescale_output_factor
         return out
+
+
+def _attend_in_one_pass(ctx: TemporalContext, attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, h, F, d): the halo and global frames first, then one banded attention over every key."""
+    left, right, glb = ctx.halo_and_globals(x, dim=1, width=ctx.settings.local_window, pad_ends=True)
+    # One copy of every key frame, [left ; own ; right ; globals], shared by the projections.
+    key_frames = torch.cat([left, x, right, glb], dim=1)
+    own = slice(left.shape[1], left.shape[1] + x.shape[1])
+    query, key, value = _project(attn, key_frames, own)
+    plan = band_plan(*_plan_arguments(ctx, x, glb.shape[1], query.dtype))
+    return banded_attention(query, key, value, plan, attn.scale, poll=ctx.comm.poll_cancel)
+
+
+def _attend_in_parts(ctx: TemporalContext, attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(B, h, F, d): the exchange is posted, the own frames' band computed while it travels, then the halo
+    and global keys are added exactly (banded.banded_attention_in_parts)."""
+    arrived = ctx.start_halo_and_globals(x, dim=1, width=ctx.settings.local_window, pad_ends=True)
+    query, key, value = _project(attn, x, slice(None))
+
+    def rest() -> tuple[torch.Tensor, torch.Tensor]:
+        left, right, glb = arrived()
+        _, rest_key, rest_value = _project(attn, torch.cat([left, right, glb], dim=1), None)
+        return rest_key, rest_value
+
+    plans = part_plans(*_plan_arguments(ctx, x, len(ctx.global_indices), query.dtype))
+    return banded_attention_in_parts(query, key, value, rest, plans, attn.scale, poll=ctx.comm.poll_cancel)
+
+
+def _plan_arguments(ctx: TemporalContext, x: torch.Tensor, globals_count: int, dtype: torch.dtype) -> tuple:
+    """band_plan's (and part_plans') arguments for this rank's frames at the current step."""
+    settings = ctx.settings
+    assert ctx.layout is not None
+    return (
+        x.shape[1],
+        ctx.span[0],
+        ctx.layout.total,
+        settings.local_window,
+        globals_count,
+        settings.mode == "exact",
+        settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0,
+        settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0,
+        settings.attn_scale,
+        settings.token_num_scale,
+        x.device,
+        dtype,
+    )
+
+
+def _project(
+    attn: Attention, frames: torch.Tensor, queries: slice | None
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(query, key, value) with heads split, (B, h, frames, d). Keys and values cover every frame; queries
+    only the frames in `queries` (None: no queries)."""
+    heads = attn.heads
+    if all(type(layer) is nn.Linear for layer in (attn.to_q, attn.to_k, attn.to_v)):
+        # One projection for everything asked: the queries are rows of it, so the frames are read once.
+        weight, bias = _fused_qkv(attn)
+        inner = attn.to_q.out_features
+        if queries is None:
+            weight, bias = weight[inner:], None if bias is None else bias[inner:]
+        projected = F.linear(frames, weight, bias)
+        offset = 0 if queries is None else inner
+        query = None if queries is None else _split_heads(projected[:, queries, :inner], heads)
+        key = _split_heads(projected[:, :, offset : offset + inner], heads)
+        value = _split_heads(projected[:, :, offset + inner :], heads)
+        return query, key, value
+    # Projections with adapters of their own.
+    query = None if queries is None else _split_heads(attn.to_q(frames[:, queries]), heads)
+    return query, _split_heads(attn.to_k(frames), heads), _split_heads(attn.to_v(frames), heads)
 
 
 def _fused_qkv(attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:
