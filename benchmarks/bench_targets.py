@@ -79,16 +79,20 @@ def step_target(
     """Times one denoising step (one CFG-batched UNet evaluation of the whole video) of `method` on this
     rank, for each frame count (ascending, so memory left behind by a run is smaller than the next one's).
 
-    method: "vi" (patched model, this rank's clip), "solo" (the same without any exchange), "windows" (sliding windows of `window` frames every
+    method: "vi" (patched model, this rank's clip), "vi_waiting" (the same, attention waiting for its exchange
+    instead of overlapping it), "solo" (the same without any exchange), "windows" (sliding windows of `window` frames every
     `stride` frames, pyramid fusion), "full" (unpatched model on all frames), "clips" (independent clips of
-    `window` frames). Only "vi" and "solo" use several ranks.
+    `window` frames). Only "vi", "vi_waiting" and "solo" use several ranks.
     """
     unet = bench_unet(**(unet_overrides or {}))
     # "solo": every rank runs the 1-rank model on its share of the frames and exchanges nothing; the
     # process group only lines the ranks' steps up. It is what perfect parallelism would cost here.
     ctx = TemporalContext(Communicator.single() if method == "solo" else comm)
-    if method in ("vi", "solo"):
+    if method in ("vi", "vi_waiting", "solo"):
         patch_unet(unet, ctx)
+        for processor in unet.attn_processors.values():
+            if hasattr(processor, "overlap"):
+                processor.overlap = method != "vi_waiting"
     elif method not in ("windows", "clips", "full"):
         raise ValueError(f"unknown method {method!r}")
     job_settings = DualScopeSettings(**(settings or {}))
@@ -97,11 +101,11 @@ def step_target(
     for index, frames in enumerate(sorted(frame_counts)):
         sample, text = _inputs(frames, latent, unet.config.cross_attention_dim)
         evaluations = frames
-        if method in ("vi", "solo"):
+        if method in ("vi", "vi_waiting", "solo"):
             layout = FrameLayout(frames, comm.world_size)
             start, end = layout.span(comm.rank)
             sample, text = sample[:, :, start:end].contiguous(), text[:, start:end]
-            ctx.begin_job(layout if method == "vi" else FrameLayout(end - start, 1), job_settings)
+            ctx.begin_job(layout if method != "solo" else FrameLayout(end - start, 1), job_settings)
             evaluations = end - start
 
             def call(sample: torch.Tensor = sample, text: torch.Tensor = text) -> torch.Tensor:

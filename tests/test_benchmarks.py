@@ -160,6 +160,34 @@ def test_scaling_targets_pass_and_miss_on_the_issue_bounds() -> None:
     assert [slow[label] for label in slow] == [True, False, True, False, True]
 
 
+def test_the_exchange_targets_hold_two_ranks_to_the_no_exchange_ceiling_per_length() -> None:
+    shapes = tiny_shapes(8)
+    ceiling = {64: 0.16, 256: 0.54, 1024: 2.4}
+
+    def rows(key: str, share: dict[int, float]) -> list[dict]:
+        return [
+            {
+                "key": key,
+                "frames": f,
+                "time": ceiling[f] / share[f],
+                "working": 0,
+                "bytes_sent": 1,
+                "bytes_steady": True,
+            }
+            for f in ceiling
+        ]
+
+    results = rows("solo2", dict.fromkeys(ceiling, 1.0))
+    results += rows("vi2", {64: 0.85, 256: 0.96, 1024: 0.94})  # the 1024-frame step misses 0.95
+    results += rows("vi2wait", {64: 0.5, 256: 0.5, 1024: 0.5})
+    checks = {row[0]: row for row in evaluate_targets({"results": results, "interior": []}, shapes)}
+    assert checks["2 ranks vs the no-exchange ceiling, 64 to 64 frames"][3] is True
+    long = checks["2 ranks vs the no-exchange ceiling, 256 to 1024 frames"]
+    assert long[3] is False and "worst 0.94 at 1024 frames" in long[1]
+    # Waiting for the exchange is reported, never judged.
+    assert checks["(info) the same, attention waiting for the exchange, 256 to 1024 frames"][3] is None
+
+
 def test_exchange_latency_is_measured_for_each_kind_of_wait() -> None:
     timings = run_on_local_ranks(2, exchange_latency_target, {"repeats": 20}, timeout=120)
     for rank in timings:

@@ -13,7 +13,14 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
-from distributed.engine.banded import band_plan, banded_attention, banded_attention_in_parts, part_plans
+from distributed.engine.banded import (
+    _attention_with_lse,
+    attention_with_lse_unfused,
+    band_plan,
+    banded_attention,
+    banded_attention_in_parts,
+    part_plans,
+)
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
 from distributed.engine.errors import InvalidSettingsError, JobCancelled, ModelLoadError
@@ -437,6 +444,19 @@ def test_attention_in_two_parts_equals_the_one_pass_banded_attention(
         query, key[:, :, own], value[:, :, own], lambda: tuple(rest), part_plans(*arguments, *cpu), dim**-0.5
     )
     assert (got - expected).abs().max().item() < 1e-12
+
+
+def test_the_attention_with_normalisers_of_other_devices_matches_the_cpu_kernel():
+    # The fused kernel with normalisers exists on CPU only; GPUs take the plain version, checked here on CPU.
+    generator = torch.Generator().manual_seed(7)
+    query, key, value = (torch.randn(2, 3, 6, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    bias = torch.zeros(6, 6, dtype=torch.float64)
+    bias[0, 3:] = float("-inf")
+    bias[4, :2] = 10.0
+    fused = _attention_with_lse(query, key, value, bias, 0.5)
+    plain = attention_with_lse_unfused(query, key, value, bias, 0.5)
+    for a, b in zip(fused, plain, strict=True):
+        assert (a - b).abs().max().item() < 1e-12
 
 
 @pytest.mark.parametrize("frames, start, token_num_scale", [(21, 0, False), (21, 30, True), (16, 4, False)])

@@ -39,11 +39,14 @@ class PartPlans:
     """The attention of one rank's frames in two parts whose key sets do not overlap.
 
     own: the band over the own frames alone, keys laid out [P empty ; own ; P empty].
-    rest_bias: (F, 2P + G) additive bias of the other keys, laid out [left halo ; right halo ; globals].
+    rest_rows: the own frames that see at least one of the other keys (None: all of them).
+    rest_bias: (rows, 2P + G) additive bias of the other keys for those rows, laid out
+        [left halo ; right halo ; globals].
     row_scale: (F, 1) query scale of the whole attention (see band_plan), or None.
     """
 
     own: BandPlan
+    rest_rows: torch.Tensor | None
     rest_bias: torch.Tensor
     row_scale: torch.Tensor | None
 
@@ -134,8 +137,15 @@ def part_plans(
     local = torch.cat([left_visible, right_visible], dim=1)
     rest = torch.full((frames, 2 * width + globals_count), float(global_bonus))
     rest[:, : 2 * width] = torch.where(local, local_bonus, float("-inf"))
+    # Without global frames only rows near the clip's ends see the rest; skipping the others keeps every
+    # row of the rest's attention non-empty, which the fused kernel needs.
+    seeing = (rest > float("-inf")).any(dim=1)
+    rows = None if bool(seeing.all()) else seeing.nonzero().flatten()
+    if rows is not None:
+        rest = rest[rows]
+        rows = rows.to(device)
     row_scale = None if whole.row_scale is None else whole.row_scale.reshape(-1, 1)[:frames]
-    return PartPlans(own, rest.to(device=device, dtype=dtype), row_scale)
+    return PartPlans(own, rows, rest.to(device=device, dtype=dtype), row_scale)
 
 
 def banded_attention(
@@ -178,9 +188,16 @@ def banded_attention_in_parts(
     padded = [F.pad(x, (0, 0, width, width)) for x in (key, value)]  # the halo positions are masked
     own = _banded(query, padded[0], padded[1], plans.own, scale, poll, with_lse=True)
     rest_key, rest_value = rest()
-    if rest_key.shape[2] == 0:
+    rows = plans.rest_rows
+    if rest_key.shape[2] == 0 or (rows is not None and rows.numel() == 0):
         return own.out
-    return merge_partials(own, masked_attention(query, rest_key, rest_value, plans.rest_bias, scale))
+    if rows is None:
+        return merge_partials(own, _rest_attention(query, rest_key, rest_value, plans.rest_bias, scale))
+    # Only some rows see the rest: merge those, the others keep their own band's result.
+    seen = _rest_attention(query.index_select(2, rows), rest_key, rest_value, plans.rest_bias, scale)
+    own_rows = PartialAttention(own.out.index_select(2, rows), own.lse.index_select(2, rows))
+    own.out.index_copy_(2, rows, merge_partials(own_rows, seen))
+    return own.out
 
 
 def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
@@ -193,23 +210,18 @@ def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
     return out
 
 
-def masked_attention(
+def _rest_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
 ) -> PartialAttention:
-    """Softmax attention with an additive (F, K) bias, keeping each row's log normaliser; rows with no
-    visible key give out 0 and lse -inf. Chunked over the batch like banded_attention."""
-    batch, heads, frames, dim = query.shape
-    out = query.new_empty((batch, heads, frames, dim))
-    lse = query.new_empty((batch, heads, frames), dtype=torch.promote_types(query.dtype, torch.float32))
-    step = max(1, CHUNK_ELEMENTS // max(1, heads * frames * key.shape[2]))
+    """Attention of (B, h, R, d) queries to (B, h, K, d) keys under an (R, K) bias in which every row sees
+    a key, chunked over the batch like banded_attention."""
+    batch, heads, rows, dim = query.shape
+    out = query.new_empty((batch, heads, rows, dim))
+    lse = query.new_empty((batch, heads, rows), dtype=torch.promote_types(query.dtype, torch.float32))
+    step = max(1, CHUNK_ELEMENTS // max(1, heads * rows * key.shape[2]))
     for lo in range(0, batch, step):
         hi = min(batch, lo + step)
-        scores = torch.matmul(query[lo:hi], key[lo:hi].transpose(-1, -2)).mul_(scale).add_(bias).to(lse.dtype)
-        row_lse = torch.logsumexp(scores, dim=-1)
-        finite = torch.where(torch.isfinite(row_lse), row_lse, torch.zeros_like(row_lse))
-        weights = torch.exp(scores - finite.unsqueeze(-1)).to(value.dtype)
-        out[lo:hi] = torch.matmul(weights, value[lo:hi])
-        lse[lo:hi] = row_lse
+        out[lo:hi], lse[lo:hi] = _attention_with_lse(query[lo:hi], key[lo:hi], value[lo:hi], bias, scale)
     return PartialAttention(out, lse)
 
 
@@ -268,7 +280,16 @@ def _attention_with_lse(
             query, key, value, 0.0, False, attn_mask=bias, scale=scale
         )
         return out, lse
-    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale).add_(bias).float()
+    return attention_with_lse_unfused(query, key, value, bias, scale)
+
+
+def attention_with_lse_unfused(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """_attention_with_lse in plain tensor operations, for devices without a CPU kernel (scores in fp32 or
+    wider)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale).add_(bias)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     lse = torch.logsumexp(scores, dim=-1)
     weights = torch.exp(scores - lse.unsqueeze(-1)).to(value.dtype)
     return torch.matmul(weights, value), lse

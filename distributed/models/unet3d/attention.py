@@ -20,9 +20,12 @@ PROFILE_LABEL = "video_infinity.temporal_attention"
 class DualScopeAttnProcessor:
     """Attention processor for the temporal self-attentions of a UNet3D (input (B*H*W, F, C))."""
 
-    def __init__(self, ctx: TemporalContext):
+    def __init__(self, ctx: TemporalContext, overlap: bool = True):
         self.ctx = ctx
         self.plain = AttnProcessor2_0()
+        # With several ranks: compute the own band while the exchange travels. False waits for it first
+        # and attends in one pass, the same result (benchmarks.scaling measures what the overlap saves).
+        self.overlap = overlap
 
     def __call__(
         self,
@@ -45,7 +48,7 @@ class DualScopeAttnProcessor:
             return self.plain(attn, hidden_states)
         x = hidden_states
         # One rank has nothing to wait for; several compute their own band while the other frames travel.
-        attend = _attend_in_parts if ctx.comm.world_size > 1 else _attend_in_one_pass
+        attend = _attend_in_parts if self.overlap and ctx.comm.world_size > 1 else _attend_in_one_pass
         out = attend(ctx, attn, x)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1).to(x.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
