@@ -60,7 +60,9 @@ class DualScopeAttention(io.ComfyNode):
                     min=0.0,
                     max=choices.MAX_TIMESTEP,
                     step=1.0,
-                    tooltip="Timestep where the bias switches from global to local (of 1000).",
+                    tooltip="Timestep where the bias switches from global to local (of 1000). "
+                    "0: the global frames are favoured at every step (with a small global_bias, the "
+                    "measured best for the demo model).",
                 ),
                 io.Float.Input(
                     "global_bias",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ from benchmarks.common import (
 )
 from benchmarks.memory_admission import measure_target as admission_target
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
-from benchmarks.quality import rank_colour_spread
+from benchmarks.quality import rank_colour_spread, seam_metrics
 from benchmarks.scaling import analytic_traffic, evaluate_targets, tiny_shapes
 from distributed.engine.comm import Communicator
 from distributed.engine.layout import FrameLayout
@@ -186,6 +187,24 @@ def test_the_exchange_targets_hold_two_ranks_to_the_no_exchange_ceiling_per_leng
     assert long[3] is False and "worst 0.94 at 1024 frames" in long[1]
     # Waiting for the exchange is reported, never judged.
     assert checks["(info) the same, attention waiting for the exchange, 256 to 1024 frames"][3] is None
+
+
+def test_a_jump_at_a_rank_border_stands_out_from_the_same_ratio_at_shifted_positions() -> None:
+    """A red square moving right 2 pixels per frame over 32 frames, 4 ranks; then the same with the
+    square jumping 12 pixels at each border. Only the jump raises the border's ratio above the shifted ones."""
+
+    def video(jump: float) -> np.ndarray:
+        xs = [8 + 2 * t + jump * (t // 8) for t in range(32)]
+        frames = [shapes.render_frame("red", "square", "right", x % shapes.SIZE, 32) for x in xs]
+        return (np.stack(frames) * 255).astype(np.uint8)
+
+    borders = [8, 16, 24]
+    for jump, seams in ((0.0, False), (12.0, True)):
+        frames = video(jump)
+        tracks = [shapes.track_frame(frame) for frame in frames]
+        metrics = seam_metrics(frames, tracks, borders, "a red square moving right")
+        assert (metrics["seam_ratio"] > 1.5) == seams, metrics
+        assert metrics["seam_ratio_shifted"] < 1.2, metrics  # no border there, in either video
 
 
 def test_exchange_latency_is_measured_for_each_kind_of_wait() -> None:

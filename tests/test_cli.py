@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,9 @@ from pathlib import Path
 import av
 import pytest
 
-from distributed.engine.choices import TOKEN_ENV
+from distributed.cli.main import _job_from_args, _parser
+from distributed.engine.choices import MODEL_SETTINGS_FILE, TOKEN_ENV, recommended_attention
+from distributed.engine.errors import InvalidSettingsError
 
 pytestmark = [pytest.mark.pool, pytest.mark.timeout(240)]
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +56,37 @@ def test_generate_takes_unset_settings_from_the_model_folder(tmp_path: Path) -> 
     # The demo model's video_infinity.json recommends 64x64 with ddim; --steps given here wins over its 25.
     assert "generating 2 frames at 64x64, ddim 1 steps, cfg 5.0, 8.0 fps, seed 0, on cpu" in done.stderr
     assert out.stat().st_size > 0
+
+
+def test_attention_settings_not_given_come_from_the_model_s_measured_best(tmp_path: Path) -> None:
+    demo = REPO / "assets" / "tiny-shapes-t2v"
+    recommended = recommended_attention(demo)
+    assert recommended, "the demo model recommends the attention settings measured best for it"
+    command = ["generate", "--model", str(demo), "--prompt", "a red circle", "--frames", "32"]
+    command += ["--out", str(tmp_path / "v.mp4")]
+    job = _job_from_args(_parser().parse_args(command))
+    assert {name: job.attention.to_dict()[name] for name in recommended} == recommended
+    given = _job_from_args(_parser().parse_args([*command, "--global-frames", "4"]))
+    assert given.attention.global_frames == 4  # a flag given wins
+    assert {name: given.attention.to_dict()[name] for name in recommended} == recommended
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / MODEL_SETTINGS_FILE).write_text('{"recommended": {"attention": {"phase_treshold": 0}}}')
+    with pytest.raises(InvalidSettingsError, match=r"video_infinity.json, recommended attention: unknown .*phase_tr"):
+        recommended_attention(broken)
+
+
+def test_the_example_workflow_uses_the_demo_model_s_measured_best_attention() -> None:
+    recommended = recommended_attention(REPO / "assets" / "tiny-shapes-t2v")
+    api = json.loads((REPO / "workflows" / "api" / "text_to_video.json").read_text())
+    (inputs,) = [node["inputs"] for node in api.values() if node["class_type"] == "VideoInfinityDualScopeAttention"]
+    ui = json.loads((REPO / "workflows" / "text_to_video.json").read_text())
+    (widgets,) = [node["widgets_values"] for node in ui["nodes"] if node["type"] == "VideoInfinityDualScopeAttention"]
+    order = ["local_window", "global_frames", "conv_halo", "phase_bias", "phase_threshold", "global_bias"]
+    by_name = dict(zip(order, widgets, strict=False))  # the node's inputs in the order the editor stores them
+    for name, value in recommended.items():
+        assert inputs[name] == value and by_name[name] == value, name
+    assert inputs["phase_bias"] is True and by_name["phase_bias"] is True
 
 
 def test_generate_reports_a_bad_setting_without_starting_workers(tiny_pipeline: Path, tmp_path: Path) -> None:

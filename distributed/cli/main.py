@@ -169,16 +169,18 @@ def join_pool(args: argparse.Namespace) -> int:
 
 
 def _job_from_args(args: argparse.Namespace) -> JobSpec:
-    """The job; size, sampler, steps, cfg and fps not given come from the model, else the engine's defaults."""
+    """The job; size, sampler, steps, cfg, fps and attention settings not given come from the model, else the
+    engine's defaults."""
     base = Path(args.model).resolve()
     model = ModelSpec(base=str(base), unet=args.unet and str(Path(args.unet).resolve()), dtype=args.dtype)
     settings = {name: getattr(args, name) for name in choices.MODEL_RECOMMENDED}
     settings = {**choices.recommended_settings(base), **{k: v for k, v in settings.items() if v is not None}}
-    attention = {
+    given = {
         "local_window": args.local_window,
         "global_frames": args.global_frames,
         "norm_window": args.norm_window,
     }
+    attention = {**choices.recommended_attention(base), **{k: v for k, v in given.items() if v is not None}}
     prompt = args.schedule.read_text() if args.schedule else args.prompt
     return JobSpec.build(
         model,
@@ -186,7 +188,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         args.frames,
         negative_prompt=args.negative_prompt,
         seed=args.seed,
-        attention={k: v for k, v in attention.items() if v is not None},
+        attention=attention,
         **settings,
     )
 

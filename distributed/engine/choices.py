@@ -65,13 +65,35 @@ def expand_devices(text: str | None) -> str:
 
 
 # Settings a model folder may recommend in its video_infinity.json ({"recommended": {...}}), used by the
-# command line for whatever it is not told: the demo model, for one, is trained at 64x64 with DDIM.
+# command line for whatever it is not told: the demo model, for one, is trained at 64x64 with DDIM. An
+# "attention" object in the same section holds the dual-scope settings measured best for the model.
 MODEL_RECOMMENDED = ("width", "height", "sampler", "steps", "cfg", "fps")
 MODEL_SETTINGS_FILE = "video_infinity.json"
 
 
 def recommended_settings(folder: str | os.PathLike[str]) -> dict[str, object]:
     """The folder's recommended job settings (only the names in MODEL_RECOMMENDED); {} when it has none."""
+    data = _recommended_section(folder)
+    return {name: value for name, value in data.items() if name in MODEL_RECOMMENDED}
+
+
+def recommended_attention(folder: str | os.PathLike[str]) -> dict[str, object]:
+    """The folder's recommended dual-scope attention settings ({"recommended": {"attention": {...}}}), the
+    ones measured best for that model; {} when it has none. Checked as a job's attention settings are."""
+    from pathlib import Path
+
+    from .errors import InvalidSettingsError
+    from .settings import DualScopeSettings
+
+    attention = _recommended_section(folder).get("attention") or {}
+    try:  # names and ranges: a clear error now, not at the first step
+        DualScopeSettings.from_dict(attention)
+    except (InvalidSettingsError, TypeError, ValueError) as error:
+        raise InvalidSettingsError(f"{Path(folder) / MODEL_SETTINGS_FILE}, recommended attention: {error}") from error
+    return dict(attention)
+
+
+def _recommended_section(folder: str | os.PathLike[str]) -> dict:
     import json
     from pathlib import Path
 
@@ -84,7 +106,9 @@ def recommended_settings(folder: str | os.PathLike[str]) -> dict[str, object]:
         data = json.loads(path.read_text()).get("recommended", {})
     except (OSError, ValueError, AttributeError) as error:
         raise InvalidSettingsError(f"{path} is not a JSON object with a 'recommended' section ({error})") from error
-    return {name: value for name, value in data.items() if name in MODEL_RECOMMENDED}
+    if not isinstance(data, dict):
+        raise InvalidSettingsError(f"{path}: 'recommended' must be a JSON object")
+    return data
 
 
 # Pools with workers on other machines: the shared secret node agents present comes from this variable of the
