@@ -187,14 +187,14 @@ def banded_attention_in_parts(
     width = plans.own.width
     padded = [F.pad(x, (0, 0, width, width)) for x in (key, value)]  # the halo positions are masked
     own = _banded(query, padded[0], padded[1], plans.own, scale, poll, with_lse=True)
-    rest_key, rest_value = rest()
+    rest_key, rest_value = rest()  # always waited for: every rank finishes the exchange it posted
     rows = plans.rest_rows
-    if rest_key.shape[2] == 0 or (rows is not None and rows.numel() == 0):
-        return own.out
+    if rest_key.shape[2] == 0 or (rows is not None and rows.numel() == 0) or poll():
+        return own.out  # after a Cancel the result is never used (see banded_attention's poll)
     if rows is None:
-        return merge_partials(own, _rest_attention(query, rest_key, rest_value, plans.rest_bias, scale))
+        return merge_partials(own, _rest_attention(query, rest_key, rest_value, plans.rest_bias, scale, poll))
     # Only some rows see the rest: merge those, the others keep their own band's result.
-    seen = _rest_attention(query.index_select(2, rows), rest_key, rest_value, plans.rest_bias, scale)
+    seen = _rest_attention(query.index_select(2, rows), rest_key, rest_value, plans.rest_bias, scale, poll)
     own_rows = PartialAttention(own.out.index_select(2, rows), own.lse.index_select(2, rows))
     own.out.index_copy_(2, rows, merge_partials(own_rows, seen))
     return own.out
@@ -211,15 +211,22 @@ def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
 
 
 def _rest_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+    poll: Callable[[], bool],
 ) -> PartialAttention:
     """Attention of (B, h, R, d) queries to (B, h, K, d) keys under an (R, K) bias in which every row sees
-    a key, chunked over the batch like banded_attention."""
+    a key, chunked over the batch like banded_attention (and, like it, stopped early by `poll`)."""
     batch, heads, rows, dim = query.shape
-    out = query.new_empty((batch, heads, rows, dim))
-    lse = query.new_empty((batch, heads, rows), dtype=torch.promote_types(query.dtype, torch.float32))
+    out = query.new_zeros((batch, heads, rows, dim))
+    lse = query.new_zeros((batch, heads, rows), dtype=torch.promote_types(query.dtype, torch.float32))
     step = max(1, CHUNK_ELEMENTS // max(1, heads * rows * key.shape[2]))
     for lo in range(0, batch, step):
+        if poll():
+            break
         hi = min(batch, lo + step)
         out[lo:hi], lse[lo:hi] = _attention_with_lse(query[lo:hi], key[lo:hi], value[lo:hi], bias, scale)
     return PartialAttention(out, lse)
