@@ -55,7 +55,8 @@ class PartPlans:
 class PartialAttention:
     """Softmax attention over a subset of the keys: its output and each row's log normaliser.
 
-    out (B, h, F, d); lse (B, h, F), -inf for a row that sees no key of the subset (its out is then 0).
+    out (B, h, F, d); lse (B, h, F). Every row sees at least one key of the subset: part_plans leaves
+    the rows that see none of the rest out of it.
     """
 
     out: torch.Tensor
@@ -189,7 +190,7 @@ def banded_attention_in_parts(
     own = _banded(query, padded[0], padded[1], plans.own, scale, poll, with_lse=True)
     rest_key, rest_value = rest()  # always waited for: every rank finishes the exchange it posted
     rows = plans.rest_rows
-    if rest_key.shape[2] == 0 or (rows is not None and rows.numel() == 0) or poll():
+    if (rows is not None and rows.numel() == 0) or poll():  # no rest keys (2P + G = 0) leaves no rows
         return own.out  # after a Cancel the result is never used (see banded_attention's poll)
     if rows is None:
         return merge_partials(own, _rest_attention(query, rest_key, rest_value, plans.rest_bias, scale, poll))
@@ -260,18 +261,15 @@ def _banded(
         q = _blocked_queries(query[lo:hi], blocks * block, row_scale)
         keys = _windows(key[lo:hi], frames, plan)
         values = _windows(value[lo:hi], frames, plan)
-        args = (
-            q.view(merged, blocks, block, dim),
-            keys.view(merged, blocks, length, dim),
-            values.view(merged, blocks, length, dim),
-            plan.bias.unsqueeze(0),
-            scale,
-        )
+        q = q.view(merged, blocks, block, dim)
+        keys = keys.view(merged, blocks, length, dim)
+        values = values.view(merged, blocks, length, dim)
+        mask = plan.bias.unsqueeze(0)
         if with_lse:
-            result, row_lse = _attention_with_lse(*args)
+            result, row_lse = _attention_with_lse(q, keys, values, mask, scale)
             lse[lo:hi] = row_lse.reshape(hi - lo, heads, blocks * block)[:, :, :frames]
         else:
-            result = F.scaled_dot_product_attention(args[0], args[1], args[2], attn_mask=args[3], scale=scale)
+            result = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
         out[lo:hi] = result.view(hi - lo, heads, blocks * block, dim)[:, :, :frames].transpose(1, 2)
     return PartialAttention(out.transpose(1, 2), lse)
 

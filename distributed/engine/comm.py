@@ -97,8 +97,9 @@ class Communicator:
                 ops.append(dist.P2POp(dist.irecv, buffer, sender, self.group, tag))
                 landings.append((view, buffer))
                 self.bytes_received += buffer.numel() * buffer.element_size()
-        requests = dist.batch_isend_irecv(ops) if ops else []
+        requests = []
         if ops:
+            requests = dist.batch_isend_irecv(ops)
             self.calls += 1
 
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
