@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distributed.engine.banded import CHUNK_ELEMENTS, band_plan, banded_attention
+from distributed.engine.banded import CHUNK_ELEMENTS, BandSpec, band_plan, banded_attention, query_block
 from support.local_ranks import run_on_local_ranks
 
 from .common import MIB, human_bytes, machine_line, markdown_table, peak_rss_bytes, reset_peak_rss, rss_bytes
@@ -39,11 +39,6 @@ METHODS = {
     "sdpa": "dense masked, torch SDPA",
     "math": "dense masked, explicit softmax(QK^T + mask) V",
 }
-
-
-def band_block(width: int, frames: int) -> int:
-    """The query block of distributed.models.unet3d.attention.band_plan."""
-    return max(1, min(frames, max(8, 2 * width)))
 
 
 def dense_mask(frames: int, start: int, total: int, width: int, globals_count: int) -> torch.Tensor:
@@ -70,7 +65,7 @@ def attend(
     frames = q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
     if method == "banded":
-        plan = band_plan(frames, start, total, width, globals_count, True, 0.0, 0.0, 1.0, False, q.device, q.dtype)
+        plan = band_plan(BandSpec(frames, start, total, width, globals_count), q.device, q.dtype)
         return banded_attention(q, k, v, plan, scale)
     mask = dense_mask(frames, start, total, width, globals_count)
     if method == "sdpa":
@@ -129,7 +124,7 @@ def memory_target(
 
 def score_counts(frames: int, width: int, globals_count: int) -> dict[str, int]:
     """Attention scores per head and query row set: dense, ours as blocked, and the ideal band."""
-    block = band_block(width, frames)
+    block = query_block(frames, width)
     return {
         "dense": frames * (frames + 2 * width + globals_count),
         "ours": math.ceil(frames / block) * block * (block + 2 * width + globals_count),
@@ -225,7 +220,7 @@ def main() -> None:
                 human_bytes(counts["ours"] * real),
             ]
         )
-    block = band_block(width, 288)
+    block = query_block(288, width)
     lines += [
         "",
         f"Scores per head and query row: dense F*(F+2P+G), ours (query blocks of {block}, each against its "

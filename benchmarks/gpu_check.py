@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from distributed.engine.banded import band_plan, banded_attention
+from distributed.engine.banded import BandSpec, band_plan, banded_attention
 from distributed.engine.comm import Communicator
 from distributed.engine.job import JobSpec, ModelSpec
 from distributed.engine.runner import Engine
@@ -95,7 +95,7 @@ def masked_rows(device: str) -> dict[str, Any]:
     for dtype in (torch.float16, torch.bfloat16):
         generator = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(4, 2, 6 + (4 if i else 0), 8, generator=generator) for i in range(3))
-        plan = band_plan(6, 0, 6, 2, 0, True, 0.0, 10.0, 1.0, False, torch.device(device), dtype)
+        plan = band_plan(BandSpec(6, 0, 6, width=2, globals_count=0, global_bonus=10.0), torch.device(device), dtype)
         out = banded_attention(q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), plan, 8**-0.5)
         found[str(dtype).removeprefix("torch.")] = bool(torch.isfinite(out).all())
     return found

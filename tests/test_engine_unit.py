@@ -14,6 +14,7 @@ import torch
 from diffusers import UNet3DConditionModel
 
 from distributed.engine.banded import (
+    BandSpec,
     _attention_with_lse,
     attention_with_lse_unfused,
     band_plan,
@@ -179,20 +180,17 @@ def test_reference_global_frames_follow_the_per_rank_rule():
 
 
 def plan(mode_exact: bool, timestep_global: bool, start: int = 0, frames: int = 6, total: int = 12):
-    return band_plan(
+    spec = BandSpec(
         frames,
         start,
         total,
-        2,
-        3,
-        mode_exact,
-        0.0 if timestep_global else 10.0,
-        10.0 if timestep_global else 0.0,
-        1.0,
-        False,
-        torch.device("cpu"),
-        torch.float64,
+        width=2,
+        globals_count=3,
+        mask_ends=mode_exact,
+        local_bonus=0.0 if timestep_global else 10.0,
+        global_bonus=10.0 if timestep_global else 0.0,
     )
+    return band_plan(spec, torch.device("cpu"), torch.float64)
 
 
 def visible_local_frames(p, frames: int, start: int, query: int) -> list[int]:
@@ -435,13 +433,13 @@ def test_attention_in_two_parts_equals_the_one_pass_banded_attention(
         torch.randn(3, heads, frames + 2 * width + count, dim, generator=generator, dtype=torch.float64) * 2
         for _ in range(2)
     )
-    arguments = (frames, start, total, width, count, mask_ends, local_bonus, global_bonus, 1.0, token_num_scale)
+    spec = BandSpec(frames, start, total, width, count, mask_ends, local_bonus, global_bonus, 1.0, token_num_scale)
     cpu = (torch.device("cpu"), torch.float64)
-    expected = banded_attention(query, key, value, band_plan(*arguments, *cpu), dim**-0.5)
+    expected = banded_attention(query, key, value, band_plan(spec, *cpu), dim**-0.5)
     own = slice(width, width + frames)
     rest = [torch.cat([x[:, :, :width], x[:, :, width + frames :]], dim=2) for x in (key, value)]
     got = banded_attention_in_parts(
-        query, key[:, :, own], value[:, :, own], lambda: tuple(rest), part_plans(*arguments, *cpu), dim**-0.5
+        query, key[:, :, own], value[:, :, own], lambda: tuple(rest), part_plans(spec, *cpu), dim**-0.5
     )
     assert (got - expected).abs().max().item() < 1e-12
 
@@ -470,9 +468,8 @@ def test_banded_attention_equals_dense_attention_over_the_window_and_globals(fra
         torch.randn(2, heads, frames + 2 * width + count, dim, generator=generator, dtype=torch.float64)
         for _ in range(2)
     )
-    p = band_plan(
-        frames, start, total, width, count, True, 0.0, 2.0, 1.0, token_num_scale, torch.device("cpu"), torch.float64
-    )
+    spec = BandSpec(frames, start, total, width, count, global_bonus=2.0, token_num_scale=token_num_scale)
+    p = band_plan(spec, torch.device("cpu"), torch.float64)
     got = banded_attention(query, key, value, p, dim**-0.5)
     expected = torch.empty_like(query)
     for i in range(frames):

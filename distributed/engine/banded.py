@@ -42,7 +42,7 @@ class PartPlans:
     rest_rows: the own frames that see at least one of the other keys (None: all of them).
     rest_bias: (rows, 2P + G) additive bias of the other keys for those rows, laid out
         [left halo ; right halo ; globals].
-    row_scale: (F, 1) query scale of the whole attention (see band_plan), or None.
+    row_scale: (F, 1) query scale of the whole attention (see BandSpec), or None.
     """
 
     own: BandPlan
@@ -63,22 +63,40 @@ class PartialAttention:
     lse: torch.Tensor
 
 
+@dataclass(frozen=True)
+class BandSpec:
+    """What one rank's banded attention looks like at one step; the key of the cached plans.
+
+    frames: the rank's own frames, starting at video frame `start` of `total`.
+    width: P, the local half window; globals_count: the G global keys after the halos.
+    mask_ends: exact mode (the video's ends hide the halo positions past them); reference mode keeps
+        the zero-padded frames visible.
+    local_bonus / global_bonus: additive biases of the local and global keys (the phase bias).
+    attn_scale / token_num_scale: the query scale, fixed or by the log of each row's key count.
+    """
+
+    frames: int
+    start: int
+    total: int
+    width: int
+    globals_count: int
+    mask_ends: bool = True
+    local_bonus: float = 0.0
+    global_bonus: float = 0.0
+    attn_scale: float = 1.0
+    token_num_scale: bool = False
+
+
+def query_block(frames: int, width: int) -> int:
+    """Queries per block of the banded attention: at least 8, and 2P so a block's window is mostly its own."""
+    return max(1, min(frames, max(8, 2 * width)))
+
+
 @lru_cache(maxsize=64)
-def band_plan(
-    frames: int,
-    start: int,
-    total: int,
-    width: int,
-    globals_count: int,
-    mask_ends: bool,
-    local_bonus: float,
-    global_bonus: float,
-    attn_scale: float,
-    token_num_scale: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> BandPlan:
-    block = max(1, min(frames, max(8, 2 * width)))
+def band_plan(spec: BandSpec, device: torch.device, dtype: torch.dtype) -> BandPlan:
+    frames, start, total, width = spec.frames, spec.start, spec.total, spec.width
+    globals_count = spec.globals_count
+    block = query_block(frames, width)
     blocks = math.ceil(frames / block)
     span = block + 2 * width
     u = torch.arange(block).view(block, 1)  # query position in its block
@@ -88,56 +106,42 @@ def band_plan(
     key_ext = b * block + w  # index into [left halo ; own ; right halo]
     key_global = start - width + key_ext
     visible = (w >= u) & (w <= u + 2 * width) & (key_ext < frames + 2 * width)
-    if mask_ends:
+    if spec.mask_ends:
         visible &= (key_global >= 0) & (key_global < total)
     real_query = query_frame < frames
     visible = torch.where(real_query, visible, torch.ones_like(visible))  # padded rows: anything finite
     local = torch.full(visible.shape, float("-inf"))
-    local[visible] = local_bonus
-    glb = torch.full((blocks, block, globals_count), global_bonus)
+    local[visible] = spec.local_bonus
+    glb = torch.full((blocks, block, globals_count), spec.global_bonus)
     bias = torch.cat([local, glb], dim=-1)
     row_scale = None
-    if token_num_scale or attn_scale != 1.0:
+    if spec.token_num_scale or spec.attn_scale != 1.0:
         counts = visible.sum(-1, keepdim=True).double() + globals_count
-        factor = torch.log(counts) / math.log(16) if token_num_scale else torch.ones_like(counts)
-        row_scale = (attn_scale * factor).to(device=device, dtype=dtype)
+        factor = torch.log(counts) / math.log(16) if spec.token_num_scale else torch.ones_like(counts)
+        row_scale = (spec.attn_scale * factor).to(device=device, dtype=dtype)
     return BandPlan(block, blocks, width, globals_count, bias.to(device=device, dtype=dtype), row_scale)
 
 
 @lru_cache(maxsize=64)
-def part_plans(
-    frames: int,
-    start: int,
-    total: int,
-    width: int,
-    globals_count: int,
-    mask_ends: bool,
-    local_bonus: float,
-    global_bonus: float,
-    attn_scale: float,
-    token_num_scale: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> PartPlans:
-    """band_plan's attention split into the own band and the rest (same arguments, same result once merged)."""
-    whole = band_plan(
-        frames, start, total, width, globals_count, mask_ends, local_bonus, global_bonus, attn_scale,
-        token_num_scale, device, dtype,
-    )  # fmt: skip
+def part_plans(spec: BandSpec, device: torch.device, dtype: torch.dtype) -> PartPlans:
+    """band_plan's attention split into the own band and the rest (same spec, same result once merged)."""
+    whole = band_plan(spec, device, dtype)
+    frames, start, width = spec.frames, spec.start, spec.width
     # The own frames as a video of their own: its ends mask exactly the halo positions.
-    own = band_plan(frames, 0, frames, width, 0, True, local_bonus, 0.0, 1.0, False, device, dtype)
+    own_band = BandSpec(frames, 0, frames, width, 0, mask_ends=True, local_bonus=spec.local_bonus)
+    own = band_plan(own_band, device, dtype)
     query = torch.arange(frames).view(frames, 1)
     halo = torch.arange(width).view(1, width)
     left_frame = start - width + halo  # global index of left halo key j
     right_frame = start + frames + halo
     left_visible = halo >= query  # |(start + i) - left_frame| <= P
     right_visible = halo <= query - frames + width
-    if mask_ends:
+    if spec.mask_ends:
         left_visible &= left_frame >= 0
-        right_visible &= right_frame < total
+        right_visible &= right_frame < spec.total
     local = torch.cat([left_visible, right_visible], dim=1)
-    rest = torch.full((frames, 2 * width + globals_count), float(global_bonus))
-    rest[:, : 2 * width] = torch.where(local, local_bonus, float("-inf"))
+    rest = torch.full((frames, 2 * width + spec.globals_count), float(spec.global_bonus))
+    rest[:, : 2 * width] = torch.where(local, spec.local_bonus, float("-inf"))
     # Without global frames only rows near the clip's ends see the rest; skipping the others keeps every
     # row of the rest's attention non-empty, which the fused kernel needs.
     seeing = (rest > float("-inf")).any(dim=1)

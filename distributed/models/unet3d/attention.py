@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
-from ...engine.banded import band_plan, banded_attention, banded_attention_in_parts, part_plans
+from ...engine.banded import BandSpec, band_plan, banded_attention, banded_attention_in_parts, part_plans
 from ...engine.context import TemporalContext
 
 PROFILE_LABEL = "video_infinity.temporal_attention"
@@ -66,7 +66,7 @@ def _attend_in_one_pass(ctx: TemporalContext, attn: Attention, x: torch.Tensor) 
     key_frames = torch.cat([left, x, right, glb], dim=1)
     own = slice(left.shape[1], left.shape[1] + x.shape[1])
     query, key, value = _project(attn, key_frames, own)
-    plan = band_plan(*_plan_arguments(ctx, x, glb.shape[1], query.dtype))
+    plan = band_plan(_band_spec(ctx, x, glb.shape[1]), x.device, query.dtype)
     return banded_attention(query, key, value, plan, attn.scale, poll=ctx.comm.poll_cancel)
 
 
@@ -81,27 +81,26 @@ def _attend_in_parts(ctx: TemporalContext, attn: Attention, x: torch.Tensor) -> 
         _, rest_key, rest_value = _project(attn, torch.cat([left, right, glb], dim=1), None)
         return rest_key, rest_value
 
-    plans = part_plans(*_plan_arguments(ctx, x, len(ctx.global_indices), query.dtype))
+    plans = part_plans(_band_spec(ctx, x, len(ctx.global_indices)), x.device, query.dtype)
     return banded_attention_in_parts(query, key, value, rest, plans, attn.scale, poll=ctx.comm.poll_cancel)
 
 
-def _plan_arguments(ctx: TemporalContext, x: torch.Tensor, globals_count: int, dtype: torch.dtype) -> tuple:
-    """band_plan's (and part_plans') arguments for this rank's frames at the current step."""
+def _band_spec(ctx: TemporalContext, x: torch.Tensor, globals_count: int) -> BandSpec:
+    """This rank's banded attention at the current step."""
     settings = ctx.settings
     assert ctx.layout is not None
-    return (
-        x.shape[1],
-        ctx.span[0],
-        ctx.layout.total,
-        settings.local_window,
-        globals_count,
-        settings.mode == "exact",
-        settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0,
-        settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0,
-        settings.attn_scale,
-        settings.token_num_scale,
-        x.device,
-        dtype,
+    phase = settings.phase_bias
+    return BandSpec(
+        frames=x.shape[1],
+        start=ctx.span[0],
+        total=ctx.layout.total,
+        width=settings.local_window,
+        globals_count=globals_count,
+        mask_ends=settings.mode == "exact",
+        local_bonus=settings.local_bias if phase and not ctx.global_phase else 0.0,
+        global_bonus=settings.global_bias if phase and ctx.global_phase else 0.0,
+        attn_scale=settings.attn_scale,
+        token_num_scale=settings.token_num_scale,
     )
 
 
