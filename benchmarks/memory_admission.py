@@ -40,7 +40,7 @@ def measure_target(comm: Communicator, frames: int, size: int) -> dict[str, Any]
     )
     loaded = engine.model(job.model)
     assert engine._family is not None
-    estimate = engine._family.peak_bytes(loaded, job, frames)
+    estimate = engine._family.peak_bytes(loaded, job, frames, frames).bytes
     _release_freed_memory()
     before = rss_bytes()
     if not reset_peak_rss():

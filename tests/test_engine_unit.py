@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
+from distributed.engine.admission import check_fits, free_bytes
 from distributed.engine.banded import (
     BandSpec,
     _attention_with_lse,
@@ -24,8 +25,8 @@ from distributed.engine.banded import (
 )
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
-from distributed.engine.errors import InvalidSettingsError, JobCancelled, ModelLoadError
-from distributed.engine.family import family
+from distributed.engine.errors import InsufficientMemoryError, InvalidSettingsError, JobCancelled, ModelLoadError
+from distributed.engine.family import MemoryNeed, family
 from distributed.engine.job import JobSpec
 from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference
 from distributed.engine.runner import Engine
@@ -510,3 +511,15 @@ def test_a_cancel_asked_inside_a_step_stops_a_lone_rank_in_that_step(tiny_pipeli
     finally:
         hook.remove()
     assert asked["calls"] <= 1, "the layer's remaining chunks ran after the request"
+
+
+def test_a_need_beyond_the_free_memory_is_refused_naming_the_estimate_the_share_and_the_fix():
+    cpu = torch.device("cpu")
+    free = free_bytes(cpu)
+    check_fits(MemoryNeed(free // 8, "4 frames per worker at 64x64"), cpu, sharing=2)  # a quarter of it: admitted
+    holding = "21 latent frames (about 84 video frames) per worker at 832x480"
+    with pytest.raises(InsufficientMemoryError) as refused:
+        check_fits(MemoryNeed(free // 2 + 2**30, holding), cpu, sharing=2)
+    message = str(refused.value)
+    assert f"per worker ({holding}; 2 workers share this memory" in message
+    assert "GiB is free on cpu. Use more workers so each holds fewer frames" in message

@@ -19,6 +19,7 @@ from .wan_targets import (
     core_and_clip_parallel,
     latent_job_across_machines,
     save_tiny_wan_target,
+    wan_memory_needs,
 )
 
 pytestmark = [pytest.mark.wan, pytest.mark.distributed]
@@ -106,3 +107,19 @@ def test_workers_on_machines_that_cannot_see_the_coordinators_files_receive_them
     for machine in (1, 2):  # each received the model and the job's inputs into its own folder
         received = tmp_path / f"machine-{machine}"
         assert len(list((received / "models").iterdir())) == 1 and len(list((received / "jobs").iterdir())) == 1
+
+
+def test_a_wan_job_s_memory_admission_is_comfyui_s_own_estimate_on_the_frames_a_worker_holds(tiny_wan, tmp_path):
+    """The estimate the engine admits a Wan job by is the minimum ComfyUI's sampler would load the model for,
+    on the rank's own, halo and global frames; it grows with them, and the refusal names the worker's share."""
+    latent = (1, 16, 9, 30, 52)  # 33 frames at 416x240
+    holdings = [(3, 7), (3, 9), (5, 9)]
+    needs = run_on_local_ranks(
+        1,
+        wan_memory_needs,
+        {"weights": tiny_wan, "folder": str(tmp_path), "latent_shape": latent, "holdings": holdings},
+    )[0]
+    for (own, held), (needed, holding, comfy_minimum) in zip(holdings, needs, strict=True):
+        assert needed == int(comfy_minimum) > 0, (own, held)
+        assert holding == f"{own} latent frames (about {4 * own} video frames) per worker at 416x240"
+    assert needs[1][0] > needs[0][0] and needs[1][0] == needs[2][0]  # more frames held, more memory

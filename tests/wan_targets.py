@@ -155,3 +155,37 @@ def latent_job_across_machines(
     spec = ModelSpec(base=weights, dtype="fp32", family="wan")
     job = LatentJob(spec, str(inputs), latent_shape[2], ComfySampling(**sampling), DualScopeSettings(**settings))
     return Engine(comm).run(job).latents
+
+
+def wan_memory_needs(
+    comm: Communicator, weights: str, folder: str, latent_shape: tuple[int, ...], holdings: list[tuple[int, int]]
+) -> list[tuple[int, str, float]]:
+    """For each (own, held) frame count: the Wan family's admission estimate, its text, and ComfyUI's own
+    sampler estimate (the minimum, one latent per call) on a latent of the held frames."""
+    from distributed.engine.job import ModelSpec
+    from distributed.engine.latent_job import LatentJob
+    from distributed.models.wan.export import ModelSampling
+    from distributed.models.wan.family import WanFamily
+    from distributed.models.wan.inputs import JobInputs, write_inputs
+
+    comfy = import_comfy(on_cpu=True)
+    inputs = Path(folder) / "admission.safetensors"
+    conditioning = random_conditioning(1)
+    write_inputs(inputs, JobInputs(torch.zeros(latent_shape), conditioning, conditioning, ModelSampling(5.0, 1000.0)))
+    spec = ModelSpec(base=weights, dtype="fp32", family="wan")
+    job = LatentJob(
+        spec,
+        str(inputs),
+        latent_shape[2],
+        _sampling({"sampler_name": "euler", "scheduler": "simple", "steps": 1, "cfg": 4.0, "seed": 0}),
+    )
+    family = WanFamily()
+    loaded = family.load(spec, torch.device("cpu"))
+    results = []
+    for own, held in holdings:
+        need = family.peak_bytes(loaded, job, own, held)
+        shape = (latent_shape[0], latent_shape[1], held, *latent_shape[3:])
+        conds = {"positive": comfy.sampler_helpers.convert_cond(conditioning)}
+        _, minimum = comfy.sampler_helpers.estimate_memory(loaded.patcher, shape, conds)
+        results.append((need.bytes, need.holding, float(minimum)))
+    return results

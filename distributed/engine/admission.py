@@ -9,6 +9,7 @@ import torch
 
 from .comm import Communicator
 from .errors import InsufficientMemoryError
+from .family import MemoryNeed
 from .host_memory import available_bytes
 
 GIB = 2**30
@@ -32,15 +33,16 @@ def sharing_ranks(comm: Communicator) -> int:
     return sum(int(piece.item() == mine.item()) for piece in comm.all_gather(mine))
 
 
-def check_fits(needed: int, device: torch.device, sharing: int, frames: int, width: int, height: int) -> None:
+def check_fits(need: MemoryNeed, device: torch.device, sharing: int) -> None:
     """Raises InsufficientMemoryError, with the estimate, what is free and what to change, when `sharing`
-    ranks that each need `needed` bytes cannot fit in the device's free memory."""
+    ranks that each need `need.bytes` cannot fit in the device's free memory."""
     free = free_bytes(device)
+    needed = need.bytes
     if needed * sharing <= free:
         return
     shared = f"; {sharing} workers share this memory, {needed * sharing / GIB:.1f} GiB in all" if sharing > 1 else ""
     raise InsufficientMemoryError(
-        f"this job needs about {needed / GIB:.1f} GiB per worker ({frames} frames per worker at {width}x{height}"
-        f"{shared}) but {free / GIB:.1f} GiB is free on {device}. Use more workers so each holds fewer "
-        "frames, fewer frames, or a smaller width and height"
+        f"this job needs about {needed / GIB:.1f} GiB per worker ({need.holding}{shared}) but {free / GIB:.1f} GiB "
+        f"is free on {device}. Use more workers so each holds fewer frames, fewer frames, or a smaller width and "
+        "height"
     )

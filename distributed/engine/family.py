@@ -39,6 +39,15 @@ class LatentLayout:
     temporal_factor: int = 1  # pixel frames per latent frame (1: one latent frame per video frame)
 
 
+@dataclass(frozen=True)
+class MemoryNeed:
+    """A job's estimated peak on one rank, beyond the loaded model, and what that rank holds (for the
+    message that refuses it), e.g. "64 frames per worker at 512x320"."""
+
+    bytes: int
+    holding: str
+
+
 class ModelFamily(Protocol):
     name: str
 
@@ -60,9 +69,9 @@ class ModelFamily(Protocol):
 
     def latent_layout(self, loaded: Any) -> LatentLayout: ...
 
-    def peak_bytes(self, loaded: Any, job: Any, frames: int) -> int | None:
-        """Estimated peak memory of `job` on a rank holding `frames` frames, beyond the loaded model;
-        None when the family has no estimate."""
+    def peak_bytes(self, loaded: Any, job: Any, own: int, held: int) -> MemoryNeed | None:
+        """Estimated peak memory of `job` on a rank whose clip has `own` frames and that holds `held` (with its
+        halo and global frames); None when the family has no estimate."""
         ...
 
     def denoise(self, loaded: Any, job: Any, ctx: TemporalContext, control: RunControl) -> torch.Tensor:

@@ -118,9 +118,9 @@ class Engine:
         layout = FrameLayout(job.frames, self.comm.world_size)
         own = layout.counts[self.comm.rank]
         held = own + 2 * job.attention.local_window + job.attention.global_count(job.frames)  # with halo, globals
-        needed = kind.peak_bytes(loaded, job, min(held, job.frames))
-        if needed is not None:
-            check_fits(needed, self.comm.device, self._sharing, own, job.width, job.height)
+        need = kind.peak_bytes(loaded, job, own, min(held, job.frames))
+        if need is not None:
+            check_fits(need, self.comm.device, self._sharing)
 
     def release(self) -> None:
         self._loaded = self._family = self._key = None

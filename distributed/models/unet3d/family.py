@@ -11,7 +11,7 @@ import torch
 from ...engine.comm import Communicator
 from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
-from ...engine.family import LatentLayout
+from ...engine.family import LatentLayout, MemoryNeed
 from ...engine.job import JobSpec, ModelSpec
 from ...engine.sampling import denoise
 from .loader import LoadedPipeline, load_pipeline
@@ -52,18 +52,19 @@ class UNet3DFamily:
     def latent_layout(self, loaded: LoadedPipeline) -> LatentLayout:
         return LatentLayout(channels=loaded.unet.config.in_channels, spatial_factor=loaded.vae_scale)
 
-    def peak_bytes(self, loaded: LoadedPipeline, job: JobSpec, frames: int) -> int:
+    def peak_bytes(self, loaded: LoadedPipeline, job: JobSpec, own: int, held: int) -> MemoryNeed:
         factor = loaded.vae_scale
-        return job_peak_bytes(
+        needed = job_peak_bytes(
             loaded.unet.config.block_out_channels,
             loaded.vae.config.block_out_channels,
             loaded.dtype,
             loaded.device,
-            frames,
+            held,
             (job.height // factor, job.width // factor),
             (job.height, job.width),
             (loaded.tokenizer.model_max_length, loaded.unet.config.cross_attention_dim),
         )
+        return MemoryNeed(needed, f"{own} frames per worker at {job.width}x{job.height}")
 
     def denoise(self, loaded: LoadedPipeline, job: JobSpec, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
         start, end = ctx.span

@@ -20,7 +20,7 @@ from ...engine.context import TemporalContext
 from ...engine.contract import RunControl
 from ...engine.dtypes import torch_dtype
 from ...engine.errors import InvalidSettingsError, ModelLoadError
-from ...engine.family import LatentLayout
+from ...engine.family import LatentLayout, MemoryNeed
 from ...engine.file_transfer import local_path
 from ...engine.job import ModelSpec
 from ...engine.latent_job import LatentJob
@@ -28,7 +28,7 @@ from ...engine.settings import DualScopeSettings
 from ...engine.weight_files import check_safetensors_file
 from .comfy_runtime import import_comfy
 from .export import KEEP_EXPORTS
-from .inputs import read_inputs
+from .inputs import latent_shape, read_inputs
 from .patch import install_dual_scope
 from .sampling import check_sampling, sample_clip
 
@@ -80,8 +80,18 @@ class WanFamily:
     def patch(self, loaded: LoadedWan, ctx: TemporalContext) -> None:
         loaded.patched = install_dual_scope(loaded.patcher, ctx)
 
-    def peak_bytes(self, loaded: LoadedWan, job: LatentJob, frames: int) -> None:
-        return None  # not estimated yet: ComfyUI's own memory management loads and offloads Wan models
+    def peak_bytes(self, loaded: LoadedWan, job: LatentJob, own: int, held: int) -> MemoryNeed:
+        """ComfyUI's own estimate for the model (the one its sampler loads and offloads weights by), on the
+        frames this rank holds. Its minimum: one latent per model call, as ComfyUI runs the positive and
+        negative passes one after the other when both do not fit. The weights need not fit beside it:
+        ComfyUI offloads what does not."""
+        batch, channels, _, height, width = latent_shape(job.inputs)
+        needed = loaded.patcher.model.memory_required([batch, channels, held, height, width])
+        layout = self.latent_layout(loaded)
+        size = f"{width * layout.spatial_factor}x{height * layout.spatial_factor}"
+        return MemoryNeed(
+            int(needed), f"{own} latent frames (about {layout.temporal_factor * own} video frames) per worker at {size}"
+        )
 
     def latent_layout(self, loaded: LoadedWan) -> LatentLayout:
         latent_format = loaded.patcher.model.latent_format

@@ -60,6 +60,14 @@ def write_inputs(path: Path, inputs: JobInputs) -> None:
     save_file(tensors, str(path), metadata={"layout": json.dumps(layout)})
 
 
+def latent_shape(path: str | Path) -> tuple[int, ...]:
+    """(1, C, T, h, w) of the job's latent, from the file's header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as source:
+        return tuple(source.get_slice("latent").get_shape())
+
+
 def read_inputs(path: str | Path, clip_vision_output: type | None = None) -> JobInputs:
     """`clip_vision_output`: ComfyUI's comfy.clip_vision.Output class, to rebuild CLIP vision outputs."""
     from safetensors import safe_open
