@@ -404,10 +404,13 @@ class UNetStage:
     caption_in_time: bool = False  # the UNet's caption embedding (the token mean in the time embedding)
     caption_position: bool = False  # the UNet's caption gains on its position features
     top_share: float = 0.0  # share of each batch drawn from the levels from TOP_LEVELS up
+    attribute_dropout: float = 0.1  # chance that a caption leaves out each attribute
 
 
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
-    return UNetStage("unet", args.steps, args.lr, args.warmup, "free", None, False, 1.0)
+    return UNetStage(
+        "unet", args.steps, args.lr, args.warmup, "free", None, False, 1.0, attribute_dropout=args.attribute_dropout
+    )
 
 
 def placement_stage(args: argparse.Namespace) -> UNetStage:
@@ -426,6 +429,7 @@ def placement_stage(args: argparse.Namespace) -> UNetStage:
         args.caption_in_time_embedding,
         args.caption_position,
         args.top_share,
+        args.attribute_dropout if args.placement_attribute_dropout is None else args.placement_attribute_dropout,
     )
 
 
@@ -528,6 +532,7 @@ def train_unet(
             "caption_in_time_embedding": stage.caption_in_time,
             "caption_position": stage.caption_position,
             "top_share": stage.top_share,
+            "attribute_dropout": stage.attribute_dropout,
             "monitor_fidelity": fidelity,
             "command": "python -m training.train_tiny_model",
         }
@@ -542,7 +547,7 @@ def train_unet(
         generator = torch.Generator().manual_seed(args.seed * 7_000_003 + noise_offset + step)
         specs = [data.sample_spec(rng, stage.trajectories) for _ in range(args.batch)]
         latents = clip_latents(cache, specs, args.frames) * scaling_factor
-        said = [spoken_caption(spec, rng, args.attribute_dropout) for spec in specs]
+        said = [spoken_caption(spec, rng, stage.attribute_dropout) for spec in specs]
         chosen = [captions.index(c) for c in said]
         dropped = torch.from_numpy(rng.random(args.batch) < args.uncond_prob)
         if stage.train_text:
@@ -647,6 +652,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--attribute-dropout", type=float, default=0.1, help="chance that a caption leaves out each attribute"
+    )
+    parser.add_argument(
+        "--placement-attribute-dropout",
+        type=float,
+        default=None,
+        help="placement stage: the same chance (default: --attribute-dropout's)",
     )
     parser.add_argument(
         "--placement-steps",
