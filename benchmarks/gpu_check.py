@@ -230,6 +230,9 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     text = [[torch.randn(1, 512, 4096), {}]]
     steps = 2
     ctx.begin_job(FrameLayout(21, 1), DEFAULT_ATTENTION)
+    # What the engine admits a Wan job by (WanFamily.peak_bytes): ComfyUI's estimate on the frames the rank
+    # holds, here the whole video.
+    admission = patcher.model.memory_required(list(latent.shape))
     torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
     spec = ComfySampling("euler", "simple", steps=steps, cfg=5.0, seed=0)
@@ -244,6 +247,8 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "seconds_per_step (first steps included)": seconds,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "admission_estimate_gb (beyond the weights)": admission / 1e9,
+        "weights_gb": sum(t.numel() * t.element_size() for t in weights.values()) / 1e9,
         "fraction_of_peak": flops / seconds / (args.peak_tflops * 1e12),
     }
 
