@@ -190,6 +190,7 @@ def build_latent_cache(vae: AutoencoderKL, work: Path, resume: bool) -> tuple[to
     path = work / "latents.pt"
     if resume and path.exists():
         state = torch.load(path)
+        check_cache_encoder(vae, state["latents"], path)
         return state["latents"], state["scaling_factor"]
     log("encoding every frame position")
     shape = (len(data.COLOURS), len(data.SHAPES), len(data.DIRECTIONS), data.SIZE, data.SIZE, 4, LATENT, LATENT)
@@ -205,6 +206,19 @@ def build_latent_cache(vae: AutoencoderKL, work: Path, resume: bool) -> tuple[to
     save_checkpoint(path, {"latents": cache, "scaling_factor": scaling_factor})
     log(f"latent cache done, std {cache.std():.4f} -> scaling factor {scaling_factor:.4f}")
     return cache, scaling_factor
+
+
+def check_cache_encoder(vae: AutoencoderKL, cache: torch.Tensor, path: Path) -> None:
+    """Refuses a cache that another VAE's encoder made (say, copied from another run's --work): the UNet would
+    learn latents its decoder does not draw, and nothing else would notice."""
+    colour, kind, direction, x, y = 1, 1, 2, 21, 37  # any cached frame
+    frame = data.render_frame(list(data.COLOURS)[colour], data.SHAPES[kind], list(data.DIRECTIONS)[direction], x, y)
+    pixels = torch.from_numpy(frame[None]).permute(0, 3, 1, 2) * 2 - 1
+    with torch.no_grad():
+        encoded = vae.encode(pixels).latent_dist.mean[0]
+    cached = cache[colour, kind, direction, y, x]
+    if not torch.allclose(encoded, cached, rtol=1e-3, atol=1e-4):
+        raise RuntimeError(f"{path} was encoded by another VAE; delete it (or use another --work) and run again")
 
 
 # --- stage 3: decoder refinement ------------------------------------------------------------------------
