@@ -1,6 +1,6 @@
 """Trains the embedded tiny text-to-video model ("tiny-shapes-t2v") on procedural moving-shape clips.
 
-Five stages, each resumable from checkpoints under --work:
+Six stages, each resumable from checkpoints under --work:
 
 1. a per-frame AutoencoderKL (64x64 RGB <-> 4x8x8 latents);
 2. a latent cache: every frame the data can contain (colour x shape x direction x position) encoded once, so a
@@ -11,7 +11,9 @@ Five stages, each resumable from checkpoints under --work:
 5. the placement stage: the same UNet, with a spatial position embedding that the caption scales and the
    caption in its time embedding, on clips in which each direction travels its own lane, with v-prediction
    on a schedule whose last step is pure noise. There the caption alone says where the shape is, and the
-   lane says which way it goes, so the direction word decides the motion (docs/4-quality.md, probes 19 to 23).
+   lane says which way it goes, so the direction word decides the motion (docs/4-quality.md, probes 19 to 23);
+6. the open-caption stage: the placement stage continued at a lower rate with captions that leave attributes
+   out more often, so that a colour the caption leaves open stays one colour over the whole video.
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
 In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
@@ -31,7 +33,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ LATENT = data.SIZE // 8
 TOP_LEVELS = 900  # the noise levels where a sample shows nearly nothing of the shape yet
 # The placement stage of the shipped model: lanes, the caption's position embedding, zero terminal SNR.
 PLACEMENT_STEPS = 1500
+# The open-caption stage: the placement stage's data, with captions that leave attributes out more often.
+OPEN_STEPS = 400
 
 
 def log(message: str) -> None:
@@ -447,6 +451,19 @@ def placement_stage(args: argparse.Namespace) -> UNetStage:
     )
 
 
+def open_stage(args: argparse.Namespace) -> UNetStage:
+    """The placement stage's data and seeds, continued on its EMA weights with captions that leave each
+    attribute out with probability 0.3: a caption naming only the direction ("a shape moving right") comes
+    up seven times as often as at 0.1, and with it the frames' own colour memory (docs/4-quality.md)."""
+    return replace(
+        placement_stage(args),
+        name="unet_open",
+        steps=args.open_steps,
+        lr=args.open_lr,
+        attribute_dropout=args.open_attribute_dropout,
+    )
+
+
 def stage_scheduler(stage: UNetStage) -> DDIMScheduler:
     """The training and shipped schedule: the default, or (zero_terminal_snr) the same betas rescaled so the
     last step is pure noise, v-prediction and trailing timesteps, so the first sampling step sees no trace of
@@ -534,6 +551,7 @@ def train_unet(
             "stage": stage.name,
             "unet_steps": args.steps,
             "placement_steps": args.placement_steps,
+            "open_steps": args.open_steps,
             "stage_step": step,
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
@@ -681,6 +699,19 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--placement-lr", type=float, default=5e-4)
     parser.add_argument(
+        "--open-steps",
+        type=int,
+        default=OPEN_STEPS,
+        help="steps of the open-caption stage after the placement stage (0: none)",
+    )
+    parser.add_argument("--open-lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--open-attribute-dropout",
+        type=float,
+        default=0.3,
+        help="open-caption stage: the chance that a caption leaves out each attribute",
+    )
+    parser.add_argument(
         "--high-noise-cap", type=float, default=10.0, help="placement stage: cap of an epsilon loss's high-noise weight"
     )
     parser.add_argument(
@@ -722,7 +753,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--init-from",
         default=None,
-        help="a pipeline folder whose VAE and UNet replace stages 1 to 4 (runs the placement stage on top of it)",
+        help="a pipeline folder whose VAE and UNet replace stages 1 to 4 (the later stages run on top of it)",
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
@@ -751,7 +782,11 @@ def main() -> None:
             return
         start_weights = train_unet(args, work, deadline, vae, cache, scaling_factor, shapes_stage(args))
     if args.placement_steps and time.time() < deadline:
-        train_unet(args, work, deadline, vae, cache, scaling_factor, placement_stage(args), start_weights)
+        start_weights = train_unet(
+            args, work, deadline, vae, cache, scaling_factor, placement_stage(args), start_weights
+        )
+    if args.open_steps and time.time() < deadline:
+        train_unet(args, work, deadline, vae, cache, scaling_factor, open_stage(args), start_weights)
     log("done" if time.time() < deadline else "time budget spent; run again with --resume")
 
 
