@@ -181,11 +181,11 @@ def wan_memory_needs(
     )
     family = WanFamily()
     loaded = family.load(spec, torch.device("cpu"))
+    conds = {"positive": comfy.sampler_helpers.convert_cond(conditioning)}
     results = []
     for own, held in holdings:
         need = family.peak_bytes(loaded, job, own, held)
         shape = (latent_shape[0], latent_shape[1], held, *latent_shape[3:])
-        conds = {"positive": comfy.sampler_helpers.convert_cond(conditioning)}
         _, minimum = comfy.sampler_helpers.estimate_memory(loaded.patcher, shape, conds)
         results.append((need.bytes, need.holding, float(minimum)))
     return results
