@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import UNet3DConditionModel
 
+from distributed.engine import banded as banded_module
 from distributed.engine.admission import check_fits, free_bytes
 from distributed.engine.banded import (
     BandSpec,
@@ -47,7 +48,9 @@ def test_real_videocrafter_config_patches_every_temporal_layer():
     assert (report.temporal_transformers, report.temporal_attentions, report.temporal_convs) == (17, 34, 22)
     assert report.frame_groupnorms == 17 + 4 * 22
     assert report.chunked_feed_forwards == 16 + 17  # every spatial and temporal transformer block
-    assert report.chunked_frame_layers == 22 + 16  # every ResNet block and spatial transformer
+    # every ResNet block, spatial transformer, down- and upsampler, and the input and output layers
+    assert report.chunked_frame_layers == 22 + 16 + 3 + 3 + 3
+    assert report.chunked_token_layers == 17 * (2 + 3)  # each temporal transformer's projections and norms
 
 
 def test_chunked_feed_forward_and_frame_convolutions_change_no_result():
@@ -422,11 +425,25 @@ def test_own_moments_match_torch_in_both_memory_layouts(frame_major):
         (9, 9, 27, 2, 0, True, 0.0, 0.0, False),  # middle rows see no key of the rest
     ],
 )
+@pytest.mark.parametrize("one_item_per_chunk", [False, True])
 def test_attention_in_two_parts_equals_the_one_pass_banded_attention(
-    frames, start, total, width, count, mask_ends, local_bonus, global_bonus, token_num_scale
+    frames,
+    start,
+    total,
+    width,
+    count,
+    mask_ends,
+    local_bonus,
+    global_bonus,
+    token_num_scale,
+    one_item_per_chunk,
+    monkeypatch,
 ):
     """The own band first, then halo and global keys merged by their normalisers: the same result to fp64
-    rounding, including rows that see none of the rest and clips shorter than the halo."""
+    rounding, including rows that see none of the rest and clips shorter than the halo, whether the batch
+    is one chunk or each item its own (halo rows padded and rest keys merged chunk by chunk)."""
+    if one_item_per_chunk:
+        monkeypatch.setattr(banded_module, "CHUNK_ELEMENTS", 1)
     heads, dim = 2, 5
     generator = torch.Generator().manual_seed(5)
     query = torch.randn(3, heads, frames, dim, generator=generator, dtype=torch.float64)

@@ -189,19 +189,12 @@ def banded_attention_in_parts(
     """
     if plans.row_scale is not None:
         query = query * plans.row_scale
-    width = plans.own.width
-    padded = [F.pad(x, (0, 0, width, width)) for x in (key, value)]  # the halo positions are masked
-    own = _banded(query, padded[0], padded[1], plans.own, scale, poll, with_lse=True)
+    own = _banded(query, key, value, plans.own, scale, poll, with_lse=True, halo_absent=True)
     rest_key, rest_value = rest()  # always waited for: every rank finishes the exchange it posted
     rows = plans.rest_rows
     if (rows is not None and rows.numel() == 0) or poll():  # no rest keys (2P + G = 0) leaves no rows
         return own.out  # after a Cancel the result is never used (see banded_attention's poll)
-    if rows is None:
-        return merge_partials(own, _rest_attention(query, rest_key, rest_value, plans.rest_bias, scale, poll))
-    # Only some rows see the rest: merge those, the others keep their own band's result.
-    seen = _rest_attention(query.index_select(2, rows), rest_key, rest_value, plans.rest_bias, scale, poll)
-    own_rows = PartialAttention(own.out.index_select(2, rows), own.lse.index_select(2, rows))
-    own.out.index_copy_(2, rows, merge_partials(own_rows, seen))
+    _merge_rest(own, query, rest_key, rest_value, plans, scale, poll)
     return own.out
 
 
@@ -215,26 +208,35 @@ def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
     return out
 
 
-def _rest_attention(
+def _merge_rest(
+    own: PartialAttention,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    bias: torch.Tensor,
+    plans: PartPlans,
     scale: float,
     poll: Callable[[], bool],
-) -> PartialAttention:
-    """Attention of (B, h, R, d) queries to (B, h, K, d) keys under an (R, K) bias in which every row sees
-    a key, chunked over the batch like banded_attention (and, like it, stopped early by `poll`)."""
-    batch, heads, rows, dim = query.shape
-    out = query.new_zeros((batch, heads, rows, dim))
-    lse = query.new_zeros((batch, heads, rows), dtype=torch.promote_types(query.dtype, torch.float32))
-    step = max(1, CHUNK_ELEMENTS // max(1, heads * rows * key.shape[2]))
+) -> None:
+    """Adds the attention of the rows that see the rest keys (B, h, K, d) to `own`, in place, a chunk of the
+    batch at a time (each chunk's rest attention merged at once, so nothing clip-sized is made), stopped
+    early by `poll` like banded_attention. Every row in plans.rest_rows (None: all) sees a rest key."""
+    batch, heads, frames, dim = query.shape
+    rows = plans.rest_rows
+    count = frames if rows is None else rows.numel()
+    step = max(1, CHUNK_ELEMENTS // max(1, heads * count * key.shape[2]))
     for lo in range(0, batch, step):
-        if poll():
+        if lo and poll():
             break
-        hi = min(batch, lo + step)
-        out[lo:hi], lse[lo:hi] = _attention_with_lse(query[lo:hi], key[lo:hi], value[lo:hi], bias, scale)
-    return PartialAttention(out, lse)
+        cut = slice(lo, min(batch, lo + step))
+        q, out, lse = query[cut], own.out[cut], own.lse[cut]
+        if rows is not None:
+            q, out, lse = q.index_select(2, rows), out.index_select(2, rows), lse.index_select(2, rows)
+        seen = PartialAttention(*_attention_with_lse(q, key[cut], value[cut], plans.rest_bias, scale))
+        merged = merge_partials(PartialAttention(out, lse), seen)
+        if rows is None:
+            own.out[cut] = merged
+        else:
+            own.out[cut].index_copy_(2, rows, merged)
 
 
 def _banded(
@@ -245,8 +247,11 @@ def _banded(
     scale: float,
     poll: Callable[[], bool],
     with_lse: bool,
+    halo_absent: bool = False,
 ) -> PartialAttention:
-    """banded_attention, with each row's log normaliser when asked (else lse is an empty tensor)."""
+    """banded_attention, with each row's log normaliser when asked (else lse is an empty tensor).
+    halo_absent: key/value hold the own frames only; each chunk gets zero halo rows (the plan masks them)
+    as it is cut, rather than the whole clip being copied once more."""
     batch, heads, frames, dim = query.shape
     block, blocks, width, count = plan.block, plan.blocks, plan.width, plan.globals_count
     length = block + 2 * width + count
@@ -263,8 +268,11 @@ def _banded(
         hi = min(batch, lo + step)
         merged = (hi - lo) * heads
         q = _blocked_queries(query[lo:hi], blocks * block, row_scale)
-        keys = _windows(key[lo:hi], frames, plan)
-        values = _windows(value[lo:hi], frames, plan)
+        key_rows, value_rows = key[lo:hi], value[lo:hi]
+        if halo_absent:
+            key_rows, value_rows = (F.pad(x, (0, 0, width, width)) for x in (key_rows, value_rows))
+        keys = _windows(key_rows, frames, plan)
+        values = _windows(value_rows, frames, plan)
         q = q.view(merged, blocks, block, dim)
         keys = keys.view(merged, blocks, length, dim)
         values = values.view(merged, blocks, length, dim)

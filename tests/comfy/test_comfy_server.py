@@ -309,9 +309,10 @@ def test_cancel_before_the_first_step_of_a_huge_video_stops_it_and_the_next_prom
     assert requests.post(f"{host.url}/interrupt", timeout=10).status_code == 200
     run = client.wait(prompt_id, timeout=120)
     assert run.outcome == "execution_interrupted", run.events
-    # The workers look for the request between chunks of every layer; what is left is the longest single
-    # operation at 10,000 frames per worker, on 2 cores shared with the server (about 1 s, up to 3 s in CI).
-    assert run.of_type("execution_interrupted")[0]["t"] - asked < 5
+    # The workers look for the request between chunks of every layer, projections and norms included; what
+    # is left is the longest single operation at 10,000 frames per worker, on 2 cores shared with the server
+    # (0.1 to 0.9 s measured with the Cancel sent 1 to 8 s into the job).
+    assert run.of_type("execution_interrupted")[0]["t"] - asked < 3
     # Stopped by the workers themselves, not by force (which would restart them): the same warm pool runs
     # the next prompt.
     run = client.wait(client.queue(tiny_job(seed=44)), timeout=300)

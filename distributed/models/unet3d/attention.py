@@ -13,6 +13,7 @@ from torch import nn
 
 from ...engine.banded import BandSpec, band_plan, banded_attention, banded_attention_in_parts, part_plans
 from ...engine.context import TemporalContext
+from .chunked import chunk_elements, in_chunks
 
 PROFILE_LABEL = "video_infinity.temporal_attention"
 
@@ -51,7 +52,7 @@ class DualScopeAttnProcessor:
         attend = _attend_in_parts if self.overlap and ctx.comm.world_size > 1 else _attend_in_one_pass
         out = attend(ctx, attn, x)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1).to(x.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
+        out = attn.to_out[1](in_chunks(attn.to_out[0], out, chunk_elements(x.device), ctx.comm.poll_cancel))
         if attn.residual_connection:
             out = out + hidden_states
         if attn.rescale_output_factor != 1.0:
@@ -65,7 +66,7 @@ def _attend_in_one_pass(ctx: TemporalContext, attn: Attention, x: torch.Tensor) 
     # One copy of every key frame, [left ; own ; right ; globals], shared by the projections.
     key_frames = torch.cat([left, x, right, glb], dim=1)
     own = slice(left.shape[1], left.shape[1] + x.shape[1])
-    query, key, value = _project(attn, key_frames, own)
+    query, key, value = _project(ctx, attn, key_frames, own)
     plan = band_plan(_band_spec(ctx, x, glb.shape[1]), x.device, query.dtype)
     return banded_attention(query, key, value, plan, attn.scale, poll=ctx.comm.poll_cancel)
 
@@ -74,11 +75,11 @@ def _attend_in_parts(ctx: TemporalContext, attn: Attention, x: torch.Tensor) -> 
     """(B, h, F, d): the exchange is posted, the own frames' band computed while it travels, then the halo
     and global keys are added exactly (banded.banded_attention_in_parts)."""
     arrived = ctx.start_halo_and_globals(x, dim=1, width=ctx.settings.local_window, pad_ends=True)
-    query, key, value = _project(attn, x, slice(None))
+    query, key, value = _project(ctx, attn, x, slice(None))
 
     def rest() -> tuple[torch.Tensor, torch.Tensor]:
         left, right, glb = arrived()
-        _, rest_key, rest_value = _project(attn, torch.cat([left, right, glb], dim=1), None)
+        _, rest_key, rest_value = _project(ctx, attn, torch.cat([left, right, glb], dim=1), None)
         return rest_key, rest_value
 
     plans = part_plans(_band_spec(ctx, x, len(ctx.global_indices)), x.device, query.dtype)
@@ -105,26 +106,32 @@ def _band_spec(ctx: TemporalContext, x: torch.Tensor, globals_count: int) -> Ban
 
 
 def _project(
-    attn: Attention, frames: torch.Tensor, queries: slice | None
+    ctx: TemporalContext, attn: Attention, frames: torch.Tensor, queries: slice | None
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(query, key, value) with heads split, (B, h, frames, d). Keys and values cover every frame; queries
-    only the frames in `queries` (None: no queries)."""
+    only the frames in `queries` (None: no queries). In chunks of the batch (a long clip's projection is
+    the layer's largest single pass), looking for a Cancel between them."""
     heads = attn.heads
+    elements, poll = chunk_elements(frames.device), ctx.comm.poll_cancel
     if all(type(layer) is nn.Linear for layer in (attn.to_q, attn.to_k, attn.to_v)):
         # One projection for everything asked: the queries are rows of it, so the frames are read once.
         weight, bias = _fused_qkv(attn)
         inner = attn.to_q.out_features
         if queries is None:
             weight, bias = weight[inner:], None if bias is None else bias[inner:]
-        projected = F.linear(frames, weight, bias)
+        projected = in_chunks(lambda rows: F.linear(rows, weight, bias), frames, elements, poll)
         offset = 0 if queries is None else inner
         query = None if queries is None else _split_heads(projected[:, queries, :inner], heads)
         key = _split_heads(projected[:, :, offset : offset + inner], heads)
         value = _split_heads(projected[:, :, offset + inner :], heads)
         return query, key, value
+
     # Projections with adapters of their own.
-    query = None if queries is None else _split_heads(attn.to_q(frames[:, queries]), heads)
-    return query, _split_heads(attn.to_k(frames), heads), _split_heads(attn.to_v(frames), heads)
+    def split(layer: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        return _split_heads(in_chunks(layer, rows, elements, poll), heads)
+
+    query = None if queries is None else split(attn.to_q, frames[:, queries])
+    return query, split(attn.to_k, frames), split(attn.to_v, frames)
 
 
 def _fused_qkv(attn: Attention) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -37,19 +37,28 @@ class ChunkedFeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         rows = hidden_states.reshape(-1, hidden_states.shape[-1])
-        step = max(1, self.elements // rows.shape[1])
-        if rows.shape[0] <= step:
-            return self.inner(hidden_states, *args, **kwargs)
-        out: torch.Tensor | None = None
-        for lo in range(0, rows.shape[0], step):
-            if lo and self.poll():  # the first chunk runs: it gives the result its shape
-                break
-            piece = self.inner(rows[lo : lo + step], *args, **kwargs)
-            if out is None:
-                out = piece.new_empty((rows.shape[0], piece.shape[-1]))
-            out[lo : lo + piece.shape[0]] = piece
-        assert out is not None
+        out = in_chunks(lambda piece: self.inner(piece, *args, **kwargs), rows, self.elements, self.poll)
         return out.view(*hidden_states.shape[:-1], out.shape[-1])
+
+
+def in_chunks(
+    layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, elements: int, poll: Poll
+) -> torch.Tensor:
+    """layer(x) for a layer that acts on each row of x (along dim 0) alone, on chunks of at most `elements`
+    input values, whole rows each."""
+    step = max(1, elements // max(1, x[0].numel()))
+    if x.shape[0] <= step:
+        return layer(x)
+    out: torch.Tensor | None = None
+    for lo in range(0, x.shape[0], step):
+        if lo and poll():  # the first chunk runs: it gives the result its shape
+            break
+        piece = layer(x[lo : lo + step])
+        if out is None:
+            out = piece.new_empty((x.shape[0], *piece.shape[1:]))
+        out[lo : lo + piece.shape[0]] = piece
+    assert out is not None
+    return out
 
 
 class FrameChunked(nn.Module):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.downsampling import Downsample2D
 from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from ...engine.context import TemporalContext
@@ -24,6 +26,14 @@ class PatchReport:
     frame_groupnorms: int
     chunked_feed_forwards: int
     chunked_frame_layers: int
+    chunked_token_layers: int
+
+
+# Per-frame layers outside the ResNet blocks and spatial transformers; together with those and the
+# temporal transformers' per-token layers below, no layer of a step runs over the whole clip at once, so
+# a Cancel is looked for every few milliseconds however long the clip (chunked.py).
+FRAME_LAYER_TYPES = (ResnetBlock2D, Transformer2DModel, Downsample2D, Upsample2D)
+TOP_FRAME_LAYERS = ("conv_in", "conv_norm_out", "conv_out")
 
 
 def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
@@ -31,7 +41,7 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
     model serves every job; with ctx.layout None it computes exactly what the unpatched model does."""
     if getattr(unet, "_video_infinity_patched", False):
         raise RuntimeError("this UNet is already patched")
-    transformers = attentions = convs = norms = feed_forwards = frame_layers = 0
+    transformers = attentions = convs = norms = feed_forwards = frame_layers = token_layers = 0
     elements = chunk_elements(ctx.comm.device)
     processor = DualScopeAttnProcessor(ctx)
     targets = list(unet.named_modules())
@@ -41,7 +51,9 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
             if isinstance(module.norm, nn.GroupNorm):
                 module.norm = FrameGroupNorm(module.norm, ctx)
                 norms += 1
+            token_layers += _chunk_token_layers(module, ("proj_in", "proj_out"), elements, ctx)
             for block in module.transformer_blocks:
+                token_layers += _chunk_token_layers(block, ("norm1", "norm2", "norm3"), elements, ctx)
                 for attn in (block.attn1, block.attn2):
                     if attn is not None:
                         attn.set_processor(processor)
@@ -58,11 +70,22 @@ def patch_unet(unet: nn.Module, ctx: TemporalContext) -> PatchReport:
         elif isinstance(module, BasicTransformerBlock) and module.ff is not None:
             module.ff = ChunkedFeedForward(module.ff, elements, ctx.comm.poll_cancel)
             feed_forwards += 1
-        if isinstance(module, (ResnetBlock2D, Transformer2DModel)):
+        if isinstance(module, FRAME_LAYER_TYPES) or name in TOP_FRAME_LAYERS:
             _replace(unet, name, FrameChunked(module, elements, ctx.comm.poll_cancel))
             frame_layers += 1
     unet._video_infinity_patched = True
-    return PatchReport(transformers, attentions, convs, norms, feed_forwards, frame_layers)
+    return PatchReport(transformers, attentions, convs, norms, feed_forwards, frame_layers, token_layers)
+
+
+def _chunk_token_layers(parent: nn.Module, names: tuple[str, ...], elements: int, ctx: TemporalContext) -> int:
+    """Wraps the per-token layers (linear projections, layer norms) of a temporal transformer in chunks."""
+    wrapped = 0
+    for name in names:
+        layer = getattr(parent, name, None)
+        if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+            setattr(parent, name, ChunkedFeedForward(layer, elements, ctx.comm.poll_cancel))
+            wrapped += 1
+    return wrapped
 
 
 def _replace(root: nn.Module, dotted: str, new: nn.Module) -> None:
