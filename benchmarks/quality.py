@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,16 @@ class FidelityResult:
     direction: float
     all_named: float
     seconds_per_clip: float
+    # Over the clips whose prompt leaves the colour open: the share drawn in each colour (the tracker's
+    # None: no colour found). A model that always picks one colour agrees with itself across ranks easily.
+    open_colour_shares: dict[str, float]
 
 
 def prompt_fidelity(model: Path, prompts: list[str], seeds: list[int], args: argparse.Namespace) -> FidelityResult:
     engine = Engine(Communicator.single("cpu"))
     hits, named = np.zeros(3), np.zeros(3)
     all_named = 0
+    open_colours: Counter[str] = Counter()
     started = time.time()
     total = 0
     for seed in seeds:
@@ -130,12 +135,25 @@ def prompt_fidelity(model: Path, prompts: list[str], seeds: list[int], args: arg
             hits += matches
             named += asked
             all_named += bool((matches == asked).all())
+            if want[0] is None:
+                open_colours[str(track.colour)] += 1
             total += 1
             if args.verbose:
                 print(f"  seed {seed} {prompt!r}: tracked {got} v={track.velocity}", flush=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         rates = hits / named
-    return FidelityResult(total, *rates.tolist(), all_named / max(total, 1), (time.time() - started) / max(total, 1))
+    seconds = (time.time() - started) / max(total, 1)
+    shares = colour_shares(open_colours)
+    return FidelityResult(total, *rates.tolist(), all_named / max(total, 1), seconds, shares)
+
+
+def colour_shares(counts: Counter[str]) -> dict[str, float]:
+    """Every colour's share of the counted clips (colours never drawn included, at 0), most drawn first."""
+    total = sum(counts.values())
+    if not total:
+        return {}
+    shares = {colour: counts[colour] / total for colour in (*shapes.COLOURS, *counts)}
+    return dict(sorted(shares.items(), key=lambda item: -item[1]))
 
 
 def tracker_accuracy(count: int = 64) -> float:
@@ -330,6 +348,30 @@ def long_videos(
     return metrics, by_key, seconds
 
 
+def one_rank_gaps(
+    model: Path,
+    prompts: list[tuple[str, int]],
+    split: VideoSplit,
+    args: argparse.Namespace,
+    videos: dict[tuple[str, str, int], np.ndarray],
+) -> dict[str, float]:
+    """Every exact-mode video of the split made again on one rank: the largest |pixel difference| per case.
+
+    Exact mode computes the same video for any number of ranks, so what a rank border shows there (seam
+    ratio, colour spread over ranks) is the content at those frames, not a seam the split made."""
+    exact = [case for case in args.cases if CASES[case]["mode"] == "exact"]
+    keys = [(case, prompt, seed) for case in exact for prompt, seed in prompts]
+    jobs = [make_job(model, prompt, split.frames, seed, args, **CASES[case]) for case, prompt, seed in keys]
+    if not jobs:
+        return {}
+    alone = run_on_local_ranks(1, run_jobs_on_rank, {"jobs": jobs}, timeout=7200.0)[0]
+    gaps: dict[str, float] = {}
+    for key, video in zip(keys, alone, strict=True):
+        gap = float(np.abs(video.astype(np.int16) - videos[key]).max())
+        gaps[key[0]] = max(gaps.get(key[0], 0.0), gap)
+    return gaps
+
+
 def pictures(
     by_key: dict[tuple[str, str, int], np.ndarray], prompts: list[tuple[str, int]], split: VideoSplit, out: Path
 ) -> float:
@@ -400,6 +442,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--open-frames", type=int, default=None, help="open-prompt video length (default: --frames)")
     parser.add_argument("--open-ranks", type=int, default=None, help="ranks for open prompts (default: --ranks)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    parser.add_argument(
+        "--same-on-one-rank",
+        action="store_true",
+        help="make every exact-mode long video again on one rank and report the largest pixel difference",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.cases = [case.strip() for case in args.cases.split(",") if case.strip()]
@@ -471,11 +518,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for split, prompts in ((named_split, named), (open_split, open_)):
         if prompts:  # --named-seeds 0 or --open-seeds 0 leave a kind out
             prompts_by_split.setdefault(split, []).extend(prompts)
-    metrics, videos, seconds = {}, {}, {}
+    metrics, videos, seconds, gaps = {}, {}, {}, {}
     for split, prompts in prompts_by_split.items():
         split_metrics, split_videos, seconds[split] = long_videos(model, prompts, split, args)
         metrics |= split_metrics
         videos |= split_videos
+        if args.same_on_one_rank and split.ranks > 1:
+            gaps[split] = one_rank_gaps(model, prompts, split, args, split_videos)
     extra = {
         "exact_vs_reference_mean_abs": pictures(videos, named, named_split, out) if named else float("nan"),
         "seconds_per_video": seconds.get(named_split, float("nan")),
@@ -495,6 +544,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"| {label} | {result.clips} | {result.colour:.2f} | {result.shape:.2f} "
                     f"| {result.direction:.2f} | {result.all_named:.2f} | {result.seconds_per_clip:.1f} |"
                 )
+        if open_fidelity is not None and open_fidelity.open_colour_shares:
+            drawn = ", ".join(f"{c} {share:.2f}" for c, share in open_fidelity.open_colour_shares.items())
+            print(f"\nColours drawn when the prompt leaves the colour open (seed 0): {drawn}.")
         print(
             f"\nThe tracker on {32 if args.short else 64} real training clips: "
             f"{extra['tracker_accuracy']:.2f} all three right."
@@ -526,11 +578,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({m['worst_seam_ratio']:.2f}) | {m['seam_ratio_shifted']:.2f} ({m['worst_seam_ratio_shifted']:.2f}) "
             f"| {m['colour_drift']:.1f} |"
         )
-    print(
-        f"\nExact vs reference mode, same job: mean |pixel difference| {extra['exact_vs_reference_mean_abs']:.1f} / 255."
-        f" {extra['seconds_per_video']:.0f} s per named and {extra['seconds_per_open_video']:.0f} s per open video."
-        f" Total {time.time() - started:.0f} s."
-    )
+    for split, by_case in gaps.items():
+        for case, gap in by_case.items():
+            print(
+                f"\n{CASE_LABELS[case]}, {split}, every video made again on 1 rank: "
+                f"largest |pixel difference| {gap:.0f} / 255."
+            )
+    print()
+    if not np.isnan(extra["exact_vs_reference_mean_abs"]):
+        print(
+            f"Exact vs reference mode, same job: mean |pixel difference| {extra['exact_vs_reference_mean_abs']:.1f} / 255."
+        )
+    timings = [
+        f"{extra[key]:.0f} s per {kind} video"
+        for key, kind in (("seconds_per_video", "named"), ("seconds_per_open_video", "open"))
+        if not np.isnan(extra[key])
+    ]
+    sentences = [" and ".join(timings)] if timings else []
+    print(". ".join([*sentences, f"Total {time.time() - started:.0f} s"]) + ".")
     print(f"Contact sheets and mp4s: {out}/")
     report = {
         "fidelity": fidelity.__dict__ if fidelity is not None else None,
@@ -538,6 +603,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cases": cases,
         "open_cases": open_cases,
         "videos": {f"{c} | {p} | seed {s}": m for (c, p, s), m in metrics.items()},
+        "one_rank_gaps": {str(split): by_case for split, by_case in gaps.items()},
         **extra,
         "args": vars(args),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ from benchmarks.common import (
 )
 from benchmarks.memory_admission import measure_target as admission_target
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
-from benchmarks.quality import rank_colour_spread, seam_metrics
+from benchmarks.quality import colour_shares, rank_colour_spread, seam_metrics
 from benchmarks.scaling import analytic_traffic, evaluate_targets, tiny_shapes
 from distributed.engine.comm import Communicator
 from distributed.engine.layout import FrameLayout
@@ -148,6 +149,14 @@ def _peer_rows(vi_ms: dict[int, float], peer_ms: dict[str, float]) -> dict:
     for key, ms in peer_ms.items():
         rows += [{"key": key, "frames": f, "time": ms * f / 1e3, "working": 0} for f in vi_ms]
     return {"results": rows, "interior": []}
+
+
+def test_colour_shares_name_every_palette_colour_and_put_the_most_drawn_first() -> None:
+    shares = colour_shares(Counter({"red": 1, "yellow": 3, "None": 1}))
+    assert list(shares)[0] == "yellow" and shares["yellow"] == pytest.approx(0.6)
+    assert set(shares) == {*shapes.COLOURS, "None"} and shares["blue"] == 0.0
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert colour_shares(Counter()) == {}
 
 
 def test_scaling_targets_pass_and_miss_on_the_issue_bounds() -> None:
