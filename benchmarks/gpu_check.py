@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from distributed.engine.banded import BandSpec, band_plan, banded_attention
+from distributed.engine.banded import BandSpec, band_plan, banded_attention, banded_attention_in_parts, part_plans
 from distributed.engine.comm import Communicator
 from distributed.engine.job import JobSpec, ModelSpec
 from distributed.engine.runner import Engine
@@ -86,6 +86,7 @@ def correctness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "relative_to_fp32": relative(half, on_device),
             }
     rows["masked rows in half precision"] = masked_rows(device)
+    rows["attention in parts vs one pass"] = attention_in_parts(device)
     return rows
 
 
@@ -98,6 +99,33 @@ def masked_rows(device: str) -> dict[str, Any]:
         plan = band_plan(BandSpec(6, 0, 6, width=2, globals_count=0, global_bonus=10.0), torch.device(device), dtype)
         out = banded_attention(q.to(device, dtype), k.to(device, dtype), v.to(device, dtype), plan, 8**-0.5)
         found[str(dtype).removeprefix("torch.")] = bool(torch.isfinite(out).all())
+    return found
+
+
+def attention_in_parts(device: str) -> dict[str, Any]:
+    """The banded attention of an interior rank (halos, globals, phase bias) in its parts, as several ranks
+    run it while the exchange travels, against the one pass, on `device` in each dtype: finite, and the
+    largest difference relative to the one pass's largest value. On a GPU this is the path without a fused
+    kernel that returns the normaliser."""
+    width, count, frames = 4, 6, 21
+    spec = BandSpec(frames, 30, 90, width, count, local_bonus=0.0, global_bonus=3.0)
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(6, 2, frames, 8, generator=generator)
+    k, v = (torch.randn(6, 2, frames + 2 * width + count, 8, generator=generator) for _ in range(2))
+    found = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        place = (torch.device(device), dtype)
+        qd, kd, vd = (x.to(*place) for x in (q, k, v))
+        whole = banded_attention(qd, kd, vd, band_plan(spec, *place), 8**-0.5)
+        own = slice(width, width + frames)
+        rest = tuple(torch.cat([x[:, :, :width], x[:, :, width + frames :]], dim=2) for x in (kd, vd))
+        parts = banded_attention_in_parts(
+            qd, kd[:, :, own], vd[:, :, own], lambda r=rest: r, part_plans(spec, *place), 8**-0.5
+        )
+        found[str(dtype).removeprefix("torch.")] = {
+            "finite": bool(torch.isfinite(parts).all()),
+            "relative": relative(parts.float(), whole.float()),
+        }
     return found
 
 

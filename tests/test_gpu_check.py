@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gpu_check import NOT_AVAILABLE, SECTIONS, masked_rows, relative, tiny_job, tiny_model
+from benchmarks.gpu_check import (
+    NOT_AVAILABLE,
+    SECTIONS,
+    attention_in_parts,
+    masked_rows,
+    relative,
+    tiny_job,
+    tiny_model,
+)
 from distributed.engine.comm import Communicator
 from distributed.engine.runner import Engine
 
@@ -49,3 +57,11 @@ def test_a_job_on_the_device_matches_the_cpu_and_returns_host_arrays(device: str
 @pytest.mark.parametrize("device", DEVICES)
 def test_masked_rows_stay_finite_in_half_precision(device: str) -> None:
     assert masked_rows(device) == {"float16": True, "bfloat16": True}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_attention_in_parts_equals_the_one_pass_on_the_device_in_every_dtype(device: str) -> None:
+    found = attention_in_parts(device)
+    assert all(row["finite"] for row in found.values()), found
+    assert found["float32"]["relative"] < 1e-5
+    assert found["float16"]["relative"] < 1e-2 and found["bfloat16"]["relative"] < 5e-2, found

@@ -35,19 +35,32 @@ class BandPlan:
 
 
 @dataclass(frozen=True)
+class RestPart:
+    """Some of the keys that are not the own frames', and the own frames (rows) that see them.
+
+    keys: where they lie in the rest keys [left halo ; right halo ; globals].
+    rows: the own frames that see at least one of them (None: all); the others skip this part.
+    bias: (rows, keys) additive bias.
+    """
+
+    keys: slice
+    rows: torch.Tensor | None
+    bias: torch.Tensor
+
+
+@dataclass(frozen=True)
 class PartPlans:
-    """The attention of one rank's frames in two parts whose key sets do not overlap.
+    """The attention of one rank's frames in parts whose key sets do not overlap.
 
     own: the band over the own frames alone, keys laid out [P empty ; own ; P empty].
-    rest_rows: the own frames that see at least one of the other keys (None: all of them).
-    rest_bias: (rows, 2P + G) additive bias of the other keys for those rows, laid out
-        [left halo ; right halo ; globals].
+    rest: the global keys (every row sees them), then the halo keys (only the rows within P of a clip end
+        see them), each part left out when it has no keys: added one after the other, each part costs
+        only the rows that see it.
     row_scale: (F, 1) query scale of the whole attention (see BandSpec), or None.
     """
 
     own: BandPlan
-    rest_rows: torch.Tensor | None
-    rest_bias: torch.Tensor
+    rest: tuple[RestPart, ...]
     row_scale: torch.Tensor | None
 
 
@@ -140,17 +153,21 @@ def part_plans(spec: BandSpec, device: torch.device, dtype: torch.dtype) -> Part
         left_visible &= left_frame >= 0
         right_visible &= right_frame < spec.total
     local = torch.cat([left_visible, right_visible], dim=1)
-    rest = torch.full((frames, 2 * width + spec.globals_count), float(spec.global_bonus))
-    rest[:, : 2 * width] = torch.where(local, spec.local_bonus, float("-inf"))
-    # Without global frames only rows near the clip's ends see the rest; skipping the others keeps every
-    # row of the rest's attention non-empty, which the fused kernel needs.
-    seeing = (rest > float("-inf")).any(dim=1)
-    rows = None if bool(seeing.all()) else seeing.nonzero().flatten()
-    if rows is not None:
-        rest = rest[rows]
-        rows = rows.to(device)
+    parts = []
+    if spec.globals_count:
+        bias = torch.full((frames, spec.globals_count), float(spec.global_bonus), device=device, dtype=dtype)
+        parts.append(RestPart(slice(2 * width, 2 * width + spec.globals_count), None, bias))
+    # Only rows near the clip's ends see a halo key; skipping the others saves their work and keeps every
+    # row of the part's attention non-empty, which the fused kernel needs.
+    seeing = local.any(dim=1)
+    if bool(seeing.any()):
+        rows = None if bool(seeing.all()) else seeing.nonzero().flatten()
+        halo_bias = torch.where(local, spec.local_bonus, float("-inf"))
+        if rows is not None:
+            halo_bias, rows = halo_bias[rows], rows.to(device)
+        parts.append(RestPart(slice(0, 2 * width), rows, halo_bias.to(device=device, dtype=dtype)))
     row_scale = None if whole.row_scale is None else whole.row_scale.reshape(-1, 1)[:frames]
-    return PartPlans(own, rows, rest.to(device=device, dtype=dtype), row_scale)
+    return PartPlans(own, tuple(parts), row_scale)
 
 
 def banded_attention(
@@ -191,21 +208,20 @@ def banded_attention_in_parts(
         query = query * plans.row_scale
     own = _banded(query, key, value, plans.own, scale, poll, with_lse=True, halo_absent=True)
     rest_key, rest_value = rest()  # always waited for: every rank finishes the exchange it posted
-    rows = plans.rest_rows
-    if (rows is not None and rows.numel() == 0) or poll():  # no rest keys (2P + G = 0) leaves no rows
-        return own.out  # after a Cancel the result is never used (see banded_attention's poll)
-    _merge_rest(own, query, rest_key, rest_value, plans, scale, poll)
+    for part in plans.rest:
+        if poll():
+            break  # after a Cancel the result is never used (see banded_attention's poll)
+        _merge_rest(own, query, rest_key[:, :, part.keys], rest_value[:, :, part.keys], part, scale, poll)
     return own.out
 
 
 def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
     """The attention over both key sets: each part weighted by its share of the joint normaliser.
 
-    Returns (B, h, F, d) in a's memory layout."""
-    joint = torch.logaddexp(a.lse, b.lse)
-    out = a.out * torch.exp(a.lse - joint).unsqueeze(-1).to(a.out.dtype)
-    out.addcmul_(b.out, torch.exp(b.lse - joint).unsqueeze(-1).to(b.out.dtype))
-    return out
+    a's share is exp(a.lse) / (exp(a.lse) + exp(b.lse)) = sigmoid(a.lse - b.lse), so the merge is one
+    interpolation between the two outputs. Returns (B, h, F, d)."""
+    weight = torch.sigmoid(a.lse - b.lse).unsqueeze(-1).to(a.out.dtype)
+    return torch.lerp(b.out, a.out, weight)
 
 
 def _merge_rest(
@@ -213,15 +229,15 @@ def _merge_rest(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    plans: PartPlans,
+    part: RestPart,
     scale: float,
     poll: Callable[[], bool],
 ) -> None:
-    """Adds the attention of the rows that see the rest keys (B, h, K, d) to `own`, in place, a chunk of the
-    batch at a time (each chunk's rest attention merged at once, so nothing clip-sized is made), stopped
-    early by `poll` like banded_attention. Every row in plans.rest_rows (None: all) sees a rest key."""
+    """Adds the attention of part.rows (None: all) to the keys (B, h, K, d) of one rest part to `own`, in
+    place, a chunk of the batch at a time (each chunk merged at once, so nothing clip-sized is made),
+    stopped early by `poll` like banded_attention."""
     batch, heads, frames, dim = query.shape
-    rows = plans.rest_rows
+    rows = part.rows
     count = frames if rows is None else rows.numel()
     step = max(1, CHUNK_ELEMENTS // max(1, heads * count * key.shape[2]))
     for lo in range(0, batch, step):
@@ -231,12 +247,13 @@ def _merge_rest(
         q, out, lse = query[cut], own.out[cut], own.lse[cut]
         if rows is not None:
             q, out, lse = q.index_select(2, rows), out.index_select(2, rows), lse.index_select(2, rows)
-        seen = PartialAttention(*_attention_with_lse(q, key[cut], value[cut], plans.rest_bias, scale))
-        merged = merge_partials(PartialAttention(out, lse), seen)
+        seen = PartialAttention(*_attention_with_lse(q, key[cut], value[cut], part.bias, scale))
+        joint = PartialAttention(merge_partials(PartialAttention(out, lse), seen), torch.logaddexp(lse, seen.lse))
         if rows is None:
-            own.out[cut] = merged
+            own.out[cut], own.lse[cut] = joint.out, joint.lse
         else:
-            own.out[cut].index_copy_(2, rows, merged)
+            own.out[cut].index_copy_(2, rows, joint.out)
+            own.lse[cut].index_copy_(2, rows, joint.lse)
 
 
 def _banded(
@@ -250,8 +267,8 @@ def _banded(
     halo_absent: bool = False,
 ) -> PartialAttention:
     """banded_attention, with each row's log normaliser when asked (else lse is an empty tensor).
-    halo_absent: key/value hold the own frames only; each chunk gets zero halo rows (the plan masks them)
-    as it is cut, rather than the whole clip being copied once more."""
+    halo_absent: key/value hold the own frames only; the windows read zeros for the halo (the plan masks
+    them), so the clip is not copied once more to pad it."""
     batch, heads, frames, dim = query.shape
     block, blocks, width, count = plan.block, plan.blocks, plan.width, plan.globals_count
     length = block + 2 * width + count
@@ -268,11 +285,9 @@ def _banded(
         hi = min(batch, lo + step)
         merged = (hi - lo) * heads
         q = _blocked_queries(query[lo:hi], blocks * block, row_scale)
-        key_rows, value_rows = key[lo:hi], value[lo:hi]
-        if halo_absent:
-            key_rows, value_rows = (F.pad(x, (0, 0, width, width)) for x in (key_rows, value_rows))
-        keys = _windows(key_rows, frames, plan)
-        values = _windows(value_rows, frames, plan)
+        lead = width if halo_absent else 0
+        keys = _windows(key[lo:hi], frames, plan, lead)
+        values = _windows(value[lo:hi], frames, plan, lead)
         q = q.view(merged, blocks, block, dim)
         keys = keys.view(merged, blocks, length, dim)
         values = values.view(merged, blocks, length, dim)
@@ -324,22 +339,30 @@ def _blocked_queries(query: torch.Tensor, padded: int, row_scale: torch.Tensor |
     return q
 
 
-def _windows(x: torch.Tensor, frames: int, plan: BandPlan) -> torch.Tensor:
+def _windows(x: torch.Tensor, frames: int, plan: BandPlan, lead: int = 0) -> torch.Tensor:
     """(B, h, blocks, block + 2P + G, d): each block's local window followed by the global keys.
 
-    x: (B, h, F + 2P + G, d). Window rows past the clip's last frame (a partial last block) are zero;
+    x: (B, h, F + 2P - 2 * lead + G, d), the local keys [left ; own ; right] with `lead` rows left out at
+    each end (read as zeros: lead = P when the halo has not arrived), then the globals. Window rows outside
+    the keys x holds (those left out, and past the clip's last frame in a partial last block) are zero;
     the plan's bias masks them.
     """
     batch, heads, _, dim = x.shape
     block, blocks = plan.block, plan.blocks
     span = block + 2 * plan.width
-    local_len = frames + 2 * plan.width
+    present = frames + 2 * plan.width - 2 * lead  # local keys held
     windows = x.new_empty((batch, heads, blocks, span + plan.globals_count, dim))
-    whole = (local_len - span) // block + 1  # blocks whose window lies inside the clip
-    windows[:, :, :whole, :span] = x[:, :, :local_len].unfold(2, span, block)[:, :, :whole].transpose(-1, -2)
-    for b in range(whole, blocks):
-        rows = local_len - b * block
-        windows[:, :, b, :rows] = x[:, :, b * block : local_len]
-        windows[:, :, b, rows:span] = 0
-    windows[:, :, :, span:] = x[:, :, local_len:].unsqueeze(2)
+    # Window b starts at row b * block - lead of x: blocks first..last lie wholly inside what x holds.
+    first = -(-lead // block)
+    last = min(blocks - 1, (present + lead - span) // block)
+    if first <= last:
+        inside = x[:, :, first * block - lead : present].unfold(2, span, block)[:, :, : last + 1 - first]
+        windows[:, :, first : last + 1, :span] = inside.transpose(-1, -2)
+    for b in (*range(min(first, blocks)), *range(max(last + 1, first), blocks)):
+        start = b * block - lead
+        windows[:, :, b, :span] = 0
+        a, z = max(start, 0), min(start + span, present)
+        if a < z:
+            windows[:, :, b, a - start : z - start] = x[:, :, a:z]
+    windows[:, :, :, span:] = x[:, :, present:].unsqueeze(2)
     return windows
