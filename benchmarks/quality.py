@@ -421,6 +421,46 @@ def summarise(
 WORST_OF = ("seam_ratio", "seam_ratio_shifted", "colour_spread")
 
 
+def worst_videos(metrics: dict[tuple[str, str, int], dict[str, float]]) -> dict[str, dict[str, tuple[str, int, float]]]:
+    """Per case, the (prompt, seed, value) of the video with the highest seam ratio and colour spread: the
+    consistency targets hold per video, so the one that misses is what to look at."""
+    worst: dict[str, dict[str, tuple[str, int, float]]] = {}
+    for (case, prompt, seed), m in metrics.items():
+        for name in ("seam_ratio", "colour_spread"):
+            value = m[name]
+            held = worst.setdefault(case, {}).get(name)
+            if np.isfinite(value) and (held is None or value > held[2]):
+                worst[case][name] = (prompt, seed, value)
+    return worst
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """'BASE:key=value,key=value' -> (case name, attention settings): BASE's settings with the overrides.
+
+    A way to measure a setting without adding a case to CASES; the name carries the overrides."""
+    base, _, overrides = text.partition(":")
+    if base not in CASES or not overrides:
+        raise ValueError(f"--variant {text!r}: write BASE:key=value[,key=value] with BASE one of {list(CASES)}")
+    settings = dict(CASES[base])
+    for item in overrides.split(","):
+        key, _, value = item.partition("=")
+        if not key or not value:
+            raise ValueError(f"--variant {text!r}: {item!r} is not key=value")
+        settings[key.strip()] = _setting_value(value.strip())
+    return f"{base}+{overrides}", settings
+
+
+def _setting_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 # --- report ----------------------------------------------------------------------------------------------
 
 
@@ -447,9 +487,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="make every exact-mode long video again on one rank and report the largest pixel difference",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="BASE:key=value,...",
+        help="also run a case's settings with some changed, e.g. g_global_favoured:global_bias=5 (repeatable)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.cases = [case.strip() for case in args.cases.split(",") if case.strip()]
+    for text in args.variant:
+        try:
+            name, settings = parse_variant(text)
+        except ValueError as error:
+            parser.error(str(error))
+        base = name.partition("+")[0]
+        CASES[name] = settings
+        letter = CASE_LABELS[base].partition(")")[0] + ")"
+        CASE_LABELS[name] = f"{letter} with {name.partition('+')[2]}"
+        args.cases.append(name)
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown or not args.cases:
         parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
@@ -578,6 +635,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({m['worst_seam_ratio']:.2f}) | {m['seam_ratio_shifted']:.2f} ({m['worst_seam_ratio_shifted']:.2f}) "
             f"| {m['colour_drift']:.1f} |"
         )
+    for case, by_metric in worst_videos(metrics).items():
+        named_worst = ", ".join(
+            f"{name.replace('_', ' ')} {value:.2f} ({prompt!r}, seed {seed})"
+            for name, (prompt, seed, value) in by_metric.items()
+        )
+        print(f"\nWorst videos of {CASE_LABELS[case]}: {named_worst}.")
     for split, by_case in gaps.items():
         for case, gap in by_case.items():
             print(

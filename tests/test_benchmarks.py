@@ -20,7 +20,7 @@ from benchmarks.common import (
 )
 from benchmarks.memory_admission import measure_target as admission_target
 from benchmarks.physical_limit import TEXT, interior_traffic, videocrafter2_unet
-from benchmarks.quality import colour_shares, rank_colour_spread, seam_metrics
+from benchmarks.quality import CASES, colour_shares, parse_variant, rank_colour_spread, seam_metrics, worst_videos
 from benchmarks.scaling import analytic_traffic, evaluate_targets, tiny_shapes
 from distributed.engine.comm import Communicator
 from distributed.engine.layout import FrameLayout
@@ -157,6 +157,28 @@ def test_colour_shares_name_every_palette_colour_and_put_the_most_drawn_first() 
     assert set(shares) == {*shapes.COLOURS, "None"} and shares["blue"] == 0.0
     assert sum(shares.values()) == pytest.approx(1.0)
     assert colour_shares(Counter()) == {}
+
+
+def test_a_variant_changes_only_the_settings_it_names_and_bad_text_is_refused() -> None:
+    name, settings = parse_variant("g_global_favoured:global_bias=5,phase_bias=false")
+    assert name == "g_global_favoured+global_bias=5,phase_bias=false"
+    assert settings == {**CASES["g_global_favoured"], "global_bias": 5, "phase_bias": False}
+    assert CASES["g_global_favoured"]["global_bias"] == 3.0  # the case itself is left as it was
+    for text in ("no_such_case:global_bias=5", "g_global_favoured", "g_global_favoured:global_bias"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(text)
+
+
+def test_the_worst_video_of_each_case_is_named_with_its_seed() -> None:
+    metrics = {
+        ("g", "a red shape", 0): {"seam_ratio": 1.34, "colour_spread": 0.9},
+        ("g", "a red shape", 1): {"seam_ratio": 1.02, "colour_spread": 7.9},
+        ("g", "a circle moving down", 0): {"seam_ratio": float("nan"), "colour_spread": 3.0},
+        ("a", "a red shape", 0): {"seam_ratio": 2.5, "colour_spread": float("nan")},
+    }
+    worst = worst_videos(metrics)
+    assert worst["g"] == {"seam_ratio": ("a red shape", 0, 1.34), "colour_spread": ("a red shape", 1, 7.9)}
+    assert worst["a"] == {"seam_ratio": ("a red shape", 0, 2.5)}
 
 
 def test_scaling_targets_pass_and_miss_on_the_issue_bounds() -> None:
