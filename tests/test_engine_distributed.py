@@ -115,7 +115,8 @@ def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
 def test_the_demo_model_s_options_give_the_same_video_on_any_rank_count(tmp_path_factory):
     # The demo model's phase embedding: each rank must pass its frames' places in the whole video. Its caption
     # options (time embedding, position gain) act per frame, so they must not see the split either; their
-    # zero-initialised weights are woken by build_tiny_pipeline, so they act here.
+    # zero-initialised weights are woken by build_tiny_pipeline, so they act here. Convolutions that wrap
+    # around the picture must not reach across frames either.
     model = build_tiny_pipeline(
         tmp_path_factory.mktemp("phase") / "tiny-phase",
         seed=0,
@@ -124,6 +125,7 @@ def test_the_demo_model_s_options_give_the_same_video_on_any_rank_count(tmp_path
         spatial_position=True,
         caption_position=True,
         caption_in_time_embedding=True,
+        circular_padding=True,
     )
     oracle = run_on_local_ranks(1, run_job, {"job": job(model)})[0]
     result = run_on_local_ranks(3, run_job, {"job": job(model)})[0]

@@ -96,6 +96,24 @@ def test_full_window_without_globals_equals_the_unpatched_model():
     assert (banded - expected).abs().max().item() > 1e-4  # a narrow window really is local
 
 
+@pytest.mark.parametrize("circular", [True, False])
+def test_wrapping_convolutions_make_the_unet_see_the_picture_as_a_torus(circular: bool):
+    # Rolled by a multiple of the deepest downsampling (2 here), a picture on a torus gives the rolled output:
+    # the layers without position (convolutions, per-frame norms, attention over tokens) then commute with
+    # the roll. With zero padding the edges are walls and the output changes.
+    torch.manual_seed(0)
+    unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config(circular_padding=circular)).double().eval()
+    sample = torch.randn(1, 4, 3, 8, 8, dtype=torch.float64)
+    text = torch.randn(1, 3, 7, 32, dtype=torch.float64)
+    with torch.no_grad():
+        out = run_unet3d(unet, sample, 500, text, 8)
+        rolled = run_unet3d(unet, sample.roll((2, 4), dims=(3, 4)), 500, text, 8)
+    gap = (rolled - out.roll((2, 4), dims=(3, 4))).abs().max().item()
+    assert gap < 1e-12 if circular else gap > 1e-3
+    temporal = [m for m in unet.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert temporal and all(m.padding_mode == "zeros" for m in temporal)  # frames are not a circle
+
+
 def test_the_frame_phase_embedding_reads_video_frame_indices_modulo_its_period():
     torch.manual_seed(0)
     unet = UNet3DVideoCrafterConditionModel(**tiny_unet_config(frame_phase_period=4)).double().eval()

@@ -1,6 +1,6 @@
 """Trains the embedded tiny text-to-video model ("tiny-shapes-t2v") on procedural moving-shape clips.
 
-Six stages, each resumable from checkpoints under --work:
+Six stages, and a seventh tried but not shipped, each resumable from checkpoints under --work:
 
 1. a per-frame AutoencoderKL (64x64 RGB <-> 4x8x8 latents);
 2. a latent cache: every frame the data can contain (colour x shape x direction x position) encoded once, so a
@@ -13,7 +13,10 @@ Six stages, each resumable from checkpoints under --work:
    on a schedule whose last step is pure noise. There the caption alone says where the shape is, and the
    lane says which way it goes, so the direction word decides the motion (docs/4-quality.md, probes 19 to 23);
 6. the open-caption stage: the placement stage continued at a lower rate with captions that leave attributes
-   out more often, so that a colour the caption leaves open stays one colour over the whole video.
+   out more often, so that a colour the caption leaves open stays one colour over the whole video;
+7. (off by default, `--wrap-steps`) the wrap stage: the same again with spatial convolutions that wrap
+   around the canvas, as the shapes do, so a shape crossing an edge stays one shape to the network. It
+   removed the flickers at wraps but lost the agreement on an open colour (docs/4-quality.md).
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
 In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
@@ -64,6 +67,9 @@ TOP_LEVELS = 900  # the noise levels where a sample shows nearly nothing of the 
 PLACEMENT_STEPS = 1500
 # The open-caption stage: the placement stage's data, with captions that leave attributes out more often.
 OPEN_STEPS = 400
+# The wrap stage (not in the shipped model): the same data again, with spatial convolutions that wrap
+# around the canvas. 400 steps is the run measured in docs/4-quality.md.
+WRAP_STEPS = 0
 
 
 def log(message: str) -> None:
@@ -85,8 +91,10 @@ def make_unet(
     spatial_position: bool = False,
     caption_in_time: bool = False,
     caption_position: bool = False,
+    circular_padding: bool = False,
 ) -> UNet3DVideoCrafterConditionModel:
-    """The demo UNet, optionally with the frame-phase, spatial position and caption time embeddings."""
+    """The demo UNet, optionally with the frame-phase, spatial position and caption time embeddings, and
+    convolutions that wrap around the canvas."""
     # Two levels (8x8, 4x4). Spatial and text cross-attention at 4x4 and in the mid block, where 16
     # tokens make it cheap; optionally also at 8x8, where the motion and the streak are drawn.
     top = "CrossAttn" if text_at_full_resolution else ""
@@ -104,6 +112,7 @@ def make_unet(
         spatial_position=spatial_position,
         caption_in_time_embedding=caption_in_time,
         caption_position=caption_position,
+        circular_padding=circular_padding,
     )
     return UNet3DVideoCrafterConditionModel(**config)
 
@@ -423,6 +432,7 @@ class UNetStage:
     caption_position: bool = False  # the UNet's caption gains on its position features
     top_share: float = 0.0  # share of each batch drawn from the levels from TOP_LEVELS up
     attribute_dropout: float = 0.1  # chance that a caption leaves out each attribute
+    circular_padding: bool = False  # the UNet's spatial convolutions wrap around the canvas
 
 
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
@@ -461,6 +471,19 @@ def open_stage(args: argparse.Namespace) -> UNetStage:
         steps=args.open_steps,
         lr=args.open_lr,
         attribute_dropout=args.open_attribute_dropout,
+    )
+
+
+def wrap_stage(args: argparse.Namespace) -> UNetStage:
+    """The open-caption stage's data, continued on its EMA weights with spatial convolutions that wrap
+    around the canvas, as the shapes do. With zero padding a shape crossing an edge is two half shapes to
+    the network, and long videos lost it there: a colour flicker or a jump at the wrap (docs/4-quality.md)."""
+    return replace(
+        open_stage(args),
+        name="unet_wrap",
+        steps=args.wrap_steps,
+        lr=args.wrap_lr,
+        circular_padding=True,
     )
 
 
@@ -515,6 +538,7 @@ def train_unet(
         stage.spatial_position,
         stage.caption_in_time,
         stage.caption_position,
+        stage.circular_padding,
     )
     if start_weights is not None:
         missing, unexpected = unet.load_state_dict(start_weights, strict=False)
@@ -552,6 +576,7 @@ def train_unet(
             "unet_steps": args.steps,
             "placement_steps": args.placement_steps,
             "open_steps": args.open_steps,
+            "wrap_steps": args.wrap_steps,
             "stage_step": step,
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
@@ -563,6 +588,7 @@ def train_unet(
             "train_text_encoder": stage.train_text,
             "caption_in_time_embedding": stage.caption_in_time,
             "caption_position": stage.caption_position,
+            "circular_padding": stage.circular_padding,
             "top_share": stage.top_share,
             "attribute_dropout": stage.attribute_dropout,
             "monitor_fidelity": fidelity,
@@ -706,6 +732,14 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--open-lr", type=float, default=2e-4)
     parser.add_argument(
+        "--wrap-steps",
+        type=int,
+        default=WRAP_STEPS,
+        help="steps of the wrap stage (convolutions wrap around the canvas) after the open-caption stage "
+        "(default 0: the shipped model has none; 400 was measured)",
+    )
+    parser.add_argument("--wrap-lr", type=float, default=2e-4)
+    parser.add_argument(
         "--open-attribute-dropout",
         type=float,
         default=0.3,
@@ -786,7 +820,9 @@ def main() -> None:
             args, work, deadline, vae, cache, scaling_factor, placement_stage(args), start_weights
         )
     if args.open_steps and time.time() < deadline:
-        train_unet(args, work, deadline, vae, cache, scaling_factor, open_stage(args), start_weights)
+        start_weights = train_unet(args, work, deadline, vae, cache, scaling_factor, open_stage(args), start_weights)
+    if args.wrap_steps and time.time() < deadline:
+        train_unet(args, work, deadline, vae, cache, scaling_factor, wrap_stage(args), start_weights)
     log("done" if time.time() < deadline else "time budget spent; run again with --resume")
 
 

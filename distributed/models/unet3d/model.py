@@ -12,7 +12,9 @@ first convolution's output (convolutions alone see position only near zero-padde
 embedding (`caption_in_time_embedding`), the mean of the text tokens added to the time embedding, so the
 caption reaches every ResNet at every level, as the frame phase does, and not only the cross-attentions; and
 (`caption_position`, with the spatial position embedding) a gain per position feature from the same token
-mean, so the caption can say where in the picture something is, before any frame shows it.
+mean, so the caption can say where in the picture something is, before any frame shows it; and
+(`circular_padding`) spatial convolutions that wrap around the picture's edges instead of reading zeros
+there, as the demo's canvas does: a shape crossing an edge is then one shape to every layer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
         spatial_position: bool = False,
         caption_in_time_embedding: bool = False,
         caption_position: bool = False,
+        circular_padding: bool = False,
     ):
         # The parent's config registration is skipped here: ours (with fps_cond) is the one saved.
         UNet3DConditionModel.__init__.__wrapped__(
@@ -119,6 +122,19 @@ class UNet3DVideoCrafterConditionModel(UNet3DConditionModel):
             )
             torch.nn.init.zeros_(self.caption_embedding[2].weight)
             torch.nn.init.zeros_(self.caption_embedding[2].bias)
+        self.circular_padding = circular_padding
+        if circular_padding:
+            wrap_spatial_convolutions(self)
+
+
+def wrap_spatial_convolutions(model: torch.nn.Module) -> None:
+    """Every padded 2-D convolution of the model pads by wrapping around (a torus), not with zeros.
+
+    Only the padding changes, so a model trained with zero padding loads unchanged (and then learns to use
+    what lies across the edge). The temporal convolutions pad along frames and keep their zeros."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d) and any(pad > 0 for pad in module.padding):
+            module.padding_mode = "circular"
 
 
 PHASE_HARMONICS = 4
