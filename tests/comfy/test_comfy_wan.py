@@ -253,7 +253,9 @@ def test_wan22_ti2v_keeps_the_image_frame_equals_core_and_is_the_same_on_two_wor
     assert found["31"].shape == (1, 48, 5, 4, 4)
     error = relative(found["31"], found["30"])
     print(f"TI2V, one worker, full window: relative difference to core KSampler {error:.2e}")
-    assert error < 1e-5
+    # fp32 rounding through the sampling steps: 1.02e-5 on some CPUs, under 1e-5 on others. A wrong
+    # attention or timestep moves it by more than 1e-3 (the dual-scope window below does).
+    assert error < 2e-5
     assert relative(found["33"], found["32"]) < 1e-5, "2 workers must give the 1-worker video"
     assert relative(found["32"], found["31"]) > 1e-3, "the dual-scope window should change the result"
     for key in ("31", "33"):  # the image frame comes back as it went in; the others were sampled
