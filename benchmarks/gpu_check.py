@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from distributed.engine.banded import BandSpec, band_plan, banded_attention, banded_attention_in_parts, part_plans
+from distributed.engine.banded import (
+    BandSpec,
+    attention_with_lse_unfused,
+    band_plan,
+    banded_attention,
+    banded_attention_in_parts,
+    part_plans,
+)
 from distributed.engine.comm import Communicator
 from distributed.engine.job import JobSpec, ModelSpec
 from distributed.engine.runner import Engine
@@ -87,6 +94,7 @@ def correctness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             }
     rows["masked rows in half precision"] = masked_rows(device)
     rows["attention in parts vs one pass"] = attention_in_parts(device)
+    rows["fused attention with its normaliser"] = fused_lse_kernels(device)
     return rows
 
 
@@ -126,6 +134,51 @@ def attention_in_parts(device: str) -> dict[str, Any]:
             "finite": bool(torch.isfinite(parts).all()),
             "relative": relative(parts.float(), whole.float()),
         }
+    return found
+
+
+def fused_lse_kernels(device: str) -> dict[str, Any]:
+    """Torch's fused attention kernels that return each row's log normaliser, on `device` in each dtype,
+    against the plain computation: the largest relative output difference, the largest normaliser
+    difference, and the normaliser's shape as returned (a kernel may pad the rows). A kernel that matches
+    can let the Wan attention and the UNet's parts run fused here (engine.banded.fused_lse_available); on
+    CPU, the kernel the engine uses."""
+    batch, heads, rows, keys, dim = 2, 4, 100, 70, 64
+    generator = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(batch, heads, n, dim, generator=generator) for n in (rows, keys, keys))
+    bias = torch.zeros(rows, keys)
+    bias[:, :10] = float("-inf")  # masked keys, as at a video's end
+    bias[:, 40:] = 3.0  # a bonus, as the phase bias gives
+    scale = dim**-0.5
+    ops = torch.ops.aten
+    if torch.device(device).type == "cpu":
+        kernels = {"flash (cpu)": lambda q, k, v, b: ops._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=b, scale=scale)[:2]}  # fmt: skip
+    else:
+        kernels = {
+            "efficient": lambda q, k, v, b: ops._scaled_dot_product_efficient_attention(
+                q, k, v, b.expand(q.shape[0], q.shape[1], -1, -1), True, 0.0, False, scale=scale)[:2],
+            "flash (no bias)": lambda q, k, v, b: ops._scaled_dot_product_flash_attention(
+                q, k, v, 0.0, False, False, scale=scale)[:2],
+        }  # fmt: skip
+    found: dict[str, Any] = {}
+    for name, kernel in kernels.items():
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            qd, kd, vd, bd = (x.to(device, dtype) for x in (q, k, v, bias))
+            if name.startswith("flash (no"):
+                bd = torch.zeros_like(bd)
+            plain_out, plain_lse = attention_with_lse_unfused(qd.float(), kd.float(), vd.float(), bd.float(), scale)
+            key = f"{name} {str(dtype).removeprefix('torch.')}"
+            try:
+                out, lse = kernel(qd, kd, vd, bd)
+            except Exception as error:  # noqa: BLE001 - a kernel missing on this device or dtype is a finding
+                found[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                continue
+            found[key] = {
+                "relative": relative(out.float(), plain_out),
+                "lse_shape": list(lse.shape),
+                "lse_max_difference": float((lse[..., :rows].float() - plain_lse).abs().max()),
+            }
     return found
 
 

@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import imageio.v2 as imageio
 import numpy as np
@@ -418,7 +418,8 @@ def summarise(
     return summary
 
 
-WORST_OF = ("seam_ratio", "seam_ratio_shifted", "colour_spread")
+WORST_NAMED = ("seam_ratio", "colour_spread")  # the metrics whose worst video is named (worst_videos)
+WORST_OF = (*WORST_NAMED, "seam_ratio_shifted")
 
 
 def worst_videos(metrics: dict[tuple[str, str, int], dict[str, float]]) -> dict[str, dict[str, tuple[str, int, float]]]:
@@ -426,7 +427,7 @@ def worst_videos(metrics: dict[tuple[str, str, int], dict[str, float]]) -> dict[
     consistency targets hold per video, so the one that misses is what to look at."""
     worst: dict[str, dict[str, tuple[str, int, float]]] = {}
     for (case, prompt, seed), m in metrics.items():
-        for name in ("seam_ratio", "colour_spread"):
+        for name in WORST_NAMED:
             value = m[name]
             held = worst.setdefault(case, {}).get(name)
             if np.isfinite(value) and (held is None or value > held[2]):
@@ -434,10 +435,18 @@ def worst_videos(metrics: dict[tuple[str, str, int], dict[str, float]]) -> dict[
     return worst
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """'BASE:key=value,key=value' -> (case name, attention settings): BASE's settings with the overrides.
+class Variant(NamedTuple):
+    """A case's settings with some changed: its name in CASES, its table label, its attention settings."""
 
-    A way to measure a setting without adding a case to CASES; the name carries the overrides."""
+    name: str
+    label: str
+    settings: dict[str, Any]
+
+
+def parse_variant(text: str) -> Variant:
+    """'BASE:key=value,key=value' -> BASE's settings with the overrides.
+
+    A way to measure a setting without adding a case to CASES; the name and label carry the overrides."""
     base, _, overrides = text.partition(":")
     if base not in CASES or not overrides:
         raise ValueError(f"--variant {text!r}: write BASE:key=value[,key=value] with BASE one of {list(CASES)}")
@@ -447,7 +456,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         if not key or not value:
             raise ValueError(f"--variant {text!r}: {item!r} is not key=value")
         settings[key.strip()] = _setting_value(value.strip())
-    return f"{base}+{overrides}", settings
+    letter = CASE_LABELS[base].partition(")")[0] + ")"
+    return Variant(f"{base}+{overrides}", f"{letter} with {overrides}", settings)
 
 
 def _setting_value(text: str) -> Any:
@@ -499,14 +509,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     for text in args.variant:
         try:
-            name, settings = parse_variant(text)
+            variant = parse_variant(text)
         except ValueError as error:
             parser.error(str(error))
-        base = name.partition("+")[0]
-        CASES[name] = settings
-        letter = CASE_LABELS[base].partition(")")[0] + ")"
-        CASE_LABELS[name] = f"{letter} with {name.partition('+')[2]}"
-        args.cases.append(name)
+        CASES[variant.name], CASE_LABELS[variant.name] = variant.settings, variant.label
+        args.cases.append(variant.name)
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown or not args.cases:
         parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")

@@ -160,8 +160,9 @@ def test_colour_shares_name_every_palette_colour_and_put_the_most_drawn_first() 
 
 
 def test_a_variant_changes_only_the_settings_it_names_and_bad_text_is_refused() -> None:
-    name, settings = parse_variant("g_global_favoured:global_bias=5,phase_bias=false")
+    name, label, settings = parse_variant("g_global_favoured:global_bias=5,phase_bias=false")
     assert name == "g_global_favoured+global_bias=5,phase_bias=false"
+    assert label == "(g) with global_bias=5,phase_bias=false"
     assert settings == {**CASES["g_global_favoured"], "global_bias": 5, "phase_bias": False}
     assert CASES["g_global_favoured"]["global_bias"] == 3.0  # the case itself is left as it was
     for text in ("no_such_case:global_bias=5", "g_global_favoured", "g_global_favoured:global_bias"):

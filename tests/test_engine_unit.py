@@ -17,7 +17,7 @@ from distributed.engine import banded as banded_module
 from distributed.engine.admission import check_fits, free_bytes
 from distributed.engine.banded import (
     BandSpec,
-    _attention_with_lse,
+    attention_with_lse,
     attention_with_lse_unfused,
     band_plan,
     banded_attention,
@@ -487,7 +487,7 @@ def test_the_attention_with_normalisers_of_other_devices_matches_the_cpu_kernel(
     bias = torch.zeros(6, 6, dtype=torch.float64)
     bias[0, 3:] = float("-inf")
     bias[4, :2] = 10.0
-    fused = _attention_with_lse(query, key, value, bias, 0.5)
+    fused = attention_with_lse(query, key, value, bias, 0.5)
     plain = attention_with_lse_unfused(query, key, value, bias, 0.5)
     for a, b in zip(fused, plain, strict=True):
         assert (a - b).abs().max().item() < 1e-12

@@ -72,12 +72,15 @@ def test_one_worker_with_a_full_window_equals_core_ksampler(tiny_wan: str) -> No
 def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_wan: str) -> None:
     job = {"weights": tiny_wan, "latent_shape": LATENT, "samplings": [sampling(n) for n in INVARIANT]}
     oracle = run_on_local_ranks(1, clip_parallel, dict(job, settings=DUAL_SCOPE))[0]
-    for workers in (2, 3, 4):
-        videos = run_on_local_ranks(workers, clip_parallel, dict(job, settings=DUAL_SCOPE))[0]
+    # Several workers attend to their own frames while the exchange travels (CPU has the fused kernel that
+    # gives the normaliser); waiting for the exchange first is what devices without one run.
+    for workers, overlap in ((2, True), (3, True), (4, True), (3, False)):
+        job_on = dict(job, settings=DUAL_SCOPE, overlap=overlap)
+        videos = run_on_local_ranks(workers, clip_parallel, job_on)[0]
         for name, video, expected in zip(INVARIANT, videos, oracle, strict=True):
             error = relative(video, expected)
-            print(f"{name} on {workers} workers: relative difference to one worker {error:.2e}")
-            assert error < 1e-5, (name, workers)
+            print(f"{name} on {workers} workers (overlap {overlap}): relative difference to one worker {error:.2e}")
+            assert error < (2e-5 if overlap else 1e-5), (name, workers, overlap)  # parts: fp32 rounding
     # The exchange does the work: without it (independent clips) 3 workers give another video, and so does a
     # window over the whole video on one worker.
     independent = run_on_local_ranks(3, clip_parallel, dict(job, settings=dict(DUAL_SCOPE, mode="independent")))[0]

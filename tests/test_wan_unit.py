@@ -9,7 +9,7 @@ from distributed.engine.errors import InvalidSettingsError
 from distributed.engine.job import ModelSpec, job_from_dict
 from distributed.engine.latent_job import ComfySampling, LatentJob
 from distributed.engine.settings import DualScopeSettings
-from distributed.models.wan.attention import frame_window_attention
+from distributed.models.wan.attention import frame_window_attention, frame_window_attention_in_parts
 from distributed.models.wan.export import ModelSampling
 from distributed.models.wan.inputs import JobInputs, check_conditioning, read_inputs, write_inputs
 
@@ -47,6 +47,48 @@ def test_frame_window_attention_is_banded_attention_over_frame_blocks(left, righ
         q, k, v, k_glb, v_glb, left, window, local_bonus=bonus, global_bonus=-bonus, start=3, block_frames=block
     )
     expected = dense_reference(q, k, v, k_glb, v_glb, left, window, bonus, -bonus)
+    assert torch.allclose(ours, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "left,right,frames,window,globals_,local_bonus,global_bonus",
+    [
+        (2, 2, 5, 2, 3, 0.0, 0.0),  # an interior clip: halos on both sides, global frames
+        (0, 3, 5, 3, 2, 0.0, 4.0),  # the first clip, with a global bonus
+        (3, 0, 6, 3, 0, -2.0, 0.0),  # the last clip, no global frames, a local bonus
+        (2, 2, 2, 3, 1, 1.0, 0.0),  # a clip shorter than P: its frames see both halos
+        (1, 2, 4, 3, 2, 0.0, 0.0),  # halos narrower than P (a neighbour at the video's end)
+        (0, 0, 4, 1, 2, 0.0, -3.0),  # nothing to borrow: the own frames and the global frames
+    ],
+)
+@pytest.mark.parametrize("block", [1, 2, None])
+def test_frame_window_attention_in_parts_joins_own_halo_and_global_parts_exactly(
+    left, right, frames, window, globals_, local_bonus, global_bonus, block
+):
+    """The parts (own windows first, then the exchanged frames, joined by their normalisers) against the
+    dense definition, in fp64; `rest` is called once, after the own part."""
+    generator = torch.Generator().manual_seed(1)
+    tokens, dim = 3, 4
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    q = rand(2, 2, frames, tokens, dim)
+    k, v = rand(2, 2, left + frames + right, tokens, dim), rand(2, 2, left + frames + right, tokens, dim)
+    k_glb, v_glb = rand(2, 2, globals_, tokens, dim), rand(2, 2, globals_, tokens, dim)
+    calls = []
+
+    def rest():
+        calls.append(True)
+        own_end = left + frames
+        return (k[:, :, :left], v[:, :, :left]), (k[:, :, own_end:], v[:, :, own_end:]), (k_glb, v_glb)
+
+    own = (k[:, :, left : left + frames], v[:, :, left : left + frames])
+    ours = frame_window_attention_in_parts(
+        q, own, rest, window, local_bonus=local_bonus, global_bonus=global_bonus, start=5, block_frames=block
+    )
+    expected = dense_reference(q, k, v, k_glb, v_glb, left, window, local_bonus, global_bonus)
+    assert calls == [True]
     assert torch.allclose(ours, expected, atol=1e-12)
 
 

@@ -79,12 +79,18 @@ def core_and_clip_parallel(
 
 
 def clip_parallel(
-    comm: Communicator, weights: str, latent_shape: tuple[int, ...], samplings: list[dict[str, Any]], settings: dict
+    comm: Communicator,
+    weights: str,
+    latent_shape: tuple[int, ...],
+    samplings: list[dict[str, Any]],
+    settings: dict,
+    overlap: bool = True,
 ) -> list[torch.Tensor | None]:
-    """Each sampling clip-parallel over this group's ranks; rank 0 returns the whole latents."""
+    """Each sampling clip-parallel over this group's ranks; rank 0 returns the whole latents. overlap: see
+    install_dual_scope (False: the path of devices without a fused attention that gives its normaliser)."""
     comfy = import_comfy(on_cpu=True)
     ctx = TemporalContext(comm)
-    model = install_dual_scope(_load(comfy, weights), ctx)
+    model = install_dual_scope(_load(comfy, weights), ctx, overlap)
     return [_clip_parallel(comfy, model, ctx, latent_shape, _sampling(s), settings) for s in samplings]
 
 

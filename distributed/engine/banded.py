@@ -247,7 +247,7 @@ def _merge_rest(
         q, out, lse = query[cut], own.out[cut], own.lse[cut]
         if rows is not None:
             q, out, lse = q.index_select(2, rows), out.index_select(2, rows), lse.index_select(2, rows)
-        seen = PartialAttention(*_attention_with_lse(q, key[cut], value[cut], part.bias, scale))
+        seen = PartialAttention(*attention_with_lse(q, key[cut], value[cut], part.bias, scale))
         joint = PartialAttention(merge_partials(PartialAttention(out, lse), seen), torch.logaddexp(lse, seen.lse))
         if rows is None:
             own.out[cut], own.lse[cut] = joint.out, joint.lse
@@ -293,7 +293,7 @@ def _banded(
         values = values.view(merged, blocks, length, dim)
         mask = plan.bias.unsqueeze(0)
         if with_lse:
-            result, row_lse = _attention_with_lse(q, keys, values, mask, scale)
+            result, row_lse = attention_with_lse(q, keys, values, mask, scale)
             lse[lo:hi] = row_lse.reshape(hi - lo, heads, blocks * block)[:, :, :frames]
         else:
             result = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
@@ -301,13 +301,19 @@ def _banded(
     return PartialAttention(out.transpose(1, 2), lse)
 
 
-def _attention_with_lse(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+def fused_lse_available(device: torch.device) -> bool:
+    """Whether attention_with_lse runs a fused kernel on `device` (no scores matrix in memory). Elsewhere
+    it computes the scores out, fine for the UNet's band of a few frames, too large for a DiT's frames."""
+    return device.type == "cpu"
+
+
+def attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention and each row's log normaliser. Every row must see at least one key.
 
     On CPU, torch's fused attention kernel returns the normaliser itself; elsewhere it is computed out."""
-    if query.device.type == "cpu":
+    if fused_lse_available(query.device):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, 0.0, False, attn_mask=bias, scale=scale
         )
@@ -316,11 +322,13 @@ def _attention_with_lse(
 
 
 def attention_with_lse_unfused(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """_attention_with_lse in plain tensor operations, for devices without a CPU kernel (scores in fp32 or
+    """attention_with_lse in plain tensor operations, for devices without a CPU kernel (scores in fp32 or
     wider)."""
-    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale).add_(bias)
+    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+    if bias is not None:
+        scores = scores.add_(bias)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     lse = torch.logsumexp(scores, dim=-1)
     weights = torch.exp(scores - lse.unsqueeze(-1)).to(value.dtype)

@@ -9,40 +9,72 @@ halo and global keys from other ranks are exact as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from ...engine.banded import PartialAttention, attention_with_lse, fused_lse_available, merge_partials
 from ...engine.context import TemporalContext
+
+HeadsFirst = tuple[torch.Tensor, torch.Tensor]  # keys and values (B, h, frames, tokens, d)
 
 
 def dual_scope_self_attention(
-    ctx: TemporalContext, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, tokens_per_frame: int
+    ctx: TemporalContext,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    tokens_per_frame: int,
+    overlap: bool = True,
 ) -> torch.Tensor:
     """q, k, v: (B, own frames * tokens, heads * d) for this rank's clip. Returns (B, tokens, heads * d).
 
-    Exchanges one stacked K/V tensor per scope: a halo of P frames with the neighbours and the G global frames.
+    Exchanges one stacked K/V tensor per scope: a halo of P frames with the neighbours and the G global
+    frames. With several ranks and `overlap`, the own frames' windows are attended while the exchange
+    travels, where a fused kernel gives the softmax normaliser to join the parts exactly
+    (frame_window_attention_in_parts); otherwise the attention waits for the exchange and runs in one pass.
     """
     ctx.cancel_checkpoint()
     settings = ctx.settings
     batch, length, width = q.shape
     frames = length // tokens_per_frame
     kv = torch.stack([k, v]).view(2, batch, frames, tokens_per_frame, width)
-    left, right, glb = ctx.halo_and_globals(kv, dim=2, width=settings.local_window, pad_ends=False)
-    extended = torch.cat([left, kv, right], dim=2) if left.shape[2] or right.shape[2] else kv
+    exchange = ctx.start_halo_and_globals(kv, dim=2, width=settings.local_window, pad_ends=False)
     local_bonus = settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0
     global_bonus = settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0
-    out = frame_window_attention(
-        _heads_first(q.view(batch, frames, tokens_per_frame, width), heads),
-        _heads_first(extended[0], heads),
-        _heads_first(extended[1], heads),
-        _heads_first(glb[0], heads),
-        _heads_first(glb[1], heads),
-        left=left.shape[2],
-        window=settings.local_window,
-        local_bonus=local_bonus,
-        global_bonus=global_bonus,
-        start=ctx.span[0],
-    )
+    queries = _heads_first(q.view(batch, frames, tokens_per_frame, width), heads)
+    if overlap and ctx.comm.world_size > 1 and fused_lse_available(q.device):
+
+        def rest() -> tuple[HeadsFirst, HeadsFirst, HeadsFirst]:
+            left, right, glb = exchange()
+            return tuple((_heads_first(part[0], heads), _heads_first(part[1], heads)) for part in (left, right, glb))
+
+        out = frame_window_attention_in_parts(
+            queries,
+            (_heads_first(kv[0], heads), _heads_first(kv[1], heads)),
+            rest,
+            window=settings.local_window,
+            local_bonus=local_bonus,
+            global_bonus=global_bonus,
+            start=ctx.span[0],
+        )
+    else:
+        left, right, glb = exchange()
+        extended = torch.cat([left, kv, right], dim=2) if left.shape[2] or right.shape[2] else kv
+        out = frame_window_attention(
+            queries,
+            _heads_first(extended[0], heads),
+            _heads_first(extended[1], heads),
+            _heads_first(glb[0], heads),
+            _heads_first(glb[1], heads),
+            left=left.shape[2],
+            window=settings.local_window,
+            local_bonus=local_bonus,
+            global_bonus=global_bonus,
+            start=ctx.span[0],
+        )
     # (B, heads, frames, tokens, d) -> (B, frames * tokens, heads * d)
     return out.permute(0, 2, 3, 1, 4).reshape(batch, length, width)
 
@@ -59,9 +91,11 @@ def frame_window_attention(
     global_bonus: float = 0.0,
     start: int = 0,
     block_frames: int | None = None,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: (B, h, F, T, d) own frames; k/v_ext: (B, h, E, T, d) as [left halo ; own ; right halo];
-    k/v_glb: (B, h, G, T, d). Returns (B, h, F, T, d).
+    k/v_glb: (B, h, G, T, d). Returns (B, h, F, T, d); fills `lse` (B, h, F*T), when given, with each
+    query's log normaliser.
 
     Queries go in blocks of frames aligned on the global timeline (`start` is the first own frame's global
     index), so the blocks are the same whatever the split over ranks. A block attends to the union of its
@@ -74,7 +108,7 @@ def frame_window_attention(
     block = block_frames or max(1, QUERY_TOKENS // tokens)
     glb_keys = k_glb.flatten(2, 3)
     glb_values = v_glb.flatten(2, 3)
-    out = torch.empty_like(q)
+    out = q.new_empty((batch, heads, frames * tokens, dim))
     for first, last in _blocks(frames, start, block):
         windows = [_window(frame, left, window, extended) for frame in range(first, last)]
         lo, hi = min(w[0] for w in windows), max(w[1] for w in windows)
@@ -82,9 +116,90 @@ def frame_window_attention(
         values = torch.cat([v_ext[:, :, lo:hi].flatten(2, 3), glb_values], dim=2)
         mask = _block_mask(windows, lo, hi, tokens, glb_keys.shape[2], local_bonus, global_bonus, q)
         queries = q[:, :, first:last].flatten(2, 3)
-        result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
-        out[:, :, first:last] = result.view(batch, heads, last - first, tokens, dim)
-    return out
+        rows = slice(first * tokens, last * tokens)
+        if lse is not None:
+            out[:, :, rows], lse[:, :, rows] = attention_with_lse(queries, keys, values, mask, dim**-0.5)
+        else:
+            out[:, :, rows] = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask)
+    return out.view(q.shape)
+
+
+def frame_window_attention_in_parts(
+    q: torch.Tensor,
+    own: HeadsFirst,
+    rest: Callable[[], tuple[HeadsFirst, HeadsFirst, HeadsFirst]],
+    window: int,
+    local_bonus: float = 0.0,
+    global_bonus: float = 0.0,
+    start: int = 0,
+    block_frames: int | None = None,
+) -> torch.Tensor:
+    """frame_window_attention while the halo and global frames travel: the same result up to rounding.
+
+    q (B, h, F, T, d) and own (keys, values of the own frames) are at hand; `rest` waits for the exchange
+    and gives the (keys, values) of the left halo, the right halo and the global frames. First each query
+    attends to its window's own frames, keeping its softmax normaliser; then every query to the global
+    frames, and each of the P frames nearest a clip end to the halo frames its window reaches, in blocks of
+    frames like the own part (one frame per call at real resolutions, where those keys are one run and need
+    no mask). Each part is joined by the normalisers (merge_partials); a bonus that is the same over a
+    part's keys only shifts its normaliser.
+    """
+    frames, tokens, dim = q.shape[2:]
+    scale = dim**-0.5
+    empty = q.new_empty(q.shape[:2] + (0, tokens, dim))
+    lse = q.new_empty(q.shape[:2] + (frames * tokens,), dtype=torch.promote_types(q.dtype, torch.float32))
+    out = frame_window_attention(q, *own, empty, empty, 0, window, local_bonus, 0.0, start, block_frames, lse)
+    result = PartialAttention(out.view(q.shape[:2] + (frames * tokens, dim)), lse)
+    (k_left, v_left), (k_right, v_right), (k_glb, v_glb) = rest()
+    if k_glb.shape[2]:
+        seen = PartialAttention(
+            *attention_with_lse(q.flatten(2, 3), k_glb.flatten(2, 3), v_glb.flatten(2, 3), None, scale)
+        )
+        seen.lse += global_bonus
+        _join(result, seen, slice(None))
+    block = block_frames or max(1, QUERY_TOKENS // tokens)
+    halo_left, halo_right = k_left.shape[2], k_right.shape[2]
+    # The halo frames each own frame's window reaches: [lo, hi) of the left and of the right halo.
+    left_spans = {f: (max(0, f + halo_left - window), halo_left) for f in range(min(frames, window)) if halo_left}
+    right_spans = {
+        f: (0, min(halo_right, window - (frames - f) + 1)) for f in range(max(0, frames - window), frames) if halo_right
+    }
+    for spans, keys, values in ((left_spans, k_left, v_left), (right_spans, k_right, v_right)):
+        _join_halo(result, q, keys, values, spans, local_bonus, scale, block)
+    return result.out.view(q.shape)
+
+
+def _join_halo(
+    result: PartialAttention,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    spans: dict[int, tuple[int, int]],
+    bonus: float,
+    scale: float,
+    block: int,
+) -> None:
+    """Adds the attention of the own frames in `spans` (consecutive, each seeing at least one halo frame) to
+    the halo frames [lo, hi) of keys/values (B, h, n, T, d) that each sees, `block` frames per call."""
+    tokens = q.shape[3]
+    frames = sorted(spans)
+    for index in range(0, len(frames), block):
+        first, last = frames[index], frames[min(len(frames), index + block) - 1] + 1
+        windows = [spans[frame] for frame in range(first, last)]
+        lo, hi = min(w[0] for w in windows), max(w[1] for w in windows)
+        mask = _block_mask(windows, lo, hi, tokens, 0, bonus, 0.0, q)
+        queries = q[:, :, first:last].flatten(2, 3)
+        seen = attention_with_lse(
+            queries, keys[:, :, lo:hi].flatten(2, 3), values[:, :, lo:hi].flatten(2, 3), mask, scale
+        )
+        _join(result, PartialAttention(*seen), slice(first * tokens, last * tokens))
+
+
+def _join(result: PartialAttention, seen: PartialAttention, rows: slice) -> None:
+    """result (out (B, h, F*T, d), lse (B, h, F*T)) over the union of its keys and seen's, for `rows`, in place."""
+    so_far = PartialAttention(result.out[:, :, rows], result.lse[:, :, rows])
+    result.out[:, :, rows] = merge_partials(so_far, seen)
+    result.lse[:, :, rows] = torch.logaddexp(so_far.lse, seen.lse)
 
 
 QUERY_TOKENS = 256  # query tokens per attention call, when frames are small

@@ -47,8 +47,11 @@ class _MarkedSelfAttention(torch.nn.Module):
         return self.block(*args, transformer_options=options, **kwargs)
 
 
-def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
-    """A clone of `patcher` whose self-attentions are dual-scope while ctx has a job. Weights are shared."""
+def install_dual_scope(patcher: Any, ctx: TemporalContext, overlap: bool = True) -> Any:
+    """A clone of `patcher` whose self-attentions are dual-scope while ctx has a job. Weights are shared.
+
+    overlap: attend to the own frames while the halo and global frames travel (dual_scope_self_attention);
+    False waits for them first, the same result (benchmarks.wan_scaling measures what it saves)."""
     model = patcher.clone()
     diffusion_model = model.get_model_object("diffusion_model")
     _, patch_h, patch_w = diffusion_model.patch_size
@@ -62,7 +65,7 @@ def install_dual_scope(patcher: Any, ctx: TemporalContext) -> Any:
         turn.pending = False
         if not ctx.active:
             return func(q, k, v, heads, *args, **kwargs)
-        return dual_scope_self_attention(ctx, q, k, v, heads, clip["tokens_per_frame"])
+        return dual_scope_self_attention(ctx, q, k, v, heads, clip["tokens_per_frame"], overlap)
 
     def block_wrapper(args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         options = dict(args["transformer_options"], **{OPTIONS_KEY: _SelfAttentionTurn()})
