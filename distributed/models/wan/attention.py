@@ -31,7 +31,7 @@ def dual_scope_self_attention(
 ) -> torch.Tensor:
     """q, k, v: (B, own frames * tokens, heads * d) for this rank's clip. Returns (B, tokens, heads * d).
 
-    Exchanges one stacked K/V tensor per scope: a halo of P frames with the neighbours and the G global
+    Exchanges keys and values for both scopes: a halo of P frames with the neighbours and the G global
     frames. With several ranks and `overlap`, the own frames' windows are attended while the exchange
     travels, where a fused kernel gives the softmax normaliser to join the parts exactly
     (frame_window_attention_in_parts); otherwise the attention waits for the exchange and runs in one pass.
@@ -40,20 +40,25 @@ def dual_scope_self_attention(
     settings = ctx.settings
     batch, length, width = q.shape
     frames = length // tokens_per_frame
-    kv = torch.stack([k, v]).view(2, batch, frames, tokens_per_frame, width)
-    exchange = ctx.start_halo_and_globals(kv, dim=2, width=settings.local_window, pad_ends=False)
+    keys, values = (t.reshape(batch, frames, tokens_per_frame, width) for t in (k, v))
+    # Keys and values travel as two exchanges posted together, so they move at the same time: one stacked
+    # tensor of both would cost a copy of the whole clip's keys and values on every rank, one rank included.
+    exchanges = [
+        ctx.start_halo_and_globals(t, dim=1, width=settings.local_window, pad_ends=False) for t in (keys, values)
+    ]
     local_bonus = settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0
     global_bonus = settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0
     queries = _heads_first(q.view(batch, frames, tokens_per_frame, width), heads)
     if overlap and ctx.comm.world_size > 1 and fused_lse_available(q.device):
 
         def rest() -> tuple[HeadsFirst, HeadsFirst, HeadsFirst]:
-            left, right, glb = exchange()
-            return tuple((_heads_first(part[0], heads), _heads_first(part[1], heads)) for part in (left, right, glb))
+            (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (exchange() for exchange in exchanges)
+            pairs = ((k_left, v_left), (k_right, v_right), (k_glb, v_glb))
+            return tuple((_heads_first(pk, heads), _heads_first(pv, heads)) for pk, pv in pairs)
 
         out = frame_window_attention_in_parts(
             queries,
-            (_heads_first(kv[0], heads), _heads_first(kv[1], heads)),
+            (_heads_first(keys, heads), _heads_first(values, heads)),
             rest,
             window=settings.local_window,
             local_bonus=local_bonus,
@@ -61,15 +66,18 @@ def dual_scope_self_attention(
             start=ctx.span[0],
         )
     else:
-        left, right, glb = exchange()
-        extended = torch.cat([left, kv, right], dim=2) if left.shape[2] or right.shape[2] else kv
+        (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (exchange() for exchange in exchanges)
+        k_ext, v_ext = (
+            torch.cat([left, own, right], dim=1) if left.shape[1] or right.shape[1] else own
+            for left, own, right in ((k_left, keys, k_right), (v_left, values, v_right))
+        )
         out = frame_window_attention(
             queries,
-            _heads_first(extended[0], heads),
-            _heads_first(extended[1], heads),
-            _heads_first(glb[0], heads),
-            _heads_first(glb[1], heads),
-            left=left.shape[2],
+            _heads_first(k_ext, heads),
+            _heads_first(v_ext, heads),
+            _heads_first(k_glb, heads),
+            _heads_first(v_glb, heads),
+            left=k_left.shape[1],
             window=settings.local_window,
             local_bonus=local_bonus,
             global_bonus=global_bonus,
