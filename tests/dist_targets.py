@@ -113,3 +113,23 @@ def receive_where_the_file_is_not_visible(
         with open(where, "rb") as file:
             calls.append({"path": where, "data": file.read(), "received": comm.bytes_received})
     return {"calls": calls, "missing": missing}
+
+
+def exchanges_posted_together(comm: Communicator, frames: int) -> dict:
+    """Two halo-and-global exchanges posted before either is waited for (a Wan attention's keys and
+    values), then one alone: the calls made and the rounds counted."""
+    ctx = TemporalContext(comm)
+    layout = FrameLayout(frames, comm.world_size)
+    ctx.begin_job(layout, DualScopeSettings(local_window=1, global_frames=2))
+    own = torch.arange(layout.counts[comm.rank], dtype=torch.float32) + layout.starts[comm.rank]
+    keys, values = own.view(1, -1, 1), -own.view(1, -1, 1)
+    together = [ctx.start_halo_and_globals(t, dim=1, width=1, pad_ends=False) for t in (keys, values)]
+    (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (finish() for finish in together)
+    both = {"calls": comm.calls, "rounds": comm.rounds}
+    ctx.halo_and_globals(keys, dim=1, width=1, pad_ends=False)
+    return {
+        "together": both,
+        "after_one_more": {"calls": comm.calls, "rounds": comm.rounds},
+        "halos": [k_left.flatten().tolist(), k_right.flatten().tolist(), (-v_left).flatten().tolist()],
+        "globals": [k_glb.flatten().tolist(), (-v_glb).flatten().tolist()],
+    }

@@ -8,10 +8,11 @@ from diffusers import UNet3DConditionModel
 from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
+from distributed.engine.layout import global_indices_exact
 from support.local_ranks import run_job, run_on_local_ranks
 from support.tiny_models import build_tiny_pipeline
 
-from .dist_targets import groupnorm_statistics, temporal_conv_call, unet_call
+from .dist_targets import exchanges_posted_together, groupnorm_statistics, temporal_conv_call, unet_call
 
 pytestmark = pytest.mark.distributed
 
@@ -97,6 +98,19 @@ def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_e
         np.testing.assert_allclose(part["mean"], part["true_mean"], rtol=1e-6)
         np.testing.assert_allclose(part["var"], part["true_var"], rtol=1e-5)
         assert np.array_equal(part["mean"], parts[0]["mean"]) and np.array_equal(part["var"], parts[0]["var"])
+
+
+def test_exchanges_posted_together_are_waited_for_once_and_each_delivers_its_own_frames():
+    """A Wan attention posts its keys' and values' exchanges (halo swap and global all-gather each)
+    before waiting for either: four calls, one round; the next exchange alone is a round of its own."""
+    parts = run_on_local_ranks(2, exchanges_posted_together, {"frames": 6})
+    for rank, part in enumerate(parts):
+        assert part["together"] == {"calls": 4, "rounds": 1}
+        assert part["after_one_more"] == {"calls": 6, "rounds": 2}
+        left, right = ([], [3.0]) if rank == 0 else ([2.0], [])
+        assert part["halos"] == [left, right, left]
+        expected = [float(frame) for frame in global_indices_exact(6, 2)]
+        assert part["globals"] == [expected, expected]
 
 
 def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):

@@ -34,8 +34,8 @@ class Communicator:
         self.bytes_received = 0
         self.calls = 0  # communication calls (a batch of point-to-point transfers counts once)
         self.rounds = 0  # points where this rank waits; calls in flight together count once
-        self._gathers_in_flight: dict[int, bool] = {}  # started all-gathers: whether another wait overlapped
-        self._gathers_started = 0
+        self._in_flight: dict[int, bool] = {}  # posted exchanges not yet waited for: whether a wait overlapped
+        self._posted = 0
         self._cancel_requested: Callable[[], bool] | None = None  # set while a job's steps run
         self._cancel_step = 0
         self._carried_cancel = False  # an all-gather carried the flag since the last checkpoint
@@ -53,12 +53,19 @@ class Communicator:
         self.bytes_received = 0
         self.calls = 0
         self.rounds = 0
-        self._gathers_in_flight.clear()  # a job that failed mid-step may have left some unwaited
+        self._in_flight.clear()  # a job that failed mid-step may have left some unwaited
 
     def _count_wait(self) -> None:
-        """One blocking wait: a round of its own, and it overlaps every all-gather still in flight."""
+        """One blocking wait: a round of its own, and it overlaps every exchange still in flight."""
         self.rounds += 1
-        self._gathers_in_flight = dict.fromkeys(self._gathers_in_flight, True)
+        self._in_flight = dict.fromkeys(self._in_flight, True)
+
+    def _post(self) -> int:
+        """Registers a posted exchange; its key goes to the wait (see _waited)."""
+        key = self._posted
+        self._posted += 1
+        self._in_flight[key] = False
+        return key
 
     def borrow_frames(
         self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
@@ -97,14 +104,19 @@ class Communicator:
                 ops.append(dist.P2POp(dist.irecv, buffer, sender, self.group, tag))
                 landings.append((view, buffer))
                 self.bytes_received += buffer.numel() * buffer.element_size()
-        requests = []
+        requests, key = [], None
         if ops:
             requests = dist.batch_isend_irecv(ops)
             self.calls += 1
+            key = self._post()
 
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
-            if ops:
-                self._count_wait()
+            if key is not None:
+                # A round unless another wait overlapped it (two borrows posted together wait once); it
+                # overlaps the exchanges still in flight either way.
+                if not self._in_flight.pop(key):
+                    self.rounds += 1
+                self._in_flight = dict.fromkeys(self._in_flight, True)
             for request in requests:
                 request.wait()
             for view, buffer in landings:
@@ -148,13 +160,11 @@ class Communicator:
         moved = (self.world_size - 1) * sent.numel() * sent.element_size()
         self.bytes_sent += moved
         self.bytes_received += moved
-        key = self._gathers_started
-        self._gathers_started += 1
-        self._gathers_in_flight[key] = False
+        key = self._post()
 
         def finish() -> list[torch.Tensor]:
             work.wait()
-            if not self._gathers_in_flight.pop(key):  # nothing else waited while it travelled
+            if not self._in_flight.pop(key):  # nothing else waited while it travelled
                 self.rounds += 1
             if not watched:
                 return pieces
