@@ -95,6 +95,7 @@ def correctness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows["masked rows in half precision"] = masked_rows(device)
     rows["attention in parts vs one pass"] = attention_in_parts(device)
     rows["fused attention with its normaliser"] = fused_lse_kernels(device)
+    rows["wan attention in parts vs one pass"] = wan_attention_in_parts(device)
     return rows
 
 
@@ -129,6 +130,33 @@ def attention_in_parts(device: str) -> dict[str, Any]:
         rest = tuple(torch.cat([x[:, :, :width], x[:, :, width + frames :]], dim=2) for x in (kd, vd))
         parts = banded_attention_in_parts(
             qd, kd[:, :, own], vd[:, :, own], lambda r=rest: r, part_plans(spec, *place), 8**-0.5
+        )
+        found[str(dtype).removeprefix("torch.")] = {
+            "finite": bool(torch.isfinite(parts).all()),
+            "relative": relative(parts.float(), whole.float()),
+        }
+    return found
+
+
+def wan_attention_in_parts(device: str) -> dict[str, Any]:
+    """Wan's frame-window attention of an interior rank (halos of P on both sides, global frames, a phase
+    bonus) in its parts, as several workers run it while the exchange travels, against the one pass, on
+    `device` in each dtype: finite, and the largest difference relative to the one pass's largest value."""
+    from distributed.models.wan.attention import frame_window_attention, frame_window_attention_in_parts
+
+    window, frames, halo, globals_count, tokens = 3, 7, 3, 4, 20
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, frames, tokens, 16, generator=generator)
+    k, v = (torch.randn(1, 4, frames + 2 * halo, tokens, 16, generator=generator) for _ in range(2))
+    k_glb, v_glb = (torch.randn(1, 4, globals_count, tokens, 16, generator=generator) for _ in range(2))
+    found = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        qd, kd, vd, kg, vg = (x.to(device, dtype) for x in (q, k, v, k_glb, v_glb))
+        whole = frame_window_attention(qd, kd, vd, kg, vg, halo, window, global_bonus=2.0, start=9)
+        own = slice(halo, halo + frames)
+        edges = ((kd[:, :, :halo], vd[:, :, :halo]), (kd[:, :, halo + frames :], vd[:, :, halo + frames :]), (kg, vg))
+        parts = frame_window_attention_in_parts(
+            qd, (kd[:, :, own], vd[:, :, own]), lambda e=edges: e, window, global_bonus=2.0, start=9
         )
         found[str(dtype).removeprefix("torch.")] = {
             "finite": bool(torch.isfinite(parts).all()),

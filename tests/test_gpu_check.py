@@ -43,6 +43,8 @@ def test_the_gpu_check_writes_its_report_on_the_cpu(tmp_path: Path) -> None:
     assert correctness["masked rows in half precision"] == {"float16": True, "bfloat16": True}
     fused = correctness["fused attention with its normaliser"]["flash (cpu) float32"]  # the kernel the engine uses
     assert fused["relative"] < 1e-5 and fused["lse_max_difference"] < 1e-4 and fused["lse_shape"] == [2, 4, 100]
+    wan_parts = correctness["wan attention in parts vs one pass"]
+    assert wan_parts["float32"]["relative"] < 1e-5 and all(row["finite"] for row in wan_parts.values())
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
 
 
