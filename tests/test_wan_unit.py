@@ -48,6 +48,13 @@ def test_frame_window_attention_is_banded_attention_over_frame_blocks(left, righ
     )
     expected = dense_reference(q, k, v, k_glb, v_glb, left, window, bonus, -bonus)
     assert torch.allclose(ours, expected, atol=1e-12)
+    # The same from [left halo, own, right halo] as pieces that are never joined (what a worker passes).
+    cuts = (slice(0, left), slice(left, left + frames), slice(left + frames, None))
+    pieces = [[x[:, :, cut] for cut in cuts] for x in (k, v)]
+    from_pieces = frame_window_attention(
+        q, *pieces, k_glb, v_glb, left, window, local_bonus=bonus, global_bonus=-bonus, start=3, block_frames=block
+    )
+    assert torch.equal(from_pieces, ours)
 
 
 @pytest.mark.parametrize(

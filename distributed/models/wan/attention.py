@@ -9,7 +9,7 @@ halo and global keys from other ranks are exact as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,14 +67,10 @@ def dual_scope_self_attention(
         )
     else:
         (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (exchange() for exchange in exchanges)
-        k_ext, v_ext = (
-            torch.cat([left, own, right], dim=1) if left.shape[1] or right.shape[1] else own
-            for left, own, right in ((k_left, keys, k_right), (v_left, values, v_right))
-        )
         out = frame_window_attention(
             queries,
-            _heads_first(k_ext, heads),
-            _heads_first(v_ext, heads),
+            [_heads_first(piece, heads) for piece in (k_left, keys, k_right)],
+            [_heads_first(piece, heads) for piece in (v_left, values, v_right)],
             _heads_first(k_glb, heads),
             _heads_first(v_glb, heads),
             left=k_left.shape[1],
@@ -89,8 +85,8 @@ def dual_scope_self_attention(
 
 def frame_window_attention(
     q: torch.Tensor,
-    k_ext: torch.Tensor,
-    v_ext: torch.Tensor,
+    k_ext: torch.Tensor | Sequence[torch.Tensor],
+    v_ext: torch.Tensor | Sequence[torch.Tensor],
     k_glb: torch.Tensor,
     v_glb: torch.Tensor,
     left: int,
@@ -101,9 +97,10 @@ def frame_window_attention(
     block_frames: int | None = None,
     lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q: (B, h, F, T, d) own frames; k/v_ext: (B, h, E, T, d) as [left halo ; own ; right halo];
-    k/v_glb: (B, h, G, T, d). Returns (B, h, F, T, d); fills `lse` (B, h, F*T), when given, with each
-    query's log normaliser.
+    """q: (B, h, F, T, d) own frames; k/v_ext: (B, h, E, T, d) as [left halo ; own ; right halo], or the
+    pieces of it along the frame axis, which are never joined into one clip-sized tensor; k/v_glb:
+    (B, h, G, T, d). Returns (B, h, F, T, d); fills `lse` (B, h, F*T), when given, with each query's log
+    normaliser.
 
     Queries go in blocks of frames aligned on the global timeline (`start` is the first own frame's global
     index), so the blocks are the same whatever the split over ranks. A block attends to the union of its
@@ -112,7 +109,8 @@ def frame_window_attention(
     each for real resolutions, several for tiny test models, where per-call overhead would dominate.
     """
     batch, heads, frames, tokens, dim = q.shape
-    extended = k_ext.shape[2]
+    k_pieces, v_pieces = ([x] if isinstance(x, torch.Tensor) else list(x) for x in (k_ext, v_ext))
+    extended = sum(piece.shape[2] for piece in k_pieces)
     block = block_frames or max(1, QUERY_TOKENS // tokens)
     glb_keys = k_glb.flatten(2, 3)
     glb_values = v_glb.flatten(2, 3)
@@ -120,8 +118,8 @@ def frame_window_attention(
     for first, last in _blocks(frames, start, block):
         windows = [_window(frame, left, window, extended) for frame in range(first, last)]
         lo, hi = min(w[0] for w in windows), max(w[1] for w in windows)
-        keys = torch.cat([k_ext[:, :, lo:hi].flatten(2, 3), glb_keys], dim=2)
-        values = torch.cat([v_ext[:, :, lo:hi].flatten(2, 3), glb_values], dim=2)
+        keys = torch.cat([*_frame_run(k_pieces, lo, hi), glb_keys], dim=2)
+        values = torch.cat([*_frame_run(v_pieces, lo, hi), glb_values], dim=2)
         mask = _block_mask(windows, lo, hi, tokens, glb_keys.shape[2], local_bonus, global_bonus, q)
         queries = q[:, :, first:last].flatten(2, 3)
         rows = slice(first * tokens, last * tokens)
@@ -211,6 +209,17 @@ def _join(result: PartialAttention, seen: PartialAttention, rows: slice) -> None
 
 
 QUERY_TOKENS = 256  # query tokens per attention call, when frames are small
+
+
+def _frame_run(pieces: list[torch.Tensor], lo: int, hi: int) -> list[torch.Tensor]:
+    """Frames [lo, hi) of the pieces (B, h, n, T, d) laid end to end, as slices (B, h, frames * T, d)."""
+    run, offset = [], 0
+    for piece in pieces:
+        first, last = max(lo, offset), min(hi, offset + piece.shape[2])
+        if first < last:
+            run.append(piece[:, :, first - offset : last - offset].flatten(2, 3))
+        offset += piece.shape[2]
+    return run
 
 
 def _blocks(frames: int, start: int, block: int) -> list[tuple[int, int]]:
