@@ -18,6 +18,7 @@ from ...engine.banded import PartialAttention, attention_with_lse, fused_lse_ava
 from ...engine.context import TemporalContext
 
 HeadsFirst = tuple[torch.Tensor, torch.Tensor]  # keys and values (B, h, frames, tokens, d)
+Exchanged = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # left halo, right halo, global frames
 
 
 def dual_scope_self_attention(
@@ -52,7 +53,7 @@ def dual_scope_self_attention(
     if overlap and ctx.comm.world_size > 1 and fused_lse_available(q.device):
 
         def rest() -> tuple[HeadsFirst, HeadsFirst, HeadsFirst]:
-            (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (exchange() for exchange in exchanges)
+            (k_left, k_right, k_glb), (v_left, v_right, v_glb) = _finish_all(exchanges)
             pairs = ((k_left, v_left), (k_right, v_right), (k_glb, v_glb))
             return tuple((_heads_first(pk, heads), _heads_first(pv, heads)) for pk, pv in pairs)
 
@@ -66,7 +67,7 @@ def dual_scope_self_attention(
             start=ctx.span[0],
         )
     else:
-        (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (exchange() for exchange in exchanges)
+        (k_left, k_right, k_glb), (v_left, v_right, v_glb) = _finish_all(exchanges)
         out = frame_window_attention(
             queries,
             [_heads_first(piece, heads) for piece in (k_left, keys, k_right)],
@@ -81,6 +82,21 @@ def dual_scope_self_attention(
         )
     # (B, heads, frames, tokens, d) -> (B, frames * tokens, heads * d)
     return out.permute(0, 2, 3, 1, 4).reshape(batch, length, width)
+
+
+def _finish_all(exchanges: list[Callable[[], Exchanged]]) -> list[Exchanged]:
+    """Waits for every posted exchange, even after one raised (a Cancel carried by the keys' all-gather
+    raises on every rank): an exchange left unwaited would leave the ranks' collectives out of step for
+    the next job. Then raises the first error."""
+    results, first_error = [], None
+    for finish in exchanges:
+        try:
+            results.append(finish())
+        except BaseException as error:  # noqa: BLE001 - re-raised below, once the others are waited for
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return results
 
 
 def frame_window_attention(
