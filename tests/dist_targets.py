@@ -123,8 +123,8 @@ def exchanges_posted_together(comm: Communicator, frames: int) -> dict:
     ctx.begin_job(layout, DualScopeSettings(local_window=1, global_frames=2))
     own = torch.arange(layout.counts[comm.rank], dtype=torch.float32) + layout.starts[comm.rank]
     keys, values = own.view(1, -1, 1), -own.view(1, -1, 1)
-    together = [ctx.start_halo_and_globals(t, dim=1, width=1, pad_ends=False) for t in (keys, values)]
-    (k_left, k_right, k_glb), (v_left, v_right, v_glb) = (finish() for finish in together)
+    together = ctx.start_halo_and_globals_of((keys, values), dim=1, width=1, pad_ends=False)
+    (k_left, k_right, k_glb), (v_left, v_right, v_glb) = together()
     both = {"calls": comm.calls, "rounds": comm.rounds}
     ctx.halo_and_globals(keys, dim=1, width=1, pad_ends=False)
     return {

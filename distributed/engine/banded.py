@@ -224,6 +224,11 @@ def merge_partials(a: PartialAttention, b: PartialAttention) -> torch.Tensor:
     return torch.lerp(b.out, a.out, weight)
 
 
+def join_partials(a: PartialAttention, b: PartialAttention) -> PartialAttention:
+    """The attention over both key sets with its log normaliser, so a third part can be joined to it."""
+    return PartialAttention(merge_partials(a, b), torch.logaddexp(a.lse, b.lse))
+
+
 def _merge_rest(
     own: PartialAttention,
     query: torch.Tensor,
@@ -248,7 +253,7 @@ def _merge_rest(
         if rows is not None:
             q, out, lse = q.index_select(2, rows), out.index_select(2, rows), lse.index_select(2, rows)
         seen = PartialAttention(*attention_with_lse(q, key[cut], value[cut], part.bias, scale))
-        joint = PartialAttention(merge_partials(PartialAttention(out, lse), seen), torch.logaddexp(lse, seen.lse))
+        joint = join_partials(PartialAttention(out, lse), seen)
         if rows is None:
             own.out[cut], own.lse[cut] = joint.out, joint.lse
         else:

@@ -67,6 +67,14 @@ class Communicator:
         self._in_flight[key] = False
         return key
 
+    def _waited(self, key: int, overlaps_others: bool) -> None:
+        """The wait for posted exchange `key`: a round unless another wait overlapped it. overlaps_others:
+        this wait counts as overlapping every exchange still in flight (a point-to-point batch)."""
+        if not self._in_flight.pop(key):
+            self.rounds += 1
+        if overlaps_others:
+            self._in_flight = dict.fromkeys(self._in_flight, True)
+
     def borrow_frames(
         self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +120,7 @@ class Communicator:
 
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
             if key is not None:
-                # A round unless another wait overlapped it (two borrows posted together wait once); it
-                # overlaps the exchanges still in flight either way.
-                if not self._in_flight.pop(key):
-                    self.rounds += 1
-                self._in_flight = dict.fromkeys(self._in_flight, True)
+                self._waited(key, overlaps_others=True)  # two borrows posted together wait once
             for request in requests:
                 request.wait()
             for view, buffer in landings:
@@ -164,8 +168,7 @@ class Communicator:
 
         def finish() -> list[torch.Tensor]:
             work.wait()
-            if not self._in_flight.pop(key):  # nothing else waited while it travelled
-                self.rounds += 1
+            self._waited(key, overlaps_others=False)
             if not watched:
                 return pieces
             self._carried_cancel = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -93,6 +93,28 @@ class TemporalContext:
         def finish() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             left, right = borrow()
             return left, right, gather() if gather is not None else x.narrow(dim, 0, 0)
+
+        return finish
+
+    def start_halo_and_globals_of(
+        self, tensors: Sequence[torch.Tensor], dim: int, width: int, pad_ends: bool
+    ) -> Callable[[], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """start_halo_and_globals for several tensors of the same frames (a DiT's keys and values), all posted
+        before any is waited for. The returned call waits for every one, even after one raised (a Cancel
+        carried by the first all-gather raises on every rank): an exchange left unwaited leaves the ranks'
+        collectives out of step for the next job. Then it raises the first error."""
+        finishes = [self.start_halo_and_globals(x, dim, width, pad_ends) for x in tensors]
+
+        def finish() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            results, first_error = [], None
+            for one in finishes:
+                try:
+                    results.append(one())
+                except BaseException as error:  # noqa: BLE001 - re-raised below, once the others are waited for
+                    first_error = first_error or error
+            if first_error is not None:
+                raise first_error
+            return results
 
         return finish
 

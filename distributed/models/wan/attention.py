@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...engine.banded import PartialAttention, attention_with_lse, fused_lse_available, merge_partials
+from ...engine.banded import PartialAttention, attention_with_lse, fused_lse_available, join_partials
 from ...engine.context import TemporalContext
 
 HeadsFirst = tuple[torch.Tensor, torch.Tensor]  # keys and values (B, h, frames, tokens, d)
-Exchanged = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # left halo, right halo, global frames
 
 
 def dual_scope_self_attention(
@@ -44,16 +43,14 @@ def dual_scope_self_attention(
     keys, values = (t.reshape(batch, frames, tokens_per_frame, width) for t in (k, v))
     # Keys and values travel as two exchanges posted together, so they move at the same time: one stacked
     # tensor of both would cost a copy of the whole clip's keys and values on every rank, one rank included.
-    exchanges = [
-        ctx.start_halo_and_globals(t, dim=1, width=settings.local_window, pad_ends=False) for t in (keys, values)
-    ]
+    exchange = ctx.start_halo_and_globals_of((keys, values), dim=1, width=settings.local_window, pad_ends=False)
     local_bonus = settings.local_bias if settings.phase_bias and not ctx.global_phase else 0.0
     global_bonus = settings.global_bias if settings.phase_bias and ctx.global_phase else 0.0
     queries = _heads_first(q.view(batch, frames, tokens_per_frame, width), heads)
     if overlap and ctx.comm.world_size > 1 and fused_lse_available(q.device):
 
         def rest() -> tuple[HeadsFirst, HeadsFirst, HeadsFirst]:
-            (k_left, k_right, k_glb), (v_left, v_right, v_glb) = _finish_all(exchanges)
+            (k_left, k_right, k_glb), (v_left, v_right, v_glb) = exchange()
             pairs = ((k_left, v_left), (k_right, v_right), (k_glb, v_glb))
             return tuple((_heads_first(pk, heads), _heads_first(pv, heads)) for pk, pv in pairs)
 
@@ -67,7 +64,7 @@ def dual_scope_self_attention(
             start=ctx.span[0],
         )
     else:
-        (k_left, k_right, k_glb), (v_left, v_right, v_glb) = _finish_all(exchanges)
+        (k_left, k_right, k_glb), (v_left, v_right, v_glb) = exchange()
         out = frame_window_attention(
             queries,
             [_heads_first(piece, heads) for piece in (k_left, keys, k_right)],
@@ -82,21 +79,6 @@ def dual_scope_self_attention(
         )
     # (B, heads, frames, tokens, d) -> (B, frames * tokens, heads * d)
     return out.permute(0, 2, 3, 1, 4).reshape(batch, length, width)
-
-
-def _finish_all(exchanges: list[Callable[[], Exchanged]]) -> list[Exchanged]:
-    """Waits for every posted exchange, even after one raised (a Cancel carried by the keys' all-gather
-    raises on every rank): an exchange left unwaited would leave the ranks' collectives out of step for
-    the next job. Then raises the first error."""
-    results, first_error = [], None
-    for finish in exchanges:
-        try:
-            results.append(finish())
-        except BaseException as error:  # noqa: BLE001 - re-raised below, once the others are waited for
-            first_error = first_error or error
-    if first_error is not None:
-        raise first_error
-    return results
 
 
 def frame_window_attention(
@@ -127,7 +109,7 @@ def frame_window_attention(
     batch, heads, frames, tokens, dim = q.shape
     k_pieces, v_pieces = ([x] if isinstance(x, torch.Tensor) else list(x) for x in (k_ext, v_ext))
     extended = sum(piece.shape[2] for piece in k_pieces)
-    block = block_frames or max(1, QUERY_TOKENS // tokens)
+    block = block_frames or _query_block(tokens)
     glb_keys = k_glb.flatten(2, 3)
     glb_values = v_glb.flatten(2, 3)
     out = q.new_empty((batch, heads, frames * tokens, dim))
@@ -163,7 +145,7 @@ def frame_window_attention_in_parts(
     attends to its window's own frames, keeping its softmax normaliser; then every query to the global
     frames, and each of the P frames nearest a clip end to the halo frames its window reaches, in blocks of
     frames like the own part (one frame per call at real resolutions, where those keys are one run and need
-    no mask). Each part is joined by the normalisers (merge_partials); a bonus that is the same over a
+    no mask). Each part is joined by the normalisers (join_partials); a bonus that is the same over a
     part's keys only shifts its normaliser.
     """
     frames, tokens, dim = q.shape[2:]
@@ -179,7 +161,7 @@ def frame_window_attention_in_parts(
         )
         seen.lse += global_bonus
         _join(result, seen, slice(None))
-    block = block_frames or max(1, QUERY_TOKENS // tokens)
+    block = block_frames or _query_block(tokens)
     halo_left, halo_right = k_left.shape[2], k_right.shape[2]
     # The halo frames each own frame's window reaches: [lo, hi) of the left and of the right halo.
     left_spans = {f: (max(0, f + halo_left - window), halo_left) for f in range(min(frames, window)) if halo_left}
@@ -219,12 +201,16 @@ def _join_halo(
 
 def _join(result: PartialAttention, seen: PartialAttention, rows: slice) -> None:
     """result (out (B, h, F*T, d), lse (B, h, F*T)) over the union of its keys and seen's, for `rows`, in place."""
-    so_far = PartialAttention(result.out[:, :, rows], result.lse[:, :, rows])
-    result.out[:, :, rows] = merge_partials(so_far, seen)
-    result.lse[:, :, rows] = torch.logaddexp(so_far.lse, seen.lse)
+    joint = join_partials(PartialAttention(result.out[:, :, rows], result.lse[:, :, rows]), seen)
+    result.out[:, :, rows], result.lse[:, :, rows] = joint.out, joint.lse
 
 
 QUERY_TOKENS = 256  # query tokens per attention call, when frames are small
+
+
+def _query_block(tokens: int) -> int:
+    """Frames of queries per attention call: about QUERY_TOKENS tokens, at least one frame."""
+    return max(1, QUERY_TOKENS // tokens)
 
 
 def _frame_run(pieces: list[torch.Tensor], lo: int, hi: int) -> list[torch.Tensor]:
