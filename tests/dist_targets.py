@@ -8,6 +8,7 @@ import torch
 
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
+from distributed.engine.errors import JobCancelled
 from distributed.engine.layout import FrameLayout
 from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
@@ -113,6 +114,35 @@ def receive_where_the_file_is_not_visible(
         with open(where, "rb") as file:
             calls.append({"path": where, "data": file.read(), "received": comm.bytes_received})
     return {"calls": calls, "missing": missing}
+
+
+def settle_after_a_cancel(comm: Communicator, frames: int) -> dict:
+    """Keys' and values' exchanges posted together, a Cancel asked on rank 0 only: it travels with the
+    keys' all-gather, so every rank raises there with the values' exchange still in flight. settle()
+    waits for it, and the next exchange delivers its own data."""
+    ctx = TemporalContext(comm)
+    layout = FrameLayout(frames, comm.world_size)
+    ctx.begin_job(layout, DualScopeSettings(local_window=1, global_frames=2))
+    own = torch.arange(layout.counts[comm.rank], dtype=torch.float32) + layout.starts[comm.rank]
+    comm.watch_cancel(lambda: comm.rank == 0, step=3)
+    together = ctx.start_halo_and_globals_of((own.view(1, -1, 1), -own.view(1, -1, 1)), dim=1, width=1, pad_ends=False)
+    try:
+        together()
+        stopped = None
+    except JobCancelled as cancelled:
+        stopped = cancelled.step
+    left_in_flight = comm.in_flight
+    settled = comm.settle()
+    comm.unwatch_cancel()
+    ctx.end_job()
+    after = comm.all_gather(torch.tensor([10.0 + comm.rank]))
+    return {
+        "stopped_at": stopped,
+        "left_in_flight": left_in_flight,
+        "settled": settled,
+        "in_flight_after": comm.in_flight,
+        "next_exchange": [piece.item() for piece in after],
+    }
 
 
 def exchanges_posted_together(comm: Communicator, frames: int) -> dict:

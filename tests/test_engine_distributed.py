@@ -12,7 +12,13 @@ from distributed.engine.layout import global_indices_exact
 from support.local_ranks import run_job, run_on_local_ranks
 from support.tiny_models import build_tiny_pipeline
 
-from .dist_targets import exchanges_posted_together, groupnorm_statistics, temporal_conv_call, unet_call
+from .dist_targets import (
+    exchanges_posted_together,
+    groupnorm_statistics,
+    settle_after_a_cancel,
+    temporal_conv_call,
+    unet_call,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -98,6 +104,19 @@ def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_e
         np.testing.assert_allclose(part["mean"], part["true_mean"], rtol=1e-6)
         np.testing.assert_allclose(part["var"], part["true_var"], rtol=1e-5)
         assert np.array_equal(part["mean"], parts[0]["mean"]) and np.array_equal(part["var"], parts[0]["var"])
+
+
+def test_a_cancel_between_exchanges_posted_together_leaves_none_travelling_once_settled():
+    """The engine settles a cancelled job's exchanges (Engine.run): a Cancel asked on one rank stops both
+    at the keys' all-gather, the values' exchange (its halo swap and all-gather) is still in flight, and
+    after settle() none is, and the next collective delivers its own values."""
+    parts = run_on_local_ranks(2, settle_after_a_cancel, {"frames": 6})
+    for part in parts:
+        assert part["stopped_at"] == 3
+        assert part["left_in_flight"] == 2
+        assert part["settled"] == 2
+        assert part["in_flight_after"] == 0
+        assert part["next_exchange"] == [10.0, 11.0]
 
 
 def test_exchanges_posted_together_are_waited_for_once_and_each_delivers_its_own_frames():

@@ -95,19 +95,27 @@ def clip_parallel(
 
 
 def cancel_inside_a_step_then_sample(
-    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any], settings: dict
+    comm: Communicator,
+    weights: str,
+    latent_shape: tuple[int, ...],
+    sampling: dict[str, Any],
+    settings: dict,
+    first_seen: int = 2,
 ) -> tuple[list[str], torch.Tensor | None]:
-    """A Cancel that the root first sees inside step 0 (its second look), then the same job to the end on the
-    same group: the cancel's text on every rank, and rank 0's whole latents from the second run."""
+    """A Cancel that the root first sees inside step 0 (at its look number `first_seen`: 2 is the first
+    attention's checkpoint, 3 the post of its keys' all-gather), then the same job to the end on the same
+    group: the cancel's text and the exchanges left in flight on every rank, and rank 0's whole latents from
+    the second run."""
     comfy = import_comfy(on_cpu=True)
     ctx = TemporalContext(comm)
     model = install_dual_scope(_load(comfy, weights), ctx)
-    looks = iter([False, True])
+    looks = iter([False] * (first_seen - 1))
     texts = []
     try:
         _clip_parallel(comfy, model, ctx, latent_shape, _sampling(sampling), settings, lambda: next(looks, True))
     except JobCancelled as cancelled:
         texts.append(str(cancelled))
+    texts.append(f"{comm.in_flight} in flight")
     return texts, _clip_parallel(comfy, model, ctx, latent_shape, _sampling(sampling), settings)
 
 
@@ -122,14 +130,11 @@ def _clip_parallel(
 ) -> torch.Tensor | None:
     comm = ctx.comm
     layout = FrameLayout(latent_shape[2], comm.world_size)
-    ctx.begin_job(layout, DualScopeSettings(**settings))
     control = RunControl.create(None, should_cancel if comm.is_root else None, RunStats())
-    try:
+    with ctx.job(layout, DualScopeSettings(**settings)):
         own = sample_clip(
             comfy, model, ctx, torch.zeros(latent_shape), random_conditioning(1), random_conditioning(2), spec, control
         )
-    finally:
-        ctx.end_job()
     gathered = comm.gather_frames_to_root(own[0].permute(1, 0, 2, 3).contiguous(), layout)
     return None if gathered is None else gathered.permute(1, 0, 2, 3).unsqueeze(0)
 

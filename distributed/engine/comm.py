@@ -12,6 +12,7 @@ request itself and several ranks with no all-gather since the last checkpoint ag
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,14 @@ def _never() -> bool:
     return False
 
 
+@dataclass
+class _Posted:
+    """An exchange posted and not yet waited for."""
+
+    wait: Callable[[], object]  # the transport's own wait, for settle()
+    overlapped: bool = False  # another wait ran while it travelled, so waiting for it is no round of its own
+
+
 class Communicator:
     def __init__(self, rank: int, world_size: int, device: torch.device | str, group: object | None = None):
         self.rank = rank
@@ -34,7 +43,7 @@ class Communicator:
         self.bytes_received = 0
         self.calls = 0  # communication calls (a batch of point-to-point transfers counts once)
         self.rounds = 0  # points where this rank waits; calls in flight together count once
-        self._in_flight: dict[int, bool] = {}  # posted exchanges not yet waited for: whether a wait overlapped
+        self._in_flight: dict[int, _Posted] = {}  # by the key _post gave
         self._posted = 0
         self._cancel_requested: Callable[[], bool] | None = None  # set while a job's steps run
         self._cancel_step = 0
@@ -53,27 +62,51 @@ class Communicator:
         self.bytes_received = 0
         self.calls = 0
         self.rounds = 0
-        self._in_flight.clear()  # a job that failed mid-step may have left some unwaited
+
+    @property
+    def in_flight(self) -> int:
+        """Exchanges posted and not yet waited for."""
+        return len(self._in_flight)
+
+    def settle(self) -> int:
+        """Waits for every exchange posted and not yet waited for, and returns how many there were.
+
+        For a job that stopped inside a layer: a Cancel carried by one of several exchanges posted together
+        raises on every rank before the others are waited for. Left travelling, they would meet the next
+        job's collectives and leave the ranks out of step (a warm pool's next job hangs). Every rank stops at
+        the same exchange, so every rank posted the same ones and these waits complete. Their own errors are
+        dropped: the job has already stopped for a reason of its own."""
+        posted, self._in_flight = list(self._in_flight.values()), {}
+        for exchange in posted:
+            try:
+                exchange.wait()
+            except Exception:  # noqa: BLE001, S110 - the stopped job's error is the one reported
+                pass
+        return len(posted)
+
+    def _overlap_all(self) -> None:
+        for exchange in self._in_flight.values():
+            exchange.overlapped = True
 
     def _count_wait(self) -> None:
         """One blocking wait: a round of its own, and it overlaps every exchange still in flight."""
         self.rounds += 1
-        self._in_flight = dict.fromkeys(self._in_flight, True)
+        self._overlap_all()
 
-    def _post(self) -> int:
-        """Registers a posted exchange; its key goes to the wait (see _waited)."""
+    def _post(self, wait: Callable[[], object]) -> int:
+        """Registers a posted exchange and its transport wait; its key goes to the caller's wait (_waited)."""
         key = self._posted
         self._posted += 1
-        self._in_flight[key] = False
+        self._in_flight[key] = _Posted(wait)
         return key
 
     def _waited(self, key: int, overlaps_others: bool) -> None:
         """The wait for posted exchange `key`: a round unless another wait overlapped it. overlaps_others:
         this wait counts as overlapping every exchange still in flight (a point-to-point batch)."""
-        if not self._in_flight.pop(key):
+        if not self._in_flight.pop(key).overlapped:
             self.rounds += 1
         if overlaps_others:
-            self._in_flight = dict.fromkeys(self._in_flight, True)
+            self._overlap_all()
 
     def borrow_frames(
         self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
@@ -113,16 +146,20 @@ class Communicator:
                 landings.append((view, buffer))
                 self.bytes_received += buffer.numel() * buffer.element_size()
         requests, key = [], None
+
+        def wait_all() -> None:
+            for request in requests:
+                request.wait()
+
         if ops:
             requests = dist.batch_isend_irecv(ops)
             self.calls += 1
-            key = self._post()
+            key = self._post(wait_all)
 
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
             if key is not None:
                 self._waited(key, overlaps_others=True)  # two borrows posted together wait once
-            for request in requests:
-                request.wait()
+            wait_all()
             for view, buffer in landings:
                 view.copy_(buffer)
             return left, right
@@ -164,11 +201,11 @@ class Communicator:
         moved = (self.world_size - 1) * sent.numel() * sent.element_size()
         self.bytes_sent += moved
         self.bytes_received += moved
-        key = self._post()
+        key = self._post(work.wait)
 
         def finish() -> list[torch.Tensor]:
-            work.wait()
             self._waited(key, overlaps_others=False)
+            work.wait()
             if not watched:
                 return pieces
             self._carried_cancel = True

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from .comm import Communicator
+from .errors import JobCancelled
 from .layout import FrameLayout, global_indices_exact, global_indices_reference
 from .settings import DualScopeSettings
 
@@ -34,6 +36,20 @@ class TemporalContext:
     def end_job(self) -> None:
         self.layout = None
         self.comm.unwatch_cancel()
+
+    @contextmanager
+    def job(self, layout: FrameLayout, settings: DualScopeSettings) -> Iterator[None]:
+        """begin_job ... end_job around a job's steps. A Cancel stops every rank at the same exchange, maybe
+        with others posted alongside it still travelling (a DiT's keys and values): they are settled here,
+        so they cannot meet the next job's collectives (Communicator.settle)."""
+        self.begin_job(layout, settings)
+        try:
+            yield
+        except JobCancelled:
+            self.comm.settle()
+            raise
+        finally:
+            self.end_job()
 
     @property
     def active(self) -> bool:
@@ -100,23 +116,10 @@ class TemporalContext:
         self, tensors: Sequence[torch.Tensor], dim: int, width: int, pad_ends: bool
     ) -> Callable[[], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """start_halo_and_globals for several tensors of the same frames (a DiT's keys and values), all posted
-        before any is waited for. The returned call waits for every one, even after one raised (a Cancel
-        carried by the first all-gather raises on every rank): an exchange left unwaited leaves the ranks'
-        collectives out of step for the next job. Then it raises the first error."""
+        before any is waited for; the returned call waits for each in turn. When a Cancel carried by the
+        first raises, the rest are settled at the end of the job (`job`)."""
         finishes = [self.start_halo_and_globals(x, dim, width, pad_ends) for x in tensors]
-
-        def finish() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-            results, first_error = [], None
-            for one in finishes:
-                try:
-                    results.append(one())
-                except BaseException as error:  # noqa: BLE001 - re-raised below, once the others are waited for
-                    first_error = first_error or error
-            if first_error is not None:
-                raise first_error
-            return results
-
-        return finish
+        return lambda: [finish() for finish in finishes]
 
     def start_gather_global(self, x: torch.Tensor, dim: int) -> Callable[[], torch.Tensor]:
         """Posts the exchange of the global frames (the same set on every rank); the returned call waits

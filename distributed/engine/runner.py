@@ -63,13 +63,9 @@ class Engine:
         comm = self.comm
         layout = FrameLayout(job.frames, comm.world_size)
         control.stats.frames_per_rank = layout.counts
-        self.ctx.begin_job(layout, job.attention)
-        try:
-            with torch.inference_mode():
-                latents = kind.denoise(loaded, job, self.ctx, control)
-                frames = kind.decode(loaded, latents, self.ctx, control)
-        finally:
-            self.ctx.end_job()
+        with self.ctx.job(layout, job.attention), torch.inference_mode():
+            latents = kind.denoise(loaded, job, self.ctx, control)
+            frames = kind.decode(loaded, latents, self.ctx, control)
         control.progress(0, 1, "gathering")
         own_latents = latents.permute(2, 0, 1, 3, 4).contiguous()  # frames first, for the gather
         gathered_latents = comm.gather_frames_to_root(own_latents, layout)
