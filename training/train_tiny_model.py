@@ -17,6 +17,8 @@ Six stages, and a seventh tried but not shipped, each resumable from checkpoints
 7. (off by default, `--wrap-steps`) the wrap stage: the same again with spatial convolutions that wrap
    around the canvas, as the shapes do, so a shape crossing an edge stays one shape to the network. It
    removed the flickers at wraps but lost the agreement on an open colour (docs/4-quality.md).
+   `--wrap-from placement` wraps from the placement stage on instead, so the stages that learn the
+   lanes and the open captions learn them on a canvas without edges.
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
 In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
@@ -70,6 +72,8 @@ OPEN_STEPS = 400
 # The wrap stage (not in the shipped model): the same data again, with spatial convolutions that wrap
 # around the canvas. 400 steps is the run measured in docs/4-quality.md.
 WRAP_STEPS = 0
+# The stages in order, by the name `--wrap-from` gives them: convolutions wrap from the one named on.
+STAGE_ORDER = ("unet", "placement", "open", "wrap")
 
 
 def log(message: str) -> None:
@@ -435,9 +439,23 @@ class UNetStage:
     circular_padding: bool = False  # the UNet's spatial convolutions wrap around the canvas
 
 
+def wraps(args: argparse.Namespace, stage: str) -> bool:
+    """Whether the stage's spatial convolutions wrap around the canvas (`--wrap-from`)."""
+    return STAGE_ORDER.index(stage) >= STAGE_ORDER.index(args.wrap_from)
+
+
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
     return UNetStage(
-        "unet", args.steps, args.lr, args.warmup, "free", None, False, 1.0, attribute_dropout=args.attribute_dropout
+        "unet",
+        args.steps,
+        args.lr,
+        args.warmup,
+        "free",
+        None,
+        False,
+        1.0,
+        attribute_dropout=args.attribute_dropout,
+        circular_padding=wraps(args, "unet"),
     )
 
 
@@ -458,6 +476,7 @@ def placement_stage(args: argparse.Namespace) -> UNetStage:
         args.caption_position,
         args.top_share,
         args.attribute_dropout if args.placement_attribute_dropout is None else args.placement_attribute_dropout,
+        circular_padding=wraps(args, "placement"),
     )
 
 
@@ -471,6 +490,7 @@ def open_stage(args: argparse.Namespace) -> UNetStage:
         steps=args.open_steps,
         lr=args.open_lr,
         attribute_dropout=args.open_attribute_dropout,
+        circular_padding=wraps(args, "open"),
     )
 
 
@@ -577,6 +597,7 @@ def train_unet(
             "placement_steps": args.placement_steps,
             "open_steps": args.open_steps,
             "wrap_steps": args.wrap_steps,
+            "wrap_from": args.wrap_from,
             "stage_step": step,
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
@@ -739,6 +760,12 @@ def parse_args() -> argparse.Namespace:
         "(default 0: the shipped model has none; 400 was measured)",
     )
     parser.add_argument("--wrap-lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--wrap-from",
+        choices=STAGE_ORDER,
+        default="wrap",
+        help="the first stage whose spatial convolutions wrap around the canvas (default: only the wrap stage)",
+    )
     parser.add_argument(
         "--open-attribute-dropout",
         type=float,
