@@ -22,6 +22,7 @@ TINY_WAN_FILES = {
     "fun_control": "diffusion_models/video-infinity-tiny-wan-fun-control.safetensors",  # Wan 2.1 Fun Control
     "camera": "diffusion_models/video-infinity-tiny-wan-camera.safetensors",  # a family the sampler refuses
     "vace": "diffusion_models/video-infinity-tiny-wan-vace.safetensors",  # Wan 2.1 VACE, one VACE block
+    "t2v_fp8": "diffusion_models/video-infinity-tiny-wan-t2v-fp8-scaled.safetensors",  # as ComfyUI's *_fp8_scaled
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default
@@ -62,6 +63,27 @@ def save_tiny_wan(
 ) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_wan_state_dict(seed, image_to_video, model_class, **overrides), str(path))
+    return path
+
+
+def scaled_fp8_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` in the layout of ComfyUI's `*_fp8_scaled` files: each block's linear weights in fp8 (e4m3)
+    with a scale of their own beside them, the other weights as they are, and the `scaled_fp8` marker."""
+    scaled = {}
+    for name, tensor in state.items():
+        if name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
+            scale = tensor.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+            scaled[name] = (tensor / scale).to(torch.float8_e4m3fn)
+            scaled[name.removesuffix("weight") + "scale_weight"] = scale.reshape(()).float()
+        else:
+            scaled[name] = tensor
+    scaled["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+    return scaled
+
+
+def save_tiny_wan_scaled_fp8(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(scaled_fp8_state_dict(tiny_wan_state_dict(seed)), str(path))
     return path
 
 

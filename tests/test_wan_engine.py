@@ -19,6 +19,7 @@ from .wan_targets import (
     core_and_clip_parallel,
     latent_job_across_machines,
     save_tiny_wan_target,
+    scaled_fp8_export_round_trip,
     wan_memory_needs,
 )
 
@@ -134,3 +135,14 @@ def test_a_wan_job_s_memory_admission_is_comfyui_s_own_estimate_on_the_frames_a_
         assert needed == int(comfy_minimum) > 0, (own, held)
         assert holding == f"{own} latent frames (about {4 * own} video frames) per worker at 416x240"
     assert needs[1][0] > needs[0][0] and needs[1][0] == needs[2][0]  # more frames held, more memory
+
+
+def test_scaled_fp8_weights_reach_the_workers_as_comfyui_holds_them_with_or_without_a_lora(tmp_path) -> None:
+    # Before, the file lost its scaled-fp8 marker on the way: the workers read the fp8 numbers unscaled.
+    found = run_on_local_ranks(1, scaled_fp8_export_round_trip, {"folder": str(tmp_path)})[0]
+    assert found["held_as"] == found["reloaded_held_as"] == "torch.float8_e4m3fn"
+    assert found["alone"] == 0.0
+    assert found["with_lora"] == 0.0  # merged and scaled back exactly as ComfyUI patches it
+    assert found["lora_moved"] > 1e-2
+    assert "float8_e4m3fn" in found["unscaled_fp8"] and "weight_dtype 'default'" in found["unscaled_fp8"]
+    assert "QuantizedBlocks" in found["quantized"] and "'blocks.0.self_attn.q.weight'" in found["quantized"]

@@ -30,7 +30,13 @@ def save_tiny_wan_target(comm: Communicator, path: str, seed: int = 0, image_to_
 def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
     """The files the Wan workflows load, under a ComfyUI models folder (existing ones are kept)."""
     import_comfy(on_cpu=True)
-    from support.tiny_wan import TINY_WAN_FILES, save_tiny_wan, save_tiny_wan_lora, save_tiny_wan_vae
+    from support.tiny_wan import (
+        TINY_WAN_FILES,
+        save_tiny_wan,
+        save_tiny_wan_lora,
+        save_tiny_wan_scaled_fp8,
+        save_tiny_wan_vae,
+    )
 
     root = Path(models)
     paths = {name: root / relative for name, relative in TINY_WAN_FILES.items()}
@@ -50,7 +56,76 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
         save_tiny_wan(paths["vace"], seed=5, model_class="VaceWanModel", vace_layers=1, vace_in_dim=96)
     if not paths["camera"].exists():  # Wan 2.1 Fun Camera: not supported
         save_tiny_wan(paths["camera"], seed=4, image_to_video=True, model_class="CameraWanModel", in_dim=32)
+    if not paths["t2v_fp8"].exists():  # the t2v weights as a scaled-fp8 file
+        save_tiny_wan_scaled_fp8(paths["t2v_fp8"], seed=0)
     return {name: str(path) for name, path in paths.items()}
+
+
+class QuantizedBlocks(torch.Tensor):
+    """Stands in for a quantized weight type of its own, as GGUF's loader (not installed here) keeps weights."""
+
+
+def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, Any]:
+    """A scaled-fp8 Wan loaded as UNETLoader loads it (weight_dtype default), alone and with a LoRA, exported
+    for the workers and loaded back as a worker loads it: the largest relative difference of any linear
+    layer's weight as computed with (weight x its scale) from ComfyUI's own patched model, and how much the
+    LoRA moved them. Then the errors for weights the workers cannot load: fp8 without scales (weight_dtype
+    fp8_e4m3fn) and a quantized tensor type."""
+    comfy = import_comfy(on_cpu=True)
+    from distributed.engine.errors import InvalidSettingsError
+    from distributed.engine.family import family
+    from distributed.engine.job import ModelSpec
+    from distributed.models.wan.export import export_model
+    from support.tiny_wan import save_tiny_wan, save_tiny_wan_lora, save_tiny_wan_scaled_fp8
+
+    root = Path(folder)
+    cache = root / "exports"
+
+    def through_the_workers_loader(patcher: Any) -> Any:
+        exported = export_model(patcher, cache)
+        spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+        return family("wan").load(spec, torch.device("cpu")).patcher
+
+    def computed_weights(patcher: Any) -> dict[str, torch.Tensor]:
+        found = {}
+        for name, layer in patcher.model.diffusion_model.named_modules():
+            if isinstance(layer, torch.nn.Linear):
+                scale = getattr(layer, "scale_weight", None)
+                found[name] = layer.weight.float() * (1.0 if scale is None else scale.float())
+        return found
+
+    def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        return max(float((a[name] - b[name]).abs().max() / a[name].abs().max()) for name in a)
+
+    fp8 = comfy.sd.load_diffusion_model(str(save_tiny_wan_scaled_fp8(root / "fp8.safetensors")), model_options={})
+    lora = comfy.utils.load_torch_file(str(save_tiny_wan_lora(root / "lora.safetensors")), safe_load=True)
+    with_lora, _ = comfy.sd.load_lora_for_models(fp8, None, lora, 1.0, 0)
+    alone = through_the_workers_loader(fp8)
+    patched = through_the_workers_loader(with_lora)
+    result: dict[str, Any] = {
+        "held_as": str(fp8.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
+        "reloaded_held_as": str(alone.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
+        "alone": largest_difference(computed_weights(fp8), computed_weights(alone)),
+    }
+    with torch.no_grad():  # as ComfyUI patches the model (shared with fp8) for its own sampler
+        with_lora.patch_model()
+    result["with_lora"] = largest_difference(computed_weights(with_lora), computed_weights(patched))
+    result["lora_moved"] = largest_difference(computed_weights(with_lora), computed_weights(alone))
+    with_lora.unpatch_model()
+
+    unscaled = comfy.sd.load_diffusion_model(
+        str(save_tiny_wan(root / "t2v.safetensors")), model_options={"dtype": torch.float8_e4m3fn}
+    )
+    quantized = comfy.sd.load_diffusion_model(str(root / "t2v.safetensors"), model_options={})
+    layer = quantized.model.diffusion_model.blocks[0].self_attn.q
+    layer.weight = torch.nn.Parameter(layer.weight.detach().as_subclass(QuantizedBlocks), requires_grad=False)
+    for label, patcher in (("unscaled_fp8", unscaled), ("quantized", quantized)):
+        try:
+            export_model(patcher, cache)
+            result[label] = "exported"
+        except InvalidSettingsError as error:
+            result[label] = str(error)
+    return result
 
 
 def _load(comfy: Any, weights: str) -> Any:

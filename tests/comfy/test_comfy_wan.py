@@ -32,6 +32,7 @@ TI2V = TINY_WAN_FILES["ti2v"].split("/")[-1]
 FUN_CONTROL = TINY_WAN_FILES["fun_control"].split("/")[-1]
 CAMERA = TINY_WAN_FILES["camera"].split("/")[-1]
 VACE = TINY_WAN_FILES["vace"].split("/")[-1]
+T2V_FP8 = TINY_WAN_FILES["t2v_fp8"].split("/")[-1]
 LENGTH = 17  # video frames: 5 latent frames
 FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
@@ -119,6 +120,25 @@ def failure(run) -> str:
     )
 
 
+def core_and_three_of_ours(
+    prompt: dict, model: str, latent: list, positive: list, negative: list, unused: tuple[str, ...]
+) -> None:
+    """Core KSampler (saved as latent 30) and three of ours on the same inputs (31: one worker, full window;
+    32: one worker, dual scope; 33: two workers, dual scope), with the workflow's nodes `unused` removed."""
+    core_sampler(prompt, "22", model, latent, positive, negative)
+    for key, attention, devices in (
+        ("23", FULL_WINDOW, "cpu:1"),
+        ("24", DUAL_SCOPE, "cpu:1"),
+        ("25", DUAL_SCOPE, "cpu:2"),
+    ):
+        our_sampler(prompt, key, model, attention, devices)
+        prompt[key]["inputs"].update(positive=positive, negative=negative, latent_image=latent)
+    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
+        save_latent(prompt, key, source)
+    for key in unused:
+        del prompt[key]
+
+
 def equal_to_core_and_on_two_workers(host, client, prompt: dict, label: str) -> None:
     """Runs a prompt whose saved latents are 30 (core KSampler), 31 (ours, one worker, full window), 32 (ours,
     one worker, dual scope) and 33 (ours, two workers, dual scope), and checks them against each other."""
@@ -172,20 +192,25 @@ def test_lora_travels_and_one_worker_with_a_full_window_equals_core_ksampler(hos
     assert relative(found["32"], found["31"]) > 1e-3, "the LoRA should change the result"
 
 
+def test_scaled_fp8_weights_with_a_lora_equal_core_ksampler_and_are_the_same_on_two_workers(host, client):
+    """A *_fp8_scaled file as UNETLoader loads it by default: fp8 weights with a scale per layer."""
+    prompt = tiny(devices="cpu:1")
+    prompt["1"]["inputs"].update(unet_name=T2V_FP8, weight_dtype="default")
+    prompt["20"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["1", 0], "lora_name": LORA, "strength_model": 1.0},
+    }
+    core_and_three_of_ours(prompt, "20", ["7", 0], ["4", 0], ["5", 0], unused=("10", "11", "12", "13"))
+    equal_to_core_and_on_two_workers(host, client, prompt, "scaled fp8 with a LoRA")
+
+
 def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     from PIL import Image
 
     gradient = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
     Image.fromarray(gradient).save(host.base / "input" / "example.png")
     prompt = tiny("wan_i2v", devices="cpu:1")
-    core_sampler(prompt, "22", "2", ["10", 2], ["10", 0], ["10", 1])
-    our_sampler(prompt, "23", "2", FULL_WINDOW, "cpu:1")
-    our_sampler(prompt, "24", "2", DUAL_SCOPE, "cpu:1")
-    our_sampler(prompt, "25", "2", DUAL_SCOPE, "cpu:2")
-    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
-        save_latent(prompt, key, source)
-    for key in ("13", "14", "15", "16"):
-        del prompt[key]
+    core_and_three_of_ours(prompt, "2", ["10", 2], ["10", 0], ["10", 1], unused=("13", "14", "15", "16"))
     equal_to_core_and_on_two_workers(host, client, prompt, "I2V")
 
 
@@ -203,18 +228,7 @@ def control_prompt(host, unet: str, node: str, inputs: dict) -> dict:
     prompt["42"] = {"class_type": node, "inputs": {
         "positive": ["4", 0], "negative": ["5", 0], "vae": ["6", 0], "width": 64, "height": 64, "length": LENGTH,
         "batch_size": 1, "control_video": ["41", 0], **inputs}}  # fmt: skip
-    core_sampler(prompt, "22", "2", ["42", 2], ["42", 0], ["42", 1])
-    for key, attention, devices in (
-        ("23", FULL_WINDOW, "cpu:1"),
-        ("24", DUAL_SCOPE, "cpu:1"),
-        ("25", DUAL_SCOPE, "cpu:2"),
-    ):
-        our_sampler(prompt, key, "2", attention, devices)
-        prompt[key]["inputs"].update(positive=["42", 0], negative=["42", 1], latent_image=["42", 2])
-    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25")):
-        save_latent(prompt, key, source)
-    for key in ("10", "11", "12", "13"):
-        del prompt[key]
+    core_and_three_of_ours(prompt, "2", ["42", 2], ["42", 0], ["42", 1], unused=("10", "11", "12", "13"))
     return prompt
 
 
@@ -239,14 +253,8 @@ def test_wan22_ti2v_keeps_the_image_frame_equals_core_and_is_the_same_on_two_wor
     prompt["1"]["inputs"]["unet_name"] = TI2V
     prompt["7"] = {"class_type": "VideoInfinityTestImageLatent", "inputs": {"channels": 48, "frames": 5, "height": 4, "width": 4,
                                                                             "seed": 3}}  # fmt: skip
-    core_sampler(prompt, "22", "2", ["7", 0], ["4", 0], ["5", 0])
-    our_sampler(prompt, "23", "2", FULL_WINDOW, "cpu:1")
-    our_sampler(prompt, "24", "2", DUAL_SCOPE, "cpu:1")
-    our_sampler(prompt, "25", "2", DUAL_SCOPE, "cpu:2")
-    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25"), ("34", "7")):
-        save_latent(prompt, key, source)
-    for key in ("10", "11", "12", "13"):
-        del prompt[key]
+    core_and_three_of_ours(prompt, "2", ["7", 0], ["4", 0], ["5", 0], unused=("10", "11", "12", "13"))
+    save_latent(prompt, "34", "7")
     run = client.wait(client.queue(prompt), timeout=900)
     assert run.outcome == "execution_success", failure(run)
     found = latents(host, client, run, ["30", "31", "32", "33", "34"])
@@ -267,17 +275,12 @@ def test_a_batch_of_videos_and_a_batch_index_are_sampled_as_core_does(host, clie
     prompt = tiny(devices="cpu:1")
     prompt["7"]["inputs"]["batch_size"] = 2
     prompt["26"] = {"class_type": "LatentFromBatch", "inputs": {"samples": ["7", 0], "batch_index": 1, "length": 1}}
-    core_sampler(prompt, "22", "2", ["7", 0], ["4", 0], ["5", 0])
-    our_sampler(prompt, "23", "2", FULL_WINDOW, "cpu:1")
-    our_sampler(prompt, "24", "2", DUAL_SCOPE, "cpu:1")
-    our_sampler(prompt, "25", "2", DUAL_SCOPE, "cpu:2")
+    core_and_three_of_ours(prompt, "2", ["7", 0], ["4", 0], ["5", 0], unused=("10", "11", "12", "13"))
     core_sampler(prompt, "27", "2", ["26", 0], ["4", 0], ["5", 0])  # the second video alone: noise number 1
     our_sampler(prompt, "28", "2", FULL_WINDOW, "cpu:1")
     prompt["28"]["inputs"]["latent_image"] = ["26", 0]
-    for key, source in (("30", "22"), ("31", "23"), ("32", "24"), ("33", "25"), ("34", "27"), ("35", "28")):
+    for key, source in (("34", "27"), ("35", "28")):
         save_latent(prompt, key, source)
-    for key in ("10", "11", "12", "13"):
-        del prompt[key]
     run = client.wait(client.queue(prompt), timeout=900)
     assert run.outcome == "execution_success", failure(run)
     found = latents(host, client, run, ["30", "31", "32", "33", "34", "35"])

@@ -5,6 +5,10 @@ is the model's weights with their patches (LoRAs and the like) merged the way Co
 loads the model, written once as safetensors (never pickle) and kept while the same model with the same
 patches is used again. Anything else a MODEL may carry is either carried over by value (the model-sampling
 shift of ModelSamplingSD3) or refused with its name.
+
+Scaled-fp8 checkpoints (ComfyUI's `*_fp8_scaled` files) travel as they are held: fp8 weights, each layer's
+scale, and the file's `scaled_fp8` marker, by which the workers' loader builds the same scaled layers. A
+patched weight is merged through its layer's own conversion both ways, as ComfyUI patches it on load.
 """
 
 from __future__ import annotations
@@ -95,10 +99,6 @@ def check_travels(patcher: Any) -> None:
 
 def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     """Writes (or reuses) the patched weights of `patcher` under cache_dir; checks the family and the patches."""
-    import comfy.float
-    import comfy.lora
-    import comfy.model_management
-    import comfy.model_patcher
     from safetensors.torch import save_file
 
     check_family(patcher)
@@ -108,26 +108,14 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     dtype = DTYPE_NAMES.get(patcher.model.get_dtype())
     if dtype is None:
         raise InvalidSettingsError(
-            f"the MODEL's weights are {patcher.model.get_dtype()}; clip-parallel sampling takes fp32, fp16 or bf16 "
-            "weights (load the model with weight_dtype 'default')"
+            f"the MODEL's weights are {patcher.model.get_dtype()}; clip-parallel sampling takes fp32, fp16, bf16 or "
+            "scaled-fp8 (*_fp8_scaled) weights: load the model with weight_dtype 'default'"
         )
     identity = f"{id(patcher.model)}-{patcher.patches_uuid}-{dtype}"
     path = cache_dir / f"wan-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        weights = {}
-        prefix = "diffusion_model."
-        for key, (base, *patches) in patcher.get_key_patches(prefix).items():
-            comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
-            name = key[len(prefix) :]  # saved as a diffusion-model file, the layout UNETLoader reads
-            weight, convert = base
-            if not patches:
-                weights[name] = weight.detach().to("cpu").contiguous()
-                continue
-            merged = convert(weight.to(torch.float32, copy=True), inplace=True)
-            merged = comfy.lora.calculate_weight(patches, merged, key)
-            seed = comfy.model_patcher.string_to_seed(key)
-            weights[name] = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed).to("cpu").contiguous()
+        weights = _merged_weights(patcher)
         partial = path.with_suffix(".partial")
         save_file(weights, str(partial))
         partial.replace(path)  # a half-written file is never taken for a finished one
@@ -135,6 +123,51 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     else:
         path.touch()  # used again: the newest, kept by _prune
     return ExportedModel(path, dtype, sampling)
+
+
+@torch.no_grad()
+def _merged_weights(patcher: Any) -> dict[str, torch.Tensor]:
+    """The diffusion model's weights with their patches merged, by the diffusion-model file's key names."""
+    import comfy.float
+    import comfy.lora
+    import comfy.model_management
+    import comfy.model_patcher
+
+    weights = {}
+    prefix = "diffusion_model."
+    for key, (base, *patches) in patcher.get_key_patches(prefix).items():
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
+        name = key[len(prefix) :]  # saved as a diffusion-model file, the layout UNETLoader reads
+        weight, convert = base
+        check_plain_weight(name, weight)
+        if not patches:
+            weights[name] = weight.detach().to("cpu").contiguous()
+            continue
+        merged = convert(weight.to(torch.float32, copy=True), inplace=True)
+        merged = comfy.lora.calculate_weight(patches, merged, key)
+        seed = comfy.model_patcher.string_to_seed(key)
+        # A layer that holds its weight converted (scaled fp8) converts it back itself.
+        _, store, _ = comfy.model_patcher.get_key_weight(patcher.model, key)
+        if store is not None:
+            merged = store(merged, seed=seed, return_weight=True)
+        else:
+            merged = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed)
+        weights[name] = merged.to("cpu").contiguous()
+    scaled_fp8 = getattr(patcher.model.model_config, "scaled_fp8", None)
+    if scaled_fp8 is not None:
+        weights["scaled_fp8"] = torch.tensor([], dtype=scaled_fp8)  # the marker ComfyUI's own files carry
+    return weights
+
+
+def check_plain_weight(name: str, weight: torch.Tensor) -> None:
+    """Refuses a weight held in a tensor type of its own (GGUF's quantized blocks, mixed-precision quantized
+    layers): its bytes mean nothing to the workers' loader, which would build a wrong model from them."""
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter):
+        raise InvalidSettingsError(
+            f"the MODEL's weight {name!r} is held as {type(weight).__name__} (quantized weights, as GGUF loaders "
+            "and mixed-precision checkpoints keep them), which the workers cannot load yet; use fp32, fp16, bf16 "
+            "or scaled-fp8 weights, or core KSampler"
+        )
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:
