@@ -6,6 +6,7 @@ leave self-attention almost without effect), and saved as safetensors where Comf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,22 @@ def scaled_fp8_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 def save_tiny_wan_scaled_fp8(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(scaled_fp8_state_dict(tiny_wan_state_dict(seed)), str(path))
+    return path
+
+
+def save_tiny_wan_mixed_fp8(path: Path, seed: int = 0, layer: str = "blocks.0.self_attn.q") -> Path:
+    """The t2v weights with one linear layer quantized in ComfyUI's mixed-precision layout: fp8 weight, its
+    `weight_scale`, and the file's `_quantization_metadata` naming the layer and its format."""
+    state = tiny_wan_state_dict(seed)
+    weight = state[f"{layer}.weight"]
+    scale = weight.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+    state[f"{layer}.weight"] = (weight / scale).to(torch.float8_e4m3fn)
+    state[f"{layer}.weight_scale"] = scale.reshape(()).float()
+    layers = {layer: {"format": "float8_e4m3fn"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        state, str(path), metadata={"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+    )
     return path
 
 

@@ -145,4 +145,4 @@ def test_scaled_fp8_weights_reach_the_workers_as_comfyui_holds_them_with_or_with
     assert found["with_lora"] == 0.0  # merged and scaled back exactly as ComfyUI patches it
     assert found["lora_moved"] > 1e-2
     assert "float8_e4m3fn" in found["unscaled_fp8"] and "weight_dtype 'default'" in found["unscaled_fp8"]
-    assert "QuantizedBlocks" in found["quantized"] and "'blocks.0.self_attn.q.weight'" in found["quantized"]
+    assert "QuantizedTensor" in found["quantized"] and "'blocks.0.self_attn.q.weight'" in found["quantized"]

@@ -61,22 +61,18 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
-class QuantizedBlocks(torch.Tensor):
-    """Stands in for a quantized weight type of its own, as GGUF's loader (not installed here) keeps weights."""
-
-
 def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, Any]:
     """A scaled-fp8 Wan loaded as UNETLoader loads it (weight_dtype default), alone and with a LoRA, exported
     for the workers and loaded back as a worker loads it: the largest relative difference of any linear
     layer's weight as computed with (weight x its scale) from ComfyUI's own patched model, and how much the
     LoRA moved them. Then the errors for weights the workers cannot load: fp8 without scales (weight_dtype
-    fp8_e4m3fn) and a quantized tensor type."""
+    fp8_e4m3fn) and a layer in ComfyUI's mixed-precision layout (held as a QuantizedTensor)."""
     comfy = import_comfy(on_cpu=True)
     from distributed.engine.errors import InvalidSettingsError
     from distributed.engine.family import family
     from distributed.engine.job import ModelSpec
     from distributed.models.wan.export import export_model
-    from support.tiny_wan import save_tiny_wan, save_tiny_wan_lora, save_tiny_wan_scaled_fp8
+    from support.tiny_wan import save_tiny_wan, save_tiny_wan_lora, save_tiny_wan_mixed_fp8, save_tiny_wan_scaled_fp8
 
     root = Path(folder)
     cache = root / "exports"
@@ -116,9 +112,9 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
     unscaled = comfy.sd.load_diffusion_model(
         str(save_tiny_wan(root / "t2v.safetensors")), model_options={"dtype": torch.float8_e4m3fn}
     )
-    quantized = comfy.sd.load_diffusion_model(str(root / "t2v.safetensors"), model_options={})
-    layer = quantized.model.diffusion_model.blocks[0].self_attn.q
-    layer.weight = torch.nn.Parameter(layer.weight.detach().as_subclass(QuantizedBlocks), requires_grad=False)
+    quantized = comfy.sd.load_diffusion_model(
+        str(save_tiny_wan_mixed_fp8(root / "mixed.safetensors")), model_options={}
+    )
     for label, patcher in (("unscaled_fp8", unscaled), ("quantized", quantized)):
         try:
             export_model(patcher, cache)
