@@ -67,9 +67,10 @@ def save_tiny_wan(
     return path
 
 
-def scaled_fp8_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def scaled_fp8_state_dict(state: dict[str, torch.Tensor], fp8_matmul: bool = True) -> dict[str, torch.Tensor]:
     """`state` in the layout of ComfyUI's `*_fp8_scaled` files: each block's linear weights in fp8 (e4m3)
-    with a scale of their own beside them, the other weights as they are, and the `scaled_fp8` marker."""
+    with a scale of their own beside them, the other weights as they are, and the `scaled_fp8` marker (empty,
+    or of 2 values where the file asks ComfyUI not to multiply in fp8)."""
     scaled = {}
     for name, tensor in state.items():
         if name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
@@ -78,13 +79,13 @@ def scaled_fp8_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             scaled[name.removesuffix("weight") + "scale_weight"] = scale.reshape(()).float()
         else:
             scaled[name] = tensor
-    scaled["scaled_fp8"] = torch.tensor([], dtype=torch.float8_e4m3fn)
+    scaled["scaled_fp8"] = torch.zeros(0 if fp8_matmul else 2, dtype=torch.float8_e4m3fn)
     return scaled
 
 
-def save_tiny_wan_scaled_fp8(path: Path, seed: int = 0) -> Path:
+def save_tiny_wan_scaled_fp8(path: Path, seed: int = 0, fp8_matmul: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(scaled_fp8_state_dict(tiny_wan_state_dict(seed)), str(path))
+    save_file(scaled_fp8_state_dict(tiny_wan_state_dict(seed), fp8_matmul), str(path))
     return path
 
 

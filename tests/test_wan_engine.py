@@ -144,5 +144,6 @@ def test_scaled_fp8_weights_reach_the_workers_as_comfyui_holds_them_with_or_with
     assert found["alone"] == 0.0
     assert found["with_lora"] == 0.0  # merged and scaled back exactly as ComfyUI patches it
     assert found["lora_moved"] > 1e-2
+    assert found["fp8_matmul_True"] == [True, True] and found["fp8_matmul_False"] == [False, False]
     assert "float8_e4m3fn" in found["unscaled_fp8"] and "weight_dtype 'default'" in found["unscaled_fp8"]
     assert "QuantizedTensor" in found["quantized"] and "'blocks.0.self_attn.q.weight'" in found["quantized"]

@@ -108,6 +108,14 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
     result["with_lora"] = largest_difference(computed_weights(with_lora), computed_weights(patched))
     result["lora_moved"] = largest_difference(computed_weights(with_lora), computed_weights(alone))
     with_lora.unpatch_model()
+    # A file whose marker keeps ComfyUI from multiplying in fp8 (on GPUs that can) keeps that on the workers.
+    for fp8_matmul in (True, False):
+        file = save_tiny_wan_scaled_fp8(root / f"fp8-matmul-{fp8_matmul}.safetensors", fp8_matmul=fp8_matmul)
+        loaded = comfy.sd.load_diffusion_model(str(file), model_options={})
+        reloaded = through_the_workers_loader(loaded)
+        result[f"fp8_matmul_{fp8_matmul}"] = [
+            patcher.model.model_config.optimizations.get("fp8") for patcher in (loaded, reloaded)
+        ]
 
     unscaled = comfy.sd.load_diffusion_model(
         str(save_tiny_wan(root / "t2v.safetensors")), model_options={"dtype": torch.float8_e4m3fn}

@@ -153,9 +153,11 @@ def _merged_weights(patcher: Any) -> dict[str, torch.Tensor]:
         else:
             merged = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed)
         weights[name] = merged.to("cpu").contiguous()
-    scaled_fp8 = getattr(patcher.model.model_config, "scaled_fp8", None)
-    if scaled_fp8 is not None:
-        weights["scaled_fp8"] = torch.tensor([], dtype=scaled_fp8)  # the marker ComfyUI's own files carry
+    config = patcher.model.model_config
+    if getattr(config, "scaled_fp8", None) is not None:
+        # The marker ComfyUI's files carry: empty, or of 2 values to keep the layers from multiplying in fp8.
+        fp8_matmul = config.optimizations.get("fp8", False)
+        weights["scaled_fp8"] = torch.zeros(0 if fp8_matmul else 2, dtype=config.scaled_fp8)
     return weights
 
 
