@@ -10,7 +10,9 @@ of a scarce GPU session:
   count of benchmarks/physical_limit.py, and the share of time in temporal attention (torch profiler);
 - pool: a worker pool on cuda:0 runs a job, cancels one, survives a killed worker, frees memory on unload;
 - nccl: two NCCL ranks, which need two GPUs (one GPU cannot host both: said, not faked with gloo);
-- wan: the real Wan 2.1 1.3B configuration with random weights at 480p, one rank (ComfyUI's model class).
+- wan: the real Wan 2.1 1.3B configuration with random weights at 480p, one rank (ComfyUI's model class);
+- wan_scaled_fp8: a tiny scaled-fp8 Wan with a LoRA through the export to the workers, against core KSampler
+  (on GPUs that multiply in fp8, both sides must do so alike).
 With --cpu (or no CUDA) the CUDA rows say "not available" and the CPU half of the correctness section runs.
 
     bash scripts/gpu_check.sh OUT_DIR [--cpu]        (writes OUT_DIR/gpu_check.md and gpu_check.json)
@@ -362,12 +364,54 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def wan_scaled_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """A tiny scaled-fp8 Wan with a LoRA, loaded as UNETLoader loads it, through the export to the workers'
+    loader, against core KSampler on the same MODEL: where the GPU multiplies in fp8, both sides must."""
+    from distributed.engine.context import TemporalContext
+    from distributed.engine.contract import RunControl, RunStats
+    from distributed.engine.family import family
+    from distributed.engine.latent_job import ComfySampling
+    from distributed.engine.layout import FrameLayout
+    from distributed.engine.settings import DualScopeSettings
+    from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
+    from distributed.models.wan.export import export_model
+    from distributed.models.wan.patch import install_dual_scope
+    from distributed.models.wan.sampling import sample_clip
+    from support.tiny_wan import core_sample, random_conditioning, save_tiny_wan_lora, save_tiny_wan_scaled_fp8
+
+    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    device = torch.device(args.device)
+    comfy = import_comfy(on_cpu=device.type == "cpu")
+    plain = comfy.sd.load_diffusion_model(str(save_tiny_wan_scaled_fp8(work / "fp8.safetensors")), model_options={})
+    lora = comfy.utils.load_torch_file(str(save_tiny_wan_lora(work / "lora.safetensors")), safe_load=True)
+    core_model, _ = comfy.sd.load_lora_for_models(plain, None, lora, 1.0, 0)
+    exported = export_model(core_model, work / "exports")
+    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+    ctx = TemporalContext(Communicator.single(device))
+    ours = install_dual_scope(family("wan").load(spec, device).patcher, ctx)
+    latent = torch.zeros(1, 16, 5, 8, 8)
+    sampling = ComfySampling("euler", "simple", steps=2, cfg=4.0, seed=11)
+    window = DualScopeSettings(local_window=5, global_frames=0, phase_bias=False)
+    with torch.inference_mode(), ctx.job(FrameLayout(5, 1), window):  # as ComfyUI runs its nodes
+        core = core_sample(comfy, core_model, latent, sampling)
+        clip = sample_clip(
+            comfy, ours, ctx, latent, random_conditioning(1), random_conditioning(2), sampling,
+            RunControl.create(None, None, RunStats()),
+        )  # fmt: skip
+    return {
+        "fp8 multiplication on this device": bool(comfy.model_management.supports_fp8_compute(device)),
+        "weights held as": str(ours.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
+        "relative difference to core KSampler (one worker, full window)": relative(clip.cpu(), core.cpu()),
+    }
+
+
 SECTIONS: dict[str, tuple[Section, bool]] = {  # name: (function, needs CUDA)
     "correctness": (correctness, False),
     "videocrafter2": (videocrafter2, True),
     "pool": (pool, True),
     "nccl": (nccl, False),
     "wan": (wan, True),
+    "wan_scaled_fp8": (wan_scaled_fp8, False),
 }
 
 
