@@ -181,3 +181,16 @@ def test_exported_models_on_disk_are_pruned_to_the_two_most_recent(tmp_path):
     _prune(tmp_path, keep=files[0])  # just written (or used again): kept even though it is the oldest here
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([files[0].name, files[3].name])
     assert KEEP_EXPORTS == 2
+
+
+def test_an_export_the_disk_cannot_hold_is_refused_naming_the_sizes_and_the_fix(tmp_path):
+    import shutil
+
+    from distributed.models.wan.export import ROOM_MARGIN, check_room
+
+    free = shutil.disk_usage(tmp_path).free
+    check_room(max(0, free // 2 - ROOM_MARGIN), tmp_path)  # fits, with the margin
+    with pytest.raises(
+        InvalidSettingsError, match=r"GB free\. Free space there, or start ComfyUI with --temp-directory"
+    ):
+        check_room(free + (1 << 30), tmp_path)  # more than this disk has free

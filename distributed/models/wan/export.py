@@ -14,6 +14,7 @@ patched weight is merged through its layer's own conversion both ways, as ComfyU
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,32 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         weights = _merged_weights(patcher)
+        _prune(cache_dir, keep=path)  # first, so the space of an export no longer kept counts as free
+        check_room(sum(tensor.numel() * tensor.element_size() for tensor in weights.values()), cache_dir)
         partial = path.with_suffix(".partial")
-        save_file(weights, str(partial))
+        try:
+            save_file(weights, str(partial))
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+            raise
         partial.replace(path)  # a half-written file is never taken for a finished one
-        _prune(cache_dir, keep=path)
     else:
         path.touch()  # used again: the newest, kept by _prune
     return ExportedModel(path, dtype, sampling)
+
+
+ROOM_MARGIN = 1 << 30  # bytes left free beside an export: the file's header, and the disk's other users
+
+
+def check_room(size: int, folder: Path) -> None:
+    """Refuses an export of `size` bytes that `folder`'s disk cannot hold (a 14B Wan in bf16 is 28 GB)."""
+    free = shutil.disk_usage(folder).free
+    if size + ROOM_MARGIN > free:
+        raise InvalidSettingsError(
+            f"the MODEL's weights for the workers need {size / 1e9:.1f} GB (and {ROOM_MARGIN / 1e9:.1f} GB to spare) "
+            f"in {folder}, whose disk has {free / 1e9:.1f} GB free. Free space there, or start ComfyUI with "
+            "--temp-directory on a larger disk"
+        )
 
 
 @torch.no_grad()
