@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from distributed.engine.errors import ModelLoadError
 from distributed.engine.job import ModelSpec
-from distributed.engine.weight_files import check_safetensors_file, check_weights_folder
+from distributed.engine.weight_files import (
+    check_safetensors_file,
+    check_weights_folder,
+    safetensors_bytes,
+    write_safetensors,
+)
 from distributed.models.unet3d.loader import load_pipeline
 
 
@@ -52,3 +57,37 @@ def test_a_pipeline_whose_unet_is_a_plain_torch_save_bin_is_refused(tiny_pipelin
     torch.save(state, unet / "diffusion_pytorch_model.bin")
     with pytest.raises(ModelLoadError, match=r"could not load the UNet from .*a pickle file"):
         load_pipeline(ModelSpec(base=str(base)))
+
+
+def test_a_file_written_one_tensor_at_a_time_reads_back_bit_for_bit(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 5, generator=generator),
+        "bf16": torch.randn(7, generator=generator).to(torch.bfloat16),
+        "f16": torch.randn(2, 3, 4, generator=generator).half(),
+        "fp8": torch.randn(4, 4, generator=generator).to(torch.float8_e4m3fn),
+        "fp8_e5m2": torch.randn(3, generator=generator).to(torch.float8_e5m2),
+        "scale": torch.tensor(0.25),  # 0-dim, as scaled-fp8 layers keep their scale
+        "marker": torch.zeros(0, dtype=torch.float8_e4m3fn),  # empty, as the scaled_fp8 marker
+        "steps": torch.arange(5),
+        "mask": torch.tensor([True, False, True]),
+    }
+    layout = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in tensors.items()}
+    made = []
+
+    def produce(name: str) -> torch.Tensor:
+        made.append(name)
+        return tensors[name]
+
+    path = tmp_path / "streamed.safetensors"
+    write_safetensors(path, layout, produce)
+    assert made == list(tensors)  # one at a time, in the layout's order
+    check_safetensors_file(path)
+    back = load_file(path)
+    assert set(back) == set(tensors)
+    for name, tensor in tensors.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape
+        assert torch.equal(back[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8))
+    assert path.stat().st_size - safetensors_bytes(layout) < 4096  # the rest is the header
+    with pytest.raises(ValueError, match="f32: made as torch.float16"):
+        write_safetensors(tmp_path / "wrong.safetensors", layout, lambda name: tensors[name].half())

@@ -23,6 +23,7 @@ import torch
 
 from ...engine.dtypes import DTYPE_NAMES
 from ...engine.errors import InvalidSettingsError
+from ...engine.weight_files import safetensors_bytes, write_safetensors
 
 SUPPORTED_CONFIGS = {
     "WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video",
@@ -100,8 +101,6 @@ def check_travels(patcher: Any) -> None:
 
 def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     """Writes (or reuses) the patched weights of `patcher` under cache_dir; checks the family and the patches."""
-    from safetensors.torch import save_file
-
     check_family(patcher)
     check_travels(patcher)
     sampling = _sampling_of(patcher)
@@ -116,16 +115,8 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     path = cache_dir / f"wan-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        weights = _merged_weights(patcher)
         _prune(cache_dir, keep=path)  # first, so the space of an export no longer kept counts as free
-        check_room(sum(tensor.numel() * tensor.element_size() for tensor in weights.values()), cache_dir)
-        partial = path.with_suffix(".partial")
-        try:
-            save_file(weights, str(partial))
-        except BaseException:
-            partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
-            raise
-        partial.replace(path)  # a half-written file is never taken for a finished one
+        _write_weights(patcher, path)
     else:
         path.touch()  # used again: the newest, kept by _prune
     return ExportedModel(path, dtype, sampling)
@@ -146,39 +137,57 @@ def check_room(size: int, folder: Path) -> None:
 
 
 @torch.no_grad()
-def _merged_weights(patcher: Any) -> dict[str, torch.Tensor]:
-    """The diffusion model's weights with their patches merged, by the diffusion-model file's key names."""
+def _write_weights(patcher: Any, path: Path) -> None:
+    """Writes the diffusion model's weights, their patches merged, as a diffusion-model file at `path`: one
+    weight at a time, so a model whose every layer a LoRA patches is not held twice in memory."""
     import comfy.float
     import comfy.lora
     import comfy.model_management
     import comfy.model_patcher
 
-    weights = {}
-    prefix = "diffusion_model."
-    for key, (base, *patches) in patcher.get_key_patches(prefix).items():
-        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
-        name = key[len(prefix) :]  # saved as a diffusion-model file, the layout UNETLoader reads
-        weight, convert = base
+    prefix = "diffusion_model."  # dropped: the file has the layout UNETLoader reads
+    sources = {key[len(prefix) :]: parts for key, parts in patcher.get_key_patches(prefix).items()}
+    layout = {}
+    for name, ((weight, _), *_) in sources.items():
         check_plain_weight(name, weight)
+        layout[name] = (weight.dtype, tuple(weight.shape))  # a merged weight is stored back in its own dtype
+    marker = _scaled_fp8_marker(patcher.model.model_config)
+    if marker is not None:
+        layout["scaled_fp8"] = (marker.dtype, tuple(marker.shape))
+    check_room(safetensors_bytes(layout), path.parent)
+
+    def produce(name: str) -> torch.Tensor:
+        if name == "scaled_fp8":
+            return marker
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
+        (weight, convert), *patches = sources[name]
         if not patches:
-            weights[name] = weight.detach().to("cpu").contiguous()
-            continue
+            return weight
+        key = prefix + name
         merged = convert(weight.to(torch.float32, copy=True), inplace=True)
         merged = comfy.lora.calculate_weight(patches, merged, key)
         seed = comfy.model_patcher.string_to_seed(key)
         # A layer that holds its weight converted (scaled fp8) converts it back itself.
         _, store, _ = comfy.model_patcher.get_key_weight(patcher.model, key)
         if store is not None:
-            merged = store(merged, seed=seed, return_weight=True)
-        else:
-            merged = comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed)
-        weights[name] = merged.to("cpu").contiguous()
-    config = patcher.model.model_config
-    if getattr(config, "scaled_fp8", None) is not None:
-        # The marker ComfyUI's files carry: empty, or of 2 values to keep the layers from multiplying in fp8.
-        fp8_matmul = config.optimizations.get("fp8", False)
-        weights["scaled_fp8"] = torch.zeros(0 if fp8_matmul else 2, dtype=config.scaled_fp8)
-    return weights
+            return store(merged, seed=seed, return_weight=True)
+        return comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed)
+
+    partial = path.with_suffix(".partial")
+    try:
+        write_safetensors(partial, layout, produce)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a failed write (a full disk, a Cancel) leaves nothing behind
+        raise
+    partial.replace(path)  # a half-written file is never taken for a finished one
+
+
+def _scaled_fp8_marker(config: Any) -> torch.Tensor | None:
+    """The `scaled_fp8` key of ComfyUI's scaled-fp8 files, by which its loader builds scaled layers: empty, or
+    of 2 values to keep the layers from multiplying in fp8. None for other models."""
+    if getattr(config, "scaled_fp8", None) is None:
+        return None
+    return torch.zeros(0 if config.optimizations.get("fp8", False) else 2, dtype=config.scaled_fp8)
 
 
 def check_plain_weight(name: str, weight: torch.Tensor) -> None:
