@@ -369,26 +369,20 @@ def wan_scaled_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     loader, against core KSampler on the same MODEL: where the GPU multiplies in fp8, both sides must."""
     from distributed.engine.context import TemporalContext
     from distributed.engine.contract import RunControl, RunStats
-    from distributed.engine.family import family
     from distributed.engine.latent_job import ComfySampling
     from distributed.engine.layout import FrameLayout
     from distributed.engine.settings import DualScopeSettings
     from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
-    from distributed.models.wan.export import export_model
     from distributed.models.wan.patch import install_dual_scope
     from distributed.models.wan.sampling import sample_clip
-    from support.tiny_wan import core_sample, random_conditioning, save_tiny_wan_lora, save_tiny_wan_scaled_fp8
+    from support.tiny_wan import core_sample, loaded_as_a_worker, random_conditioning, scaled_fp8_with_lora
 
     os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
     device = torch.device(args.device)
     comfy = import_comfy(on_cpu=device.type == "cpu")
-    plain = comfy.sd.load_diffusion_model(str(save_tiny_wan_scaled_fp8(work / "fp8.safetensors")), model_options={})
-    lora = comfy.utils.load_torch_file(str(save_tiny_wan_lora(work / "lora.safetensors")), safe_load=True)
-    core_model, _ = comfy.sd.load_lora_for_models(plain, None, lora, 1.0, 0)
-    exported = export_model(core_model, work / "exports")
-    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+    _, core_model = scaled_fp8_with_lora(comfy, work)
     ctx = TemporalContext(Communicator.single(device))
-    ours = install_dual_scope(family("wan").load(spec, device).patcher, ctx)
+    ours = install_dual_scope(loaded_as_a_worker(core_model, work / "exports", device), ctx)
     latent = torch.zeros(1, 16, 5, 8, 8)
     sampling = ComfySampling("euler", "simple", steps=2, cfg=4.0, seed=11)
     window = DualScopeSettings(local_window=5, global_frames=0, phase_bias=False)

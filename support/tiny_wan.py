@@ -67,6 +67,32 @@ def save_tiny_wan(
     return path
 
 
+def fp8_with_scale(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weight` as fp8 (e4m3) numbers spanning the format's range, and the 0-dim fp32 scale that restores it."""
+    scale = weight.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+    return (weight / scale).to(torch.float8_e4m3fn), scale.reshape(()).float()
+
+
+def scaled_fp8_with_lora(comfy: Any, folder: Path) -> tuple[Any, Any]:
+    """The tiny scaled-fp8 Wan as UNETLoader loads it (weight_dtype default), and the same MODEL with the tiny
+    LoRA applied as LoraLoaderModelOnly applies it; their files are written under `folder`."""
+    plain = comfy.sd.load_diffusion_model(str(save_tiny_wan_scaled_fp8(folder / "fp8.safetensors")), model_options={})
+    lora = comfy.utils.load_torch_file(str(save_tiny_wan_lora(folder / "lora.safetensors")), safe_load=True)
+    with_lora, _ = comfy.sd.load_lora_for_models(plain, None, lora, 1.0, 0)
+    return plain, with_lora
+
+
+def loaded_as_a_worker(patcher: Any, cache: Path, device: torch.device | str = "cpu") -> Any:
+    """`patcher` exported for the workers and loaded back by the Wan family's loader, as a worker loads it."""
+    from distributed.engine.family import family
+    from distributed.engine.job import ModelSpec
+    from distributed.models.wan.export import export_model
+
+    exported = export_model(patcher, cache)
+    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+    return family("wan").load(spec, torch.device(device)).patcher
+
+
 def scaled_fp8_state_dict(state: dict[str, torch.Tensor], fp8_matmul: bool = True) -> dict[str, torch.Tensor]:
     """`state` in the layout of ComfyUI's `*_fp8_scaled` files: each block's linear weights in fp8 (e4m3)
     with a scale of their own beside them, the other weights as they are, and the `scaled_fp8` marker (empty,
@@ -74,9 +100,7 @@ def scaled_fp8_state_dict(state: dict[str, torch.Tensor], fp8_matmul: bool = Tru
     scaled = {}
     for name, tensor in state.items():
         if name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
-            scale = tensor.abs().max() / torch.finfo(torch.float8_e4m3fn).max
-            scaled[name] = (tensor / scale).to(torch.float8_e4m3fn)
-            scaled[name.removesuffix("weight") + "scale_weight"] = scale.reshape(()).float()
+            scaled[name], scaled[name.removesuffix("weight") + "scale_weight"] = fp8_with_scale(tensor)
         else:
             scaled[name] = tensor
     scaled["scaled_fp8"] = torch.zeros(0 if fp8_matmul else 2, dtype=torch.float8_e4m3fn)
@@ -93,10 +117,7 @@ def save_tiny_wan_mixed_fp8(path: Path, seed: int = 0, layer: str = "blocks.0.se
     """The t2v weights with one linear layer quantized in ComfyUI's mixed-precision layout: fp8 weight, its
     `weight_scale`, and the file's `_quantization_metadata` naming the layer and its format."""
     state = tiny_wan_state_dict(seed)
-    weight = state[f"{layer}.weight"]
-    scale = weight.abs().max() / torch.finfo(torch.float8_e4m3fn).max
-    state[f"{layer}.weight"] = (weight / scale).to(torch.float8_e4m3fn)
-    state[f"{layer}.weight_scale"] = scale.reshape(()).float()
+    state[f"{layer}.weight"], state[f"{layer}.weight_scale"] = fp8_with_scale(state[f"{layer}.weight"])
     layers = {layer: {"format": "float8_e4m3fn"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(

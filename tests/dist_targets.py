@@ -116,16 +116,23 @@ def receive_where_the_file_is_not_visible(
     return {"calls": calls, "missing": missing}
 
 
-def settle_after_a_cancel(comm: Communicator, frames: int) -> dict:
-    """Keys' and values' exchanges posted together, a Cancel asked on rank 0 only: it travels with the
-    keys' all-gather, so every rank raises there with the values' exchange still in flight. settle()
-    waits for it, and the next exchange delivers its own data."""
+def keys_and_values_of_a_job(comm: Communicator, frames: int) -> tuple[TemporalContext, torch.Tensor, torch.Tensor]:
+    """A job begun on `frames` (P = 1, G = 2), and this rank's stand-in keys and values (1, own frames, 1):
+    each frame's global index, and its negative."""
     ctx = TemporalContext(comm)
     layout = FrameLayout(frames, comm.world_size)
     ctx.begin_job(layout, DualScopeSettings(local_window=1, global_frames=2))
     own = torch.arange(layout.counts[comm.rank], dtype=torch.float32) + layout.starts[comm.rank]
+    return ctx, own.view(1, -1, 1), -own.view(1, -1, 1)
+
+
+def settle_after_a_cancel(comm: Communicator, frames: int) -> dict:
+    """Keys' and values' exchanges posted together, a Cancel asked on rank 0 only: it travels with the
+    keys' all-gather, so every rank raises there with the values' exchange still in flight. settle()
+    waits for it, and the next exchange delivers its own data."""
+    ctx, keys, values = keys_and_values_of_a_job(comm, frames)
     comm.watch_cancel(lambda: comm.rank == 0, step=3)
-    together = ctx.start_halo_and_globals_of((own.view(1, -1, 1), -own.view(1, -1, 1)), dim=1, width=1, pad_ends=False)
+    together = ctx.start_halo_and_globals_of((keys, values), dim=1, width=1, pad_ends=False)
     try:
         together()
         stopped = None
@@ -148,11 +155,7 @@ def settle_after_a_cancel(comm: Communicator, frames: int) -> dict:
 def exchanges_posted_together(comm: Communicator, frames: int) -> dict:
     """Two halo-and-global exchanges posted before either is waited for (a Wan attention's keys and
     values), then one alone: the calls made and the rounds counted."""
-    ctx = TemporalContext(comm)
-    layout = FrameLayout(frames, comm.world_size)
-    ctx.begin_job(layout, DualScopeSettings(local_window=1, global_frames=2))
-    own = torch.arange(layout.counts[comm.rank], dtype=torch.float32) + layout.starts[comm.rank]
-    keys, values = own.view(1, -1, 1), -own.view(1, -1, 1)
+    ctx, keys, values = keys_and_values_of_a_job(comm, frames)
     together = ctx.start_halo_and_globals_of((keys, values), dim=1, width=1, pad_ends=False)
     (k_left, k_right, k_glb), (v_left, v_right, v_glb) = together()
     both = {"calls": comm.calls, "rounds": comm.rounds}

@@ -69,18 +69,17 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
     fp8_e4m3fn) and a layer in ComfyUI's mixed-precision layout (held as a QuantizedTensor)."""
     comfy = import_comfy(on_cpu=True)
     from distributed.engine.errors import InvalidSettingsError
-    from distributed.engine.family import family
-    from distributed.engine.job import ModelSpec
     from distributed.models.wan.export import export_model
-    from support.tiny_wan import save_tiny_wan, save_tiny_wan_lora, save_tiny_wan_mixed_fp8, save_tiny_wan_scaled_fp8
+    from support.tiny_wan import (
+        loaded_as_a_worker,
+        save_tiny_wan,
+        save_tiny_wan_mixed_fp8,
+        save_tiny_wan_scaled_fp8,
+        scaled_fp8_with_lora,
+    )
 
     root = Path(folder)
     cache = root / "exports"
-
-    def through_the_workers_loader(patcher: Any) -> Any:
-        exported = export_model(patcher, cache)
-        spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
-        return family("wan").load(spec, torch.device("cpu")).patcher
 
     def computed_weights(patcher: Any) -> dict[str, torch.Tensor]:
         found = {}
@@ -93,11 +92,9 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
     def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
         return max(float((a[name] - b[name]).abs().max() / a[name].abs().max()) for name in a)
 
-    fp8 = comfy.sd.load_diffusion_model(str(save_tiny_wan_scaled_fp8(root / "fp8.safetensors")), model_options={})
-    lora = comfy.utils.load_torch_file(str(save_tiny_wan_lora(root / "lora.safetensors")), safe_load=True)
-    with_lora, _ = comfy.sd.load_lora_for_models(fp8, None, lora, 1.0, 0)
-    alone = through_the_workers_loader(fp8)
-    patched = through_the_workers_loader(with_lora)
+    fp8, with_lora = scaled_fp8_with_lora(comfy, root)
+    alone = loaded_as_a_worker(fp8, cache)
+    patched = loaded_as_a_worker(with_lora, cache)
     result: dict[str, Any] = {
         "held_as": str(fp8.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
         "reloaded_held_as": str(alone.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
@@ -112,7 +109,7 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
     for fp8_matmul in (True, False):
         file = save_tiny_wan_scaled_fp8(root / f"fp8-matmul-{fp8_matmul}.safetensors", fp8_matmul=fp8_matmul)
         loaded = comfy.sd.load_diffusion_model(str(file), model_options={})
-        reloaded = through_the_workers_loader(loaded)
+        reloaded = loaded_as_a_worker(loaded, cache)
         result[f"fp8_matmul_{fp8_matmul}"] = [
             patcher.model.model_config.optimizations.get("fp8") for patcher in (loaded, reloaded)
         ]
