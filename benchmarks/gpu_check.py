@@ -11,8 +11,9 @@ of a scarce GPU session:
 - pool: a worker pool on cuda:0 runs a job, cancels one, survives a killed worker, frees memory on unload;
 - nccl: two NCCL ranks, which need two GPUs (one GPU cannot host both: said, not faked with gloo);
 - wan: the real Wan 2.1 1.3B configuration with random weights at 480p, one rank (ComfyUI's model class);
-- wan_scaled_fp8: a tiny scaled-fp8 Wan with a LoRA through the export to the workers, against core KSampler
-  (on GPUs that multiply in fp8, both sides must do so alike).
+- wan_fp8: a tiny Wan with a LoRA in both fp8 forms (a scaled-fp8 file; weights UNETLoader casts to fp8 with
+  weight_dtype fp8_e4m3fn_fast) through the export to the workers, against core KSampler (on GPUs that
+  multiply in fp8, both sides must do so alike).
 With --cpu (or no CUDA) the CUDA rows say "not available" and the CPU half of the correctness section runs.
 
     bash scripts/gpu_check.sh OUT_DIR [--cpu]        (writes OUT_DIR/gpu_check.md and gpu_check.json)
@@ -364,8 +365,9 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def wan_scaled_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """A tiny scaled-fp8 Wan with a LoRA, loaded as UNETLoader loads it, through the export to the workers'
+def wan_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """A tiny Wan with a LoRA in both fp8 forms, loaded as UNETLoader loads them (a scaled-fp8 file with
+    weight_dtype default; a plain file with weight_dtype fp8_e4m3fn_fast), through the export to the workers'
     loader, against core KSampler on the same MODEL: where the GPU multiplies in fp8, both sides must."""
     from distributed.engine.context import TemporalContext
     from distributed.engine.contract import RunControl, RunStats
@@ -375,28 +377,47 @@ def wan_scaled_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
     from distributed.models.wan.patch import install_dual_scope
     from distributed.models.wan.sampling import sample_clip
-    from support.tiny_wan import core_sample, loaded_as_a_worker, random_conditioning, scaled_fp8_with_lora
+    from support.tiny_wan import (
+        core_sample,
+        loaded_as_a_worker,
+        loaded_with_lora,
+        random_conditioning,
+        save_tiny_wan,
+        scaled_fp8_with_lora,
+    )
 
     os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
     device = torch.device(args.device)
     comfy = import_comfy(on_cpu=device.type == "cpu")
-    _, core_model = scaled_fp8_with_lora(comfy, work)
-    ctx = TemporalContext(Communicator.single(device))
-    ours = install_dual_scope(loaded_as_a_worker(core_model, work / "exports", device), ctx)
+    models = {
+        "scaled fp8 file": scaled_fp8_with_lora(comfy, work)[1],
+        "weight_dtype fp8_e4m3fn_fast": loaded_with_lora(
+            comfy,
+            save_tiny_wan(work / "t2v.safetensors"),
+            {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},  # as UNETLoader passes it
+            work,
+        )[1],
+    }
     latent = torch.zeros(1, 16, 5, 8, 8)
     sampling = ComfySampling("euler", "simple", steps=2, cfg=4.0, seed=11)
     window = DualScopeSettings(local_window=5, global_frames=0, phase_bias=False)
-    with torch.inference_mode(), ctx.job(FrameLayout(5, 1), window):  # as ComfyUI runs its nodes
-        core = core_sample(comfy, core_model, latent, sampling)
-        clip = sample_clip(
-            comfy, ours, ctx, latent, random_conditioning(1), random_conditioning(2), sampling,
-            RunControl.create(None, None, RunStats()),
-        )  # fmt: skip
-    return {
-        "fp8 multiplication on this device": bool(comfy.model_management.supports_fp8_compute(device)),
-        "weights held as": str(ours.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
-        "relative difference to core KSampler (one worker, full window)": relative(clip.cpu(), core.cpu()),
+    found: dict[str, Any] = {
+        "fp8 multiplication on this device": bool(comfy.model_management.supports_fp8_compute(device))
     }
+    for label, core_model in models.items():
+        ctx = TemporalContext(Communicator.single(device))
+        ours = install_dual_scope(loaded_as_a_worker(core_model, work / "exports", device), ctx)
+        with torch.inference_mode(), ctx.job(FrameLayout(5, 1), window):  # as ComfyUI runs its nodes
+            core = core_sample(comfy, core_model, latent, sampling)
+            clip = sample_clip(
+                comfy, ours, ctx, latent, random_conditioning(1), random_conditioning(2), sampling,
+                RunControl.create(None, None, RunStats()),
+            )  # fmt: skip
+        found[f"{label}: weights held as"] = str(ours.model.diffusion_model.blocks[0].self_attn.q.weight.dtype)
+        found[f"{label}: relative difference to core KSampler (one worker, full window)"] = relative(
+            clip.cpu(), core.cpu()
+        )
+    return found
 
 
 SECTIONS: dict[str, tuple[Section, bool]] = {  # name: (function, needs CUDA)
@@ -405,7 +426,7 @@ SECTIONS: dict[str, tuple[Section, bool]] = {  # name: (function, needs CUDA)
     "pool": (pool, True),
     "nccl": (nccl, False),
     "wan": (wan, True),
-    "wan_scaled_fp8": (wan_scaled_fp8, False),
+    "wan_fp8": (wan_fp8, False),
 }
 
 

@@ -199,5 +199,5 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else DEFAULT_ATTENTION)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
     write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask, batch_index))
-    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan", weight_dtype=exported.weight_dtype)
     return LatentJob(spec, str(inputs), int(samples.shape[2]), sampling, settings), inputs

@@ -76,7 +76,13 @@ def fp8_with_scale(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def scaled_fp8_with_lora(comfy: Any, folder: Path) -> tuple[Any, Any]:
     """The tiny scaled-fp8 Wan as UNETLoader loads it (weight_dtype default), and the same MODEL with the tiny
     LoRA applied as LoraLoaderModelOnly applies it; their files are written under `folder`."""
-    plain = comfy.sd.load_diffusion_model(str(save_tiny_wan_scaled_fp8(folder / "fp8.safetensors")), model_options={})
+    return loaded_with_lora(comfy, save_tiny_wan_scaled_fp8(folder / "fp8.safetensors"), {}, folder)
+
+
+def loaded_with_lora(comfy: Any, weights: Path, model_options: dict[str, Any], folder: Path) -> tuple[Any, Any]:
+    """The Wan in `weights` loaded with `model_options` (as UNETLoader passes its weight_dtype), and the same
+    MODEL with the tiny LoRA applied as LoraLoaderModelOnly applies it (its file written under `folder`)."""
+    plain = comfy.sd.load_diffusion_model(str(weights), model_options=model_options)
     lora = comfy.utils.load_torch_file(str(save_tiny_wan_lora(folder / "lora.safetensors")), safe_load=True)
     with_lora, _ = comfy.sd.load_lora_for_models(plain, None, lora, 1.0, 0)
     return plain, with_lora
@@ -89,7 +95,7 @@ def loaded_as_a_worker(patcher: Any, cache: Path, device: torch.device | str = "
     from distributed.models.wan.export import export_model
 
     exported = export_model(patcher, cache)
-    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan")
+    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan", weight_dtype=exported.weight_dtype)
     return family("wan").load(spec, torch.device(device)).patcher
 
 

@@ -45,10 +45,11 @@ def test_the_gpu_check_writes_its_report_on_the_cpu(tmp_path: Path) -> None:
     assert fused["relative"] < 1e-5 and fused["lse_max_difference"] < 1e-4 and fused["lse_shape"] == [2, 4, 100]
     wan_parts = correctness["wan attention in parts vs one pass"]
     assert wan_parts["float32"]["relative"] < 1e-5 and all(row["finite"] for row in wan_parts.values())
-    fp8 = report["sections"]["wan_scaled_fp8"]
+    fp8 = report["sections"]["wan_fp8"]
     assert "error" not in fp8, fp8
-    assert fp8["weights held as"] == "torch.float8_e4m3fn"
-    assert fp8["relative difference to core KSampler (one worker, full window)"] < 1e-5
+    for form in ("scaled fp8 file", "weight_dtype fp8_e4m3fn_fast"):
+        assert fp8[f"{form}: weights held as"] == "torch.float8_e4m3fn"
+        assert fp8[f"{form}: relative difference to core KSampler (one worker, full window)"] < 1e-5
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
 
 

@@ -15,6 +15,7 @@ from support.local_ranks import run_on_local_ranks
 
 from .wan_targets import (
     cancel_inside_a_step_then_sample,
+    cast_fp8_export_round_trip,
     clip_parallel,
     core_and_clip_parallel,
     latent_job_across_machines,
@@ -145,5 +146,23 @@ def test_scaled_fp8_weights_reach_the_workers_as_comfyui_holds_them_with_or_with
     assert found["with_lora"] == 0.0  # merged and scaled back exactly as ComfyUI patches it
     assert found["lora_moved"] > 1e-2
     assert found["fp8_matmul_True"] == [True, True] and found["fp8_matmul_False"] == [False, False]
-    assert "float8_e4m3fn" in found["unscaled_fp8"] and "weight_dtype 'default'" in found["unscaled_fp8"]
     assert "QuantizedTensor" in found["quantized"] and "'blocks.0.self_attn.q.weight'" in found["quantized"]
+
+
+def test_weights_unetloader_casts_to_fp8_travel_in_fp8_and_load_as_the_graph_holds_them(tmp_path) -> None:
+    # Before, a MODEL loaded with UNETLoader's weight_dtype fp8_* was refused; now its fp8 numbers travel as
+    # they are (no second rounding) and the workers load them with the same weight_dtype.
+    found = run_on_local_ranks(1, cast_fp8_export_round_trip, {"folder": str(tmp_path)})[0]
+    held = {
+        "fp8_e4m3fn": "torch.float8_e4m3fn",
+        "fp8_e4m3fn_fast": "torch.float8_e4m3fn",
+        "fp8_e5m2": "torch.float8_e5m2",
+    }
+    for weight_dtype, dtype in held.items():
+        case = found[weight_dtype]
+        assert case["exported_as"] == weight_dtype
+        assert case["held_as"] == [dtype] * 3, weight_dtype
+        assert case["fast"] == [weight_dtype.endswith("_fast")] * 3, weight_dtype
+        assert case["alone"] == 0.0 and case["with_lora"] == 0.0, weight_dtype
+        assert case["lora_moved"] > 1e-2, weight_dtype
+        assert case["bytes"] < 0.3 * found["fp32_bytes"], weight_dtype  # 1 byte per weight, not 4

@@ -160,9 +160,15 @@ def test_a_latent_job_crosses_the_process_boundary_as_plain_data():
         "euler", "simple", steps=4, cfg=5.0, seed=3, end_at_step=2, return_with_leftover_noise=True
     )
     job = LatentJob(
-        ModelSpec("weights.safetensors", family="wan"), "inputs.safetensors", 6, sampling, DualScopeSettings(2, 2)
+        ModelSpec("weights.safetensors", family="wan", weight_dtype="fp8_e4m3fn_fast"),
+        "inputs.safetensors",
+        6,
+        sampling,
+        DualScopeSettings(2, 2),
     )
     assert job_from_dict(job.to_dict()) == job
+    with pytest.raises(InvalidSettingsError, match=r"weight_dtype is 'fp8'; use one of \['default', 'fp8_e4m3fn'"):
+        ModelSpec("weights.safetensors", family="wan", weight_dtype="fp8")
     with pytest.raises(InvalidSettingsError, match="every worker needs at least one latent frame"):
         job.validate(world_size=7)
     with pytest.raises(InvalidSettingsError, match="denoise is 1.5"):

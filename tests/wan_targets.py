@@ -65,14 +65,13 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
     """A scaled-fp8 Wan loaded as UNETLoader loads it (weight_dtype default), alone and with a LoRA, exported
     for the workers and loaded back as a worker loads it: the largest relative difference of any linear
     layer's weight as computed with (weight x its scale) from ComfyUI's own patched model, and how much the
-    LoRA moved them. Then the errors for weights the workers cannot load: fp8 without scales (weight_dtype
-    fp8_e4m3fn) and a layer in ComfyUI's mixed-precision layout (held as a QuantizedTensor)."""
+    LoRA moved them. Then the error for weights the workers cannot load: a layer in ComfyUI's mixed-precision
+    layout (held as a QuantizedTensor)."""
     comfy = import_comfy(on_cpu=True)
     from distributed.engine.errors import InvalidSettingsError
     from distributed.models.wan.export import export_model
     from support.tiny_wan import (
         loaded_as_a_worker,
-        save_tiny_wan,
         save_tiny_wan_mixed_fp8,
         save_tiny_wan_scaled_fp8,
         scaled_fp8_with_lora,
@@ -114,18 +113,63 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
             patcher.model.model_config.optimizations.get("fp8") for patcher in (loaded, reloaded)
         ]
 
-    unscaled = comfy.sd.load_diffusion_model(
-        str(save_tiny_wan(root / "t2v.safetensors")), model_options={"dtype": torch.float8_e4m3fn}
-    )
     quantized = comfy.sd.load_diffusion_model(
         str(save_tiny_wan_mixed_fp8(root / "mixed.safetensors")), model_options={}
     )
-    for label, patcher in (("unscaled_fp8", unscaled), ("quantized", quantized)):
-        try:
-            export_model(patcher, cache)
-            result[label] = "exported"
-        except InvalidSettingsError as error:
-            result[label] = str(error)
+    try:
+        export_model(quantized, cache)
+        result["quantized"] = "exported"
+    except InvalidSettingsError as error:
+        result["quantized"] = str(error)
+    return result
+
+
+# UNETLoader's weight_dtype choices that cast the weights to fp8, and the model_options it loads them with.
+UNET_LOADER_FP8 = {
+    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+    "fp8_e5m2": {"dtype": torch.float8_e5m2},
+}
+
+
+def cast_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, Any]:
+    """The tiny Wan (an fp32 file) loaded with each of UNETLoader's fp8 weight_dtypes, alone and with a LoRA, exported
+    for the workers and loaded back as a worker loads it: how each side holds the weights, the largest
+    relative difference of any linear weight from ComfyUI's own (patched) model, how much the LoRA moved them,
+    and the size of the exported file against the weights of the model in fp32."""
+    comfy = import_comfy(on_cpu=True)
+    from distributed.models.wan.export import export_model
+    from support.tiny_wan import loaded_as_a_worker, loaded_with_lora, save_tiny_wan
+
+    root = Path(folder)
+    cache = root / "exports"
+    weights = save_tiny_wan(root / "t2v.safetensors")
+
+    def linear_weights(patcher: Any) -> dict[str, torch.Tensor]:
+        layers = patcher.model.diffusion_model.named_modules()
+        return {name: layer.weight for name, layer in layers if isinstance(layer, torch.nn.Linear)}
+
+    def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        return max(float((a[n].float() - b[n].float()).abs().max() / a[n].float().abs().max()) for n in a)
+
+    result: dict[str, Any] = {"fp32_bytes": weights.stat().st_size}
+    for weight_dtype, options in UNET_LOADER_FP8.items():
+        cast, with_lora = loaded_with_lora(comfy, weights, options, root)
+        alone, patched = loaded_as_a_worker(cast, cache), loaded_as_a_worker(with_lora, cache)
+        q = "blocks.0.self_attn.q"
+        found: dict[str, Any] = {
+            "held_as": [str(p.model.diffusion_model.get_submodule(q).weight.dtype) for p in (cast, alone, patched)],
+            "fast": [p.model.model_config.optimizations.get("fp8", False) for p in (cast, alone, patched)],
+            "exported_as": export_model(with_lora, cache).weight_dtype,
+            "bytes": export_model(cast, cache).weights.stat().st_size,
+            "alone": largest_difference(linear_weights(cast), linear_weights(alone)),
+        }
+        with torch.no_grad():  # as ComfyUI patches the model for its own sampler
+            with_lora.patch_model()
+        found["with_lora"] = largest_difference(linear_weights(with_lora), linear_weights(patched))
+        found["lora_moved"] = largest_difference(linear_weights(with_lora), linear_weights(alone))
+        with_lora.unpatch_model()
+        result[weight_dtype] = found
     return result
 
 

@@ -10,6 +10,9 @@ SAMPLER_HELP = "ddim (deterministic), dpmpp_2m, sde_dpmpp (the reference's)"
 STOCHASTIC_SAMPLERS = ("sde_dpmpp",)
 
 DTYPES = ("fp32", "fp16", "bf16")
+# How a ComfyUI diffusion model's weights are held, by UNETLoader's own names (its weight_dtype): as the file
+# has them, or cast to fp8 and computed in a wider dtype (fast: multiplied in fp8 where the GPU can).
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 
 # Job defaults: the reference setting for the real UNet3D models (VideoCrafter2 at 512x320).
 DEFAULT_WIDTH = 512

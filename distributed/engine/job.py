@@ -19,12 +19,17 @@ from .settings import DualScopeSettings
 class ModelSpec:
     base: str  # a diffusers pipeline folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)
     unet: str | None = None  # optional UNet override: a diffusers folder or a single .safetensors file
-    dtype: str = "fp32"
+    dtype: str = "fp32"  # the dtype the model computes in
     family: str = "unet3d"  # which model family loads and runs it (engine/family.py)
+    weight_dtype: str = "default"  # how the weights are held (choices.WEIGHT_DTYPES); ComfyUI's models only
 
     def __post_init__(self) -> None:
         if self.dtype not in choices.DTYPES:
             raise InvalidSettingsError(f"dtype is {self.dtype!r}; use one of {list(choices.DTYPES)}")
+        if self.weight_dtype not in choices.WEIGHT_DTYPES:
+            raise InvalidSettingsError(
+                f"weight_dtype is {self.weight_dtype!r}; use one of {list(choices.WEIGHT_DTYPES)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,18 @@ def test_scaled_fp8_weights_with_a_lora_equal_core_ksampler_and_are_the_same_on_
     equal_to_core_and_on_two_workers(host, client, prompt, "scaled fp8 with a LoRA")
 
 
+def test_weights_cast_to_fp8_by_unetloader_with_a_lora_equal_core_ksampler_and_two_workers(host, client):
+    """UNETLoader's weight_dtype fp8_e4m3fn, how a 14B Wan fits a 24 GB GPU: fp8 weights computed in a wider dtype."""
+    prompt = tiny(devices="cpu:1")
+    prompt["1"]["inputs"].update(weight_dtype="fp8_e4m3fn")
+    prompt["20"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["1", 0], "lora_name": LORA, "strength_model": 1.0},
+    }
+    core_and_three_of_ours(prompt, "20", ["7", 0], ["4", 0], ["5", 0], unused=("10", "11", "12", "13"))
+    equal_to_core_and_on_two_workers(host, client, prompt, "fp8_e4m3fn with a LoRA")
+
+
 def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
     from PIL import Image
 

@@ -42,6 +42,10 @@ def load_pipeline(spec: ModelSpec, device: torch.device | str = "cpu") -> Loaded
     _quiet_library_logs()
     device = torch.device(device)
     dtype = torch_dtype(spec.dtype)
+    if spec.weight_dtype != "default":
+        raise ModelLoadError(
+            f"weight_dtype {spec.weight_dtype!r} is for ComfyUI's own models; a diffusers pipeline is held in its dtype"
+        )
     base = _check_pipeline_folder(Path(spec.base))
     scheduler_config = _read_json(base / "scheduler" / "scheduler_config.json")
     if spec.unet:

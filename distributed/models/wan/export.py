@@ -9,6 +9,10 @@ shift of ModelSamplingSD3) or refused with its name.
 Scaled-fp8 checkpoints (ComfyUI's `*_fp8_scaled` files) travel as they are held: fp8 weights, each layer's
 scale, and the file's `scaled_fp8` marker, by which the workers' loader builds the same scaled layers. A
 patched weight is merged through its layer's own conversion both ways, as ComfyUI patches it on load.
+
+A model that UNETLoader cast to fp8 (its weight_dtype fp8_e4m3fn, fp8_e4m3fn_fast or fp8_e5m2) travels in
+fp8 too, with that weight_dtype, which the workers' loader is given as UNETLoader gives it to ComfyUI: no
+second rounding, and half the bytes of bf16.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class ExportedModel:
     weights: Path  # safetensors: the diffusion model's weights with their patches merged
     dtype: str  # the dtype ComfyUI computes the model in
     sampling: ModelSampling
+    weight_dtype: str = "default"  # how the weights are held, by UNETLoader's names (choices.WEIGHT_DTYPES)
+
+
+# Weights UNETLoader casts to fp8 (without scales), by the weight_dtype it was given.
+FP8_WEIGHT_DTYPES = {torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
 
 
 def check_family(patcher: Any) -> str:
@@ -105,13 +114,8 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
     check_travels(patcher)
     sampling = _sampling_of(patcher)
     assert sampling is not None
-    dtype = DTYPE_NAMES.get(patcher.model.get_dtype())
-    if dtype is None:
-        raise InvalidSettingsError(
-            f"the MODEL's weights are {patcher.model.get_dtype()}; clip-parallel sampling takes fp32, fp16, bf16 or "
-            "scaled-fp8 (*_fp8_scaled) weights: load the model with weight_dtype 'default'"
-        )
-    identity = f"{id(patcher.model)}-{patcher.patches_uuid}-{dtype}"
+    dtype, weight_dtype = dtypes_of(patcher.model)
+    identity = f"{id(patcher.model)}-{patcher.patches_uuid}-{dtype}-{weight_dtype}"
     path = cache_dir / f"wan-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.safetensors"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +123,27 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
         _write_weights(patcher, path)
     else:
         path.touch()  # used again: the newest, kept by _prune
-    return ExportedModel(path, dtype, sampling)
+    return ExportedModel(path, dtype, sampling, weight_dtype)
+
+
+def dtypes_of(model: Any) -> tuple[str, str]:
+    """(the dtype the model computes in, how its weights are held by UNETLoader's names) of a loaded model."""
+    held = model.get_dtype()
+    if held in FP8_WEIGHT_DTYPES and getattr(model.model_config, "scaled_fp8", None) is None:
+        # Cast to fp8 on load; ComfyUI computes in its manual-cast dtype.
+        compute = DTYPE_NAMES.get(model.manual_cast_dtype)
+        weight_dtype = FP8_WEIGHT_DTYPES[held]
+        if weight_dtype == "fp8_e4m3fn" and model.model_config.optimizations.get("fp8", False):
+            weight_dtype = "fp8_e4m3fn_fast"
+        if compute is not None:
+            return compute, weight_dtype
+    compute = DTYPE_NAMES.get(held)
+    if compute is None:
+        raise InvalidSettingsError(
+            f"the MODEL's weights are {held}, which clip-parallel sampling cannot compute in; load the model with "
+            "UNETLoader's weight_dtype 'default' or one of its fp8 choices"
+        )
+    return compute, "default"
 
 
 ROOM_MARGIN = 1 << 30  # bytes left free beside an export: the file's header, and the disk's other users
@@ -196,7 +220,7 @@ def check_plain_weight(name: str, weight: torch.Tensor) -> None:
     if type(weight) not in (torch.Tensor, torch.nn.Parameter):
         raise InvalidSettingsError(
             f"the MODEL's weight {name!r} is held as {type(weight).__name__} (quantized weights, as GGUF loaders "
-            "and mixed-precision checkpoints keep them), which the workers cannot load yet; use fp32, fp16, bf16 "
+            "and mixed-precision checkpoints keep them), which the workers cannot load yet; use fp32, fp16, bf16, fp8 by UNETLoader's weight_dtype "
             "or scaled-fp8 weights, or core KSampler"
         )
 

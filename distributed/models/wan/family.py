@@ -27,7 +27,7 @@ from ...engine.latent_job import LatentJob
 from ...engine.settings import DualScopeSettings
 from ...engine.weight_files import check_safetensors_file
 from .comfy_runtime import import_comfy
-from .export import KEEP_EXPORTS
+from .export import FP8_WEIGHT_DTYPES, KEEP_EXPORTS
 from .inputs import latent_shape, read_inputs
 from .patch import install_dual_scope
 from .sampling import check_sampling, sample_clip
@@ -46,6 +46,18 @@ class LoadedWan:
     patched: Any  # a clone with dual-scope attention (set by patch)
 
 
+def load_options(model: ModelSpec) -> dict[str, Any]:
+    """ComfyUI's model_options for the exported weights: their compute dtype, or (weights held in fp8) the
+    options UNETLoader makes from its weight_dtype, so the workers hold and compute them as the graph did."""
+    if model.weight_dtype == "default":
+        return {"dtype": torch_dtype(model.dtype)}
+    held = {name: dtype for dtype, name in FP8_WEIGHT_DTYPES.items()}
+    options: dict[str, Any] = {"dtype": held[model.weight_dtype.removesuffix("_fast")]}
+    if model.weight_dtype.endswith("_fast"):
+        options["fp8_optimizations"] = True
+    return options
+
+
 class WanFamily:
     name = "wan"
 
@@ -59,8 +71,8 @@ class WanFamily:
         try:
             stat = os.stat(model.base)
         except OSError:
-            return (model.base, model.dtype, -1)
-        return (model.base, model.dtype, stat.st_size, stat.st_mtime_ns)
+            return (model.base, model.dtype, model.weight_dtype, -1)
+        return (model.base, model.dtype, model.weight_dtype, stat.st_size, stat.st_mtime_ns)
 
     def load(self, model: ModelSpec, device: torch.device) -> LoadedWan:
         from safetensors import SafetensorError
@@ -72,7 +84,7 @@ class WanFamily:
             weights = load_file(model.base)
         except (SafetensorError, OSError) as error:
             raise ModelLoadError(f"{model.base} is not a readable safetensors file ({error})") from error
-        patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch_dtype(model.dtype)})
+        patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options=load_options(model))
         if patcher is None:
             raise ModelLoadError(f"ComfyUI does not recognise the model in {model.base}")
         return LoadedWan(comfy, patcher, None)
