@@ -325,18 +325,24 @@ class VideoSplit:
 def long_videos(
     model: Path, prompts: list[tuple[str, int]], split: VideoSplit, args: argparse.Namespace
 ) -> tuple[dict[tuple[str, str, int], dict[str, float]], dict[tuple[str, str, int], np.ndarray], float]:
-    """Every case on every (prompt, seed): metrics and video per (case, prompt, seed), seconds per video."""
-    jobs, keys = [], []
+    """Every case on every (prompt, seed): metrics and video per (case, prompt, seed), seconds per video.
+
+    With --exact-on-one-rank, exact-mode cases are made on one rank and read with the split's borders: the
+    same videos (exact mode does not depend on the rank count, which --same-on-one-rank checks), in less
+    time on a machine with fewer cores than ranks."""
+    keys_by_ranks: dict[int, list[tuple[str, str, int]]] = {}
     for case in args.cases:
-        for prompt, seed in prompts:
-            jobs.append(make_job(model, prompt, split.frames, seed, args, **CASES[case]))
-            keys.append((case, prompt, seed))
+        ranks = 1 if args.exact_on_one_rank and CASES[case]["mode"] == "exact" else split.ranks
+        keys_by_ranks.setdefault(ranks, []).extend((case, prompt, seed) for prompt, seed in prompts)
     started = time.time()
-    videos = run_on_local_ranks(split.ranks, run_jobs_on_rank, {"jobs": jobs}, timeout=7200.0)[0]
-    seconds = (time.time() - started) / len(jobs)
+    by_key = {}
+    for ranks, keys in keys_by_ranks.items():
+        jobs = [make_job(model, prompt, split.frames, seed, args, **CASES[case]) for case, prompt, seed in keys]
+        videos = run_on_local_ranks(ranks, run_jobs_on_rank, {"jobs": jobs}, timeout=7200.0)[0]
+        by_key |= dict(zip(keys, videos, strict=True))
+    seconds = (time.time() - started) / len(by_key)
     layout = FrameLayout(split.frames, split.ranks)
     borders = list(layout.starts[1:])
-    by_key = dict(zip(keys, videos, strict=True))
     metrics = {}
     for key, video in by_key.items():
         tracks = [shapes.track_frame(frame) for frame in video]
@@ -498,6 +504,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="make every exact-mode long video again on one rank and report the largest pixel difference",
     )
     parser.add_argument(
+        "--exact-on-one-rank",
+        action="store_true",
+        help="make exact-mode long videos on one rank (the same videos, faster where cores are few)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -517,6 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown or not args.cases:
         parser.error(f"unknown cases {unknown}; choose from {list(CASES)}")
+    if args.exact_on_one_rank and args.same_on_one_rank:
+        parser.error("--same-on-one-rank compares with the split's ranks; leave out --exact-on-one-rank")
     if args.frames is None:
         args.frames = 32 if args.short else 64
     if args.open_frames is None:

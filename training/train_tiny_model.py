@@ -1,6 +1,6 @@
 """Trains the embedded tiny text-to-video model ("tiny-shapes-t2v") on procedural moving-shape clips.
 
-Six stages, and a seventh tried but not shipped, each resumable from checkpoints under --work:
+Six stages, and two more tried but not shipped, each resumable from checkpoints under --work:
 
 1. a per-frame AutoencoderKL (64x64 RGB <-> 4x8x8 latents);
 2. a latent cache: every frame the data can contain (colour x shape x direction x position) encoded once, so a
@@ -19,6 +19,9 @@ Six stages, and a seventh tried but not shipped, each resumable from checkpoints
    removed the flickers at wraps but lost the agreement on an open colour (docs/4-quality.md).
    `--wrap-from placement` wraps from the placement stage on instead, so the stages that learn the
    lanes and the open captions learn them on a canvas without edges.
+8. (off by default, `--long-steps`) the long-video stage: the open-caption stage's data on clips of 64
+   frames, run through the engine's own dual-scope attention with the settings the model recommends, so
+   the model learns on what a long video shows each frame: its neighbours and a few global frames.
 
 The text encoder is a 1-layer CLIPTextModel with a word-level tokenizer over the caption vocabulary.
 In the shapes stage it stays at its seeded random initialisation: its outputs already differ per caption,
@@ -48,7 +51,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from distributed.engine.choices import MODEL_SETTINGS_FILE
+from distributed.engine.comm import Communicator
+from distributed.engine.context import TemporalContext
+from distributed.engine.layout import FrameLayout
+from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.model import UNet3DVideoCrafterConditionModel, run_unet3d
+from distributed.models.unet3d.patch import patch_unet
 from support.tiny_models import (
     TOKENIZER_MAX_LENGTH,
     default_scheduler,
@@ -72,8 +81,26 @@ OPEN_STEPS = 400
 # The wrap stage (not in the shipped model): the same data again, with spatial convolutions that wrap
 # around the canvas. 400 steps is the run measured in docs/4-quality.md.
 WRAP_STEPS = 0
+# The long-video stage (not in the shipped model): clips of LONG_FRAMES frames through the engine's
+# dual-scope attention with the model's recommended settings, so the model learns to keep to what its
+# global frames show, as it must when the video is longer than any clip it was trained on.
+LONG_STEPS = 0
+LONG_FRAMES = 64
+LONG_BATCH = 2
 # The stages in order, by the name `--wrap-from` gives them: convolutions wrap from the one named on.
-STAGE_ORDER = ("unet", "placement", "open", "wrap")
+STAGE_ORDER = ("unet", "placement", "open", "wrap", "long")
+# What the exported folder recommends to the engine (its video_infinity.json, engine.choices): the size,
+# sampler and guidance the demo model works best with, and the attention settings measured best for it
+# (docs/4-quality.md, case g). The long-video stage trains with these attention settings.
+RECOMMENDED = {
+    "width": data.SIZE,
+    "height": data.SIZE,
+    "sampler": "ddim",
+    "steps": 25,
+    "cfg": 5.0,
+    "fps": float(data.FPS),
+    "attention": {"phase_bias": True, "phase_threshold": 0.0, "global_bias": 3.0},
+}
 
 
 def log(message: str) -> None:
@@ -410,6 +437,7 @@ def export(
     vae.register_to_config(scaling_factor=scaling_factor)
     save_pipeline(staging, unet, vae, encoder, scheduler or default_scheduler())
     (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    (staging / MODEL_SETTINGS_FILE).write_text(json.dumps({"recommended": RECOMMENDED}, indent=2) + "\n")
     if output.exists():
         shutil.rmtree(output)
     staging.replace(output)
@@ -437,11 +465,17 @@ class UNetStage:
     top_share: float = 0.0  # share of each batch drawn from the levels from TOP_LEVELS up
     attribute_dropout: float = 0.1  # chance that a caption leaves out each attribute
     circular_padding: bool = False  # the UNet's spatial convolutions wrap around the canvas
+    frames: int | None = None  # frames per training clip (None: --frames)
+    batch: int | None = None  # clips per step (None: --batch)
+    # Trains through the engine's dual-scope attention with these settings, as long videos are made (one
+    # rank; exact mode computes the same on any number). None: the plain model's attention.
+    dual_scope: DualScopeSettings | None = None
 
 
 def wraps(args: argparse.Namespace, stage: str) -> bool:
-    """Whether the stage's spatial convolutions wrap around the canvas (`--wrap-from`)."""
-    return STAGE_ORDER.index(stage) >= STAGE_ORDER.index(args.wrap_from)
+    """Whether the stage's spatial convolutions wrap around the canvas (`--wrap-from`; by default only the
+    wrap stage's do)."""
+    return args.wrap_from is not None and STAGE_ORDER.index(stage) >= STAGE_ORDER.index(args.wrap_from)
 
 
 def shapes_stage(args: argparse.Namespace) -> UNetStage:
@@ -507,6 +541,24 @@ def wrap_stage(args: argparse.Namespace) -> UNetStage:
     )
 
 
+def long_stage(args: argparse.Namespace) -> UNetStage:
+    """The open-caption stage's data and captions on clips as long as several workers' share of a video,
+    through the engine's dual-scope attention with the settings the model recommends. On 16-frame clips every
+    frame sees the whole clip; in a long video it sees its neighbours and the global frames only, and a colour
+    the caption leaves open, a lane or a speed must be read from those. Starts from the previous stage's EMA
+    weights."""
+    return replace(
+        open_stage(args),
+        name="unet_long",
+        steps=args.long_steps,
+        lr=args.long_lr,
+        circular_padding=wraps(args, "long"),
+        frames=args.long_frames,
+        batch=args.long_batch,
+        dual_scope=DualScopeSettings.from_dict(RECOMMENDED["attention"]),
+    )
+
+
 def stage_scheduler(stage: UNetStage) -> DDIMScheduler:
     """The training and shipped schedule: the default, or (zero_terminal_snr) the same betas rescaled so the
     last step is pure noise, v-prediction and trailing timesteps, so the first sampling step sees no trace of
@@ -567,6 +619,9 @@ def train_unet(
         if unexpected or any(not key.startswith(added) for key in missing):
             raise RuntimeError(f"{stage.name}: start weights do not fit ({missing=}, {unexpected=})")
     ema = copy.deepcopy(unet).requires_grad_(False)
+    frames, batch = stage.frames or args.frames, stage.batch or args.batch
+    if stage.dual_scope is not None:
+        through_engine(unet, stage.dual_scope, frames)
     encoder.requires_grad_(stage.train_text)
     ema_encoder = copy.deepcopy(encoder).requires_grad_(False)
     trained = [*unet.parameters(), *(encoder.parameters() if stage.train_text else [])]
@@ -598,11 +653,13 @@ def train_unet(
             "open_steps": args.open_steps,
             "wrap_steps": args.wrap_steps,
             "wrap_from": args.wrap_from,
+            "long_steps": args.long_steps,
             "stage_step": step,
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
-            "batch": args.batch,
-            "frames": args.frames,
+            "batch": batch,
+            "frames": frames,
+            "dual_scope": None if stage.dual_scope is None else stage.dual_scope.to_dict(),
             "threads": args.threads,
             "high_noise_cap": args.high_noise_cap,
             "trajectories": stage.trajectories,
@@ -624,11 +681,11 @@ def train_unet(
     while step < stage.steps and time.time() < deadline:
         rng = np.random.default_rng([args.seed, stage_seed, step])
         generator = torch.Generator().manual_seed(args.seed * 7_000_003 + noise_offset + step)
-        specs = [data.sample_spec(rng, stage.trajectories) for _ in range(args.batch)]
-        latents = clip_latents(cache, specs, args.frames) * scaling_factor
+        specs = [data.sample_spec(rng, stage.trajectories) for _ in range(batch)]
+        latents = clip_latents(cache, specs, frames) * scaling_factor
         said = [spoken_caption(spec, rng, stage.attribute_dropout) for spec in specs]
         chosen = [captions.index(c) for c in said]
-        dropped = torch.from_numpy(rng.random(args.batch) < args.uncond_prob)
+        dropped = torch.from_numpy(rng.random(batch) < args.uncond_prob)
         if stage.train_text:
             batch_ids = ids[chosen].clone()
             batch_ids[dropped] = empty_ids  # the unconditional branch that classifier-free guidance needs
@@ -637,19 +694,19 @@ def train_unet(
             text = caption_embeddings[chosen].clone()
             text[dropped] = empty_embedding
         last = scheduler.config.num_train_timesteps
-        timesteps = torch.randint(stage.min_timestep, last, (args.batch,), generator=generator)
+        timesteps = torch.randint(stage.min_timestep, last, (batch,), generator=generator)
         if stage.top_share > 0:
             # Part of every batch from the top levels, where only the caption says where the shape is.
-            top = round(stage.top_share * args.batch)
+            top = round(stage.top_share * batch)
             timesteps[:top] = torch.randint(max(stage.min_timestep, TOP_LEVELS), last, (top,), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        frame_text = text[:, None].expand(-1, args.frames, -1, -1)
+        frame_text = text[:, None].expand(-1, frames, -1, -1)
         prediction = predict_clips(unet, noisy, timesteps, frame_text, [spec.start for spec in specs])
         if stage.zero_terminal_snr:
             # A plain v loss: like an epsilon loss at low noise, like an x0 loss at high noise.
             target = scheduler.get_velocity(latents, noise, timesteps)
-            weights = torch.ones(args.batch)
+            weights = torch.ones(batch)
         else:
             target = noise
             snr = alphas[timesteps] / (1 - alphas[timesteps])
@@ -694,6 +751,21 @@ def train_unet(
     return ema.state_dict()
 
 
+def through_engine(unet: torch.nn.Module, settings: DualScopeSettings, frames: int) -> None:
+    """Patches the training UNet with the engine's layers (dual-scope attention, halo convolutions, frame
+    GroupNorms) for clips of `frames` frames on one rank; gradients pass through them exactly as through the
+    plain model's. The parameters stay the same objects in the same order, so the EMA copy made before
+    (plain, as it ships) follows them by position."""
+    if settings.phase_bias and settings.phase_threshold > 0:
+        # The engine sets one timestep per call, and a batch holds clips at different levels.
+        raise ValueError("the long-video stage trains with attention that is the same at every noise level")
+    before = [id(p) for p in unet.parameters()]
+    ctx = TemporalContext(Communicator.single(), settings)
+    patch_unet(unet, ctx)
+    ctx.begin_job(FrameLayout(frames, 1), settings)
+    assert [id(p) for p in unet.parameters()] == before, "patching moved the UNet's parameters"
+
+
 def predict_clips(
     unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, frame_text: torch.Tensor, starts: list[int]
 ) -> torch.Tensor:
@@ -703,7 +775,7 @@ def predict_clips(
     return run_unet3d(unet, noisy, timesteps, frame_text, data.FPS, index)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="pipeline folder to write")
     parser.add_argument("--work", default=str(DEFAULT_WORK), help="checkpoints and caches")
@@ -738,34 +810,34 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="placement stage: the same chance (default: --attribute-dropout's)",
     )
-    parser.add_argument(
-        "--placement-steps",
-        type=int,
-        default=PLACEMENT_STEPS,
-        help="steps of the placement stage, which ties the caption to where the shape is (0: none)",
+    add_stage_arguments(
+        parser, "placement", PLACEMENT_STEPS, 5e-4, "the placement stage, which ties the caption to where the shape is"
     )
-    parser.add_argument("--placement-lr", type=float, default=5e-4)
-    parser.add_argument(
-        "--open-steps",
-        type=int,
-        default=OPEN_STEPS,
-        help="steps of the open-caption stage after the placement stage (0: none)",
+    add_stage_arguments(parser, "open", OPEN_STEPS, 2e-4, "the open-caption stage after the placement stage")
+    add_stage_arguments(
+        parser,
+        "wrap",
+        WRAP_STEPS,
+        2e-4,
+        "the wrap stage (convolutions wrap around the canvas) after the open-caption stage; not in the shipped "
+        "model, 400 was measured",
     )
-    parser.add_argument("--open-lr", type=float, default=2e-4)
-    parser.add_argument(
-        "--wrap-steps",
-        type=int,
-        default=WRAP_STEPS,
-        help="steps of the wrap stage (convolutions wrap around the canvas) after the open-caption stage "
-        "(default 0: the shipped model has none; 400 was measured)",
-    )
-    parser.add_argument("--wrap-lr", type=float, default=2e-4)
     parser.add_argument(
         "--wrap-from",
         choices=STAGE_ORDER,
-        default="wrap",
+        default=None,
         help="the first stage whose spatial convolutions wrap around the canvas (default: only the wrap stage)",
     )
+    add_stage_arguments(
+        parser,
+        "long",
+        LONG_STEPS,
+        2e-4,
+        "the long-video stage (clips through the engine's dual-scope attention) after the others; not in the "
+        "shipped model",
+    )
+    parser.add_argument("--long-frames", type=int, default=LONG_FRAMES, help="long-video stage: frames per clip")
+    parser.add_argument("--long-batch", type=int, default=LONG_BATCH, help="long-video stage: clips per step")
     parser.add_argument(
         "--open-attribute-dropout",
         type=float,
@@ -818,7 +890,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--export-every", type=int, default=500)
-    return parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, stage: str, steps: int, lr: float, what: str) -> None:
+    """--STAGE-steps and --STAGE-lr of one of the later UNet stages."""
+    parser.add_argument(f"--{stage}-steps", type=int, default=steps, help=f"steps of {what} (0: none)")
+    parser.add_argument(f"--{stage}-lr", type=float, default=lr, help=f"learning rate of {what}")
 
 
 def main() -> None:
@@ -849,7 +927,9 @@ def main() -> None:
     if args.open_steps and time.time() < deadline:
         start_weights = train_unet(args, work, deadline, vae, cache, scaling_factor, open_stage(args), start_weights)
     if args.wrap_steps and time.time() < deadline:
-        train_unet(args, work, deadline, vae, cache, scaling_factor, wrap_stage(args), start_weights)
+        start_weights = train_unet(args, work, deadline, vae, cache, scaling_factor, wrap_stage(args), start_weights)
+    if args.long_steps and time.time() < deadline:
+        train_unet(args, work, deadline, vae, cache, scaling_factor, long_stage(args), start_weights)
     log("done" if time.time() < deadline else "time budget spent; run again with --resume")
 
 
