@@ -175,7 +175,6 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     import folder_paths
 
     from ..distributed.engine.errors import InvalidSettingsError
-    from ..distributed.engine.job import ModelSpec
     from ..distributed.engine.latent_job import LatentJob
     from ..distributed.engine.settings import DualScopeSettings
     from ..distributed.models.wan.export import export_model
@@ -199,5 +198,4 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else DEFAULT_ATTENTION)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
     write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask, batch_index))
-    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan", weight_dtype=exported.weight_dtype)
-    return LatentJob(spec, str(inputs), int(samples.shape[2]), sampling, settings), inputs
+    return LatentJob(exported.spec(), str(inputs), int(samples.shape[2]), sampling, settings), inputs

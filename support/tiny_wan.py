@@ -91,12 +91,9 @@ def loaded_with_lora(comfy: Any, weights: Path, model_options: dict[str, Any], f
 def loaded_as_a_worker(patcher: Any, cache: Path, device: torch.device | str = "cpu") -> Any:
     """`patcher` exported for the workers and loaded back by the Wan family's loader, as a worker loads it."""
     from distributed.engine.family import family
-    from distributed.engine.job import ModelSpec
     from distributed.models.wan.export import export_model
 
-    exported = export_model(patcher, cache)
-    spec = ModelSpec(base=str(exported.weights), dtype=exported.dtype, family="wan", weight_dtype=exported.weight_dtype)
-    return family("wan").load(spec, torch.device(device)).patcher
+    return family("wan").load(export_model(patcher, cache).spec(), torch.device(device)).patcher
 
 
 def scaled_fp8_state_dict(state: dict[str, torch.Tensor], fp8_matmul: bool = True) -> dict[str, torch.Tensor]:

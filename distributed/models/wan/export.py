@@ -27,6 +27,7 @@ import torch
 
 from ...engine.dtypes import DTYPE_NAMES
 from ...engine.errors import InvalidSettingsError
+from ...engine.job import ModelSpec
 from ...engine.weight_files import safetensors_bytes, write_safetensors
 
 SUPPORTED_CONFIGS = {
@@ -55,6 +56,10 @@ class ExportedModel:
     dtype: str  # the dtype ComfyUI computes the model in
     sampling: ModelSampling
     weight_dtype: str = "default"  # how the weights are held, by UNETLoader's names (choices.WEIGHT_DTYPES)
+
+    def spec(self) -> ModelSpec:
+        """The model as a job names it to the workers."""
+        return ModelSpec(base=str(self.weights), dtype=self.dtype, family="wan", weight_dtype=self.weight_dtype)
 
 
 # Weights UNETLoader casts to fp8 (without scales), by the weight_dtype it was given.
@@ -129,21 +134,21 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
 def dtypes_of(model: Any) -> tuple[str, str]:
     """(the dtype the model computes in, how its weights are held by UNETLoader's names) of a loaded model."""
     held = model.get_dtype()
-    if held in FP8_WEIGHT_DTYPES and getattr(model.model_config, "scaled_fp8", None) is None:
-        # Cast to fp8 on load; ComfyUI computes in its manual-cast dtype.
-        compute = DTYPE_NAMES.get(model.manual_cast_dtype)
-        weight_dtype = FP8_WEIGHT_DTYPES[held]
-        if weight_dtype == "fp8_e4m3fn" and model.model_config.optimizations.get("fp8", False):
-            weight_dtype = "fp8_e4m3fn_fast"
-        if compute is not None:
-            return compute, weight_dtype
-    compute = DTYPE_NAMES.get(held)
+    # Cast to fp8 on load (scaled-fp8 layers report their compute dtype instead); ComfyUI then computes in its
+    # manual-cast dtype.
+    cast_to_fp8 = held in FP8_WEIGHT_DTYPES and getattr(model.model_config, "scaled_fp8", None) is None
+    compute = DTYPE_NAMES.get(model.manual_cast_dtype if cast_to_fp8 else held)
     if compute is None:
         raise InvalidSettingsError(
             f"the MODEL's weights are {held}, which clip-parallel sampling cannot compute in; load the model with "
             "UNETLoader's weight_dtype 'default' or one of its fp8 choices"
         )
-    return compute, "default"
+    if not cast_to_fp8:
+        return compute, "default"
+    weight_dtype = FP8_WEIGHT_DTYPES[held]
+    if weight_dtype == "fp8_e4m3fn" and model.model_config.optimizations.get("fp8", False):
+        weight_dtype = "fp8_e4m3fn_fast"
+    return compute, weight_dtype
 
 
 ROOM_MARGIN = 1 << 30  # bytes left free beside an export: the file's header, and the disk's other users
@@ -220,8 +225,8 @@ def check_plain_weight(name: str, weight: torch.Tensor) -> None:
     if type(weight) not in (torch.Tensor, torch.nn.Parameter):
         raise InvalidSettingsError(
             f"the MODEL's weight {name!r} is held as {type(weight).__name__} (quantized weights, as GGUF loaders "
-            "and mixed-precision checkpoints keep them), which the workers cannot load yet; use fp32, fp16, bf16, fp8 by UNETLoader's weight_dtype "
-            "or scaled-fp8 weights, or core KSampler"
+            "and mixed-precision checkpoints keep them), which the workers cannot load yet; use fp32, fp16, bf16, "
+            "fp8 by UNETLoader's weight_dtype or scaled-fp8 weights, or core KSampler"
         )
 
 
