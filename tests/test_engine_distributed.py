@@ -9,7 +9,7 @@ from diffusers.models.resnet import TemporalConvLayer
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
 from distributed.engine.layout import global_indices_exact
-from support.local_ranks import run_job, run_on_local_ranks
+from support.local_ranks import run_in_turn, run_job, run_on_local_ranks
 from support.tiny_models import build_tiny_pipeline
 
 from .dist_targets import (
@@ -52,9 +52,10 @@ def test_one_unet_call_is_the_same_for_1_2_3_4_ranks(dtype, tolerance):
     # 19 frames split unevenly; with 4 ranks a clip (4-5 frames) is shorter than the conv halo plus the
     # attention window, so halos span several ranks. float64 shows the algorithm itself is exact.
     kwargs = {"frames": 19, "settings": SETTINGS, "timestep": 600.0, "dtype": dtype}
-    oracle = run_on_local_ranks(1, unet_call, kwargs)[0]["out"]
-    for world_size in (2, 3, 4):
-        video = whole_video(run_on_local_ranks(world_size, unet_call, kwargs), axis=2)
+    oracle, *splits = run_in_turn([(world_size, kwargs) for world_size in (1, 2, 3, 4)], unet_call)
+    oracle = oracle[0]["out"]
+    for world_size, parts in zip((2, 3, 4), splits, strict=True):
+        video = whole_video(parts, axis=2)
         error = np.abs(video - oracle).max()
         print(f"{dtype} N={world_size}: max |difference| {error:.2e} (output max {np.abs(oracle).max():.2f})")
         assert error < tolerance
@@ -63,37 +64,36 @@ def test_one_unet_call_is_the_same_for_1_2_3_4_ranks(dtype, tolerance):
 @pytest.mark.parametrize("phase_timestep", [900.0, 100.0])
 def test_phase_bias_changes_output_and_stays_exact(phase_timestep):
     kwargs = {"frames": 12, "settings": SETTINGS, "timestep": phase_timestep, "dtype": "float64"}
-    oracle = run_on_local_ranks(1, unet_call, kwargs)[0]["out"]
-    video = whole_video(run_on_local_ranks(3, unet_call, kwargs), axis=2)
-    assert np.abs(video - oracle).max() < 1e-12
     plain = dict(kwargs, settings=dict(SETTINGS, phase_bias=False))
-    assert np.abs(run_on_local_ranks(1, unet_call, plain)[0]["out"] - oracle).max() > 1e-6
+    oracle, parts, without_bias = run_in_turn([(1, kwargs), (3, kwargs), (1, plain)], unet_call)
+    assert np.abs(whole_video(parts, axis=2) - oracle[0]["out"]).max() < 1e-12
+    assert np.abs(without_bias[0]["out"] - oracle[0]["out"]).max() > 1e-6
 
 
 def test_temporal_conv_and_groupnorm_are_exact_across_rank_borders():
-    oracle = run_on_local_ranks(1, temporal_conv_call, {"frames": 10, "mode": "exact"})[0]["out"]
-    parts = run_on_local_ranks(3, temporal_conv_call, {"frames": 10, "mode": "exact"})
+    exact, reference = {"frames": 10, "mode": "exact"}, {"frames": 10, "mode": "reference"}
+    oracle, parts, reference = run_in_turn([(1, exact), (3, exact), (3, reference)], temporal_conv_call)
+    oracle = oracle[0]["out"]
     assert np.abs(whole_video(parts, axis=1) - oracle).max() < 1e-12
     assert all(part["bytes"] > 0 for part in parts)
     # Reference mode: per-clip statistics and zero frames at the ends give a different result.
-    reference = run_on_local_ranks(3, temporal_conv_call, {"frames": 10, "mode": "reference"})
     assert np.abs(whole_video(reference, axis=1) - oracle).max() > 1e-3
 
 
 @pytest.mark.parametrize("ranks,window", [(3, 4), (4, 6)])
 def test_sliding_window_groupnorm_is_exact_across_rank_borders(ranks, window):
     job = {"frames": 10, "mode": "exact", "norm_window": window}
-    oracle = run_on_local_ranks(1, temporal_conv_call, job)[0]["out"]
-    parts = run_on_local_ranks(ranks, temporal_conv_call, job)  # 4 ranks: clips of 2 or 3 frames
+    # 4 ranks: clips of 2 or 3 frames
+    oracle, parts, whole = run_in_turn([(1, job), (ranks, job), (1, dict(job, norm_window=0))], temporal_conv_call)
+    oracle = oracle[0]["out"]
     assert np.abs(whole_video(parts, axis=1) - oracle).max() < 1e-12
-    whole = run_on_local_ranks(1, temporal_conv_call, {"frames": 10, "mode": "exact"})[0]["out"]
-    assert np.abs(oracle - whole).max() > 1e-3, "window statistics should differ from whole-video ones"
+    assert np.abs(oracle - whole[0]["out"]).max() > 1e-3, "window statistics should differ from whole-video ones"
 
 
 def test_a_norm_window_as_long_as_the_video_is_whole_video_statistics():
-    window = run_on_local_ranks(2, temporal_conv_call, {"frames": 10, "mode": "exact", "norm_window": 12})
-    whole = run_on_local_ranks(1, temporal_conv_call, {"frames": 10, "mode": "exact"})[0]["out"]
-    assert np.abs(whole_video(window, axis=1) - whole).max() < 1e-10
+    runs = [(2, {"frames": 10, "mode": "exact", "norm_window": 12}), (1, {"frames": 10, "mode": "exact"})]
+    window, whole = run_in_turn(runs, temporal_conv_call)
+    assert np.abs(whole_video(window, axis=1) - whole[0]["out"]).max() < 1e-10
 
 
 def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_every_rank():
@@ -133,11 +133,10 @@ def test_exchanges_posted_together_are_waited_for_once_and_each_delivers_its_own
 
 
 def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
-    oracle = run_on_local_ranks(1, run_job, {"job": job(tiny_pipeline)})[0]
+    (oracle, *_), *splits = run_in_turn([(size, {"job": job(tiny_pipeline)}) for size in (1, 2, 4)], run_job)
     assert oracle["bytes_sent_per_step"] == [0, 0, 0]
     scale = np.abs(oracle["latents"]).max()
-    for world_size in (2, 4):
-        result = run_on_local_ranks(world_size, run_job, {"job": job(tiny_pipeline)})[0]
+    for world_size, (result, *_) in zip((2, 4), splits, strict=True):
         relative = np.abs(result["latents"] - oracle["latents"]).max() / scale
         print(f"sampled N={world_size}: max relative latent difference {relative:.2e}")
         assert relative < 1e-5
@@ -160,8 +159,7 @@ def test_the_demo_model_s_options_give_the_same_video_on_any_rank_count(tmp_path
         caption_in_time_embedding=True,
         circular_padding=True,
     )
-    oracle = run_on_local_ranks(1, run_job, {"job": job(model)})[0]
-    result = run_on_local_ranks(3, run_job, {"job": job(model)})[0]
+    (oracle,), (result, *_) = run_in_turn([(1, {"job": job(model)}), (3, {"job": job(model)})], run_job)
     relative = np.abs(result["latents"] - oracle["latents"]).max() / np.abs(oracle["latents"]).max()
     assert relative < 1e-5
 
@@ -184,19 +182,25 @@ def test_halo_exchanges_travel_with_an_all_gather_of_the_same_layer(tiny_pipelin
 
 
 def test_reference_mode_with_several_ranks_differs_from_exact(tiny_pipeline):
-    exact = run_on_local_ranks(2, run_job, {"job": job(tiny_pipeline)})[0]
     reference = job(tiny_pipeline)
     reference["attention"] = dict(SETTINGS, mode="reference")
-    result = run_on_local_ranks(2, run_job, {"job": reference})[0]
+    (exact, _), (result, _) = run_in_turn([(2, {"job": job(tiny_pipeline)}), (2, {"job": reference})], run_job)
     assert np.abs(result["latents"] - exact["latents"]).max() > 1e-3
 
 
 def test_bytes_per_step_do_not_grow_with_frames_per_rank(tiny_pipeline):
-    sent = {}
-    for frames in (16, 32):
-        spec = job(tiny_pipeline, frames=frames, prompts=[{"start": 0, "end": frames - 1, "prompt": "red"}])
-        spec.update(sampler="ddim", steps=2)
-        sent[frames] = [r["bytes_sent_per_step"] for r in run_on_local_ranks(2, run_job, {"job": spec})]
+    specs = {
+        frames: job(
+            tiny_pipeline,
+            frames=frames,
+            prompts=[{"start": 0, "end": frames - 1, "prompt": "red"}],
+            sampler="ddim",
+            steps=2,
+        )
+        for frames in (16, 32)
+    }
+    runs = run_in_turn([(2, {"job": spec}) for spec in specs.values()], run_job)
+    sent = {frames: [r["bytes_sent_per_step"] for r in parts] for frames, parts in zip(specs, runs, strict=True)}
     for rank in range(2):
         assert sent[16][rank][0] > 0
         assert sent[32][rank] == sent[16][rank], "halo and global traffic must not depend on clip length"

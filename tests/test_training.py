@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distributed.engine.choices import MODEL_SETTINGS_FILE, recommended_attention, recommended_settings
+from distributed.engine.layout import FrameLayout
 from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.model import run_unet3d
 from training import train_tiny_model as train
@@ -59,6 +60,20 @@ def test_gradients_through_the_engine_equal_the_plain_model_s_where_the_attentio
         assert (_output(recommended, frames) - _output(plain, frames)).abs().max() > 1e-3
 
 
+def test_a_patched_unet_set_to_another_clip_length_computes_as_one_patched_for_it() -> None:
+    # The long stage may use several clip lengths in turn (--long-frames 64 128) on one patched UNet.
+    torch.manual_seed(1)
+    plain = train.make_unet().double().eval()
+    settings = DualScopeSettings.from_dict(train.RECOMMENDED["attention"])
+    switched, fresh = copy.deepcopy(plain), copy.deepcopy(plain)
+    context = train.through_engine(switched, settings, 24)
+    train.through_engine(fresh, settings, 40)
+    with torch.no_grad():
+        _output(switched, 24)
+        context.begin_job(FrameLayout(40, 1), settings)
+        torch.testing.assert_close(_output(switched, 40), _output(fresh, 40), rtol=0, atol=0)
+
+
 def test_the_long_stage_refuses_attention_that_changes_with_the_noise_level() -> None:
     with pytest.raises(ValueError, match="same at every noise level"):
         train.through_engine(train.make_unet(), DualScopeSettings(phase_threshold=800.0), 32)
@@ -67,7 +82,8 @@ def test_the_long_stage_refuses_attention_that_changes_with_the_noise_level() ->
 def test_the_long_stage_trains_with_the_attention_the_model_recommends() -> None:
     stage = train.long_stage(train.parse_args(["--long-steps", "10"]))
     assert stage.dual_scope == DualScopeSettings.from_dict(recommended_attention(SHIPPED))
-    assert (stage.frames, stage.batch, stage.steps) == (train.LONG_FRAMES, train.LONG_BATCH, 10)
+    assert (stage.frames, stage.batch, stage.steps) == ((train.LONG_FRAMES,), train.LONG_BATCH, 10)
+    assert train.long_stage(train.parse_args(["--long-frames", "64", "128"])).frames == (64, 128)
     assert not stage.circular_padding
     assert train.long_stage(train.parse_args(["--wrap-from", "long"])).circular_padding
 

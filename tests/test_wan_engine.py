@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV
-from support.local_ranks import run_on_local_ranks
+from support.local_ranks import run_in_turn, run_on_local_ranks
 
 from .wan_targets import (
     cancel_inside_a_step_then_sample,
@@ -73,20 +73,20 @@ def test_one_worker_with_a_full_window_equals_core_ksampler(tiny_wan: str) -> No
 
 def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_wan: str) -> None:
     job = {"weights": tiny_wan, "latent_shape": LATENT, "samplings": [sampling(n) for n in INVARIANT]}
-    oracle = run_on_local_ranks(1, clip_parallel, dict(job, settings=DUAL_SCOPE))[0]
     # Several workers attend to their own frames while the exchange travels (CPU has the fused kernel that
     # gives the normaliser); waiting for the exchange first is what devices without one run.
-    for workers, overlap in ((2, True), (3, True), (4, True), (3, False)):
-        job_on = dict(job, settings=DUAL_SCOPE, overlap=overlap)
-        videos = run_on_local_ranks(workers, clip_parallel, job_on)[0]
+    splits = ((2, True), (3, True), (4, True), (3, False))
+    # The exchange does the work: without it (independent clips) 3 workers give another video, and so does a
+    # window over the whole video on one worker.
+    others = [(3, dict(job, settings=dict(DUAL_SCOPE, mode="independent"))), (1, dict(job, settings=FULL_WINDOW))]
+    runs = [(1, dict(job, settings=DUAL_SCOPE))]
+    runs += [(workers, dict(job, settings=DUAL_SCOPE, overlap=overlap)) for workers, overlap in splits]
+    (oracle,), *split_runs, (independent, *_), (full,) = run_in_turn(runs + others, clip_parallel)
+    for (workers, overlap), (videos, *_) in zip(splits, split_runs, strict=True):
         for name, video, expected in zip(INVARIANT, videos, oracle, strict=True):
             error = relative(video, expected)
             print(f"{name} on {workers} workers (overlap {overlap}): relative difference to one worker {error:.2e}")
             assert error < (2e-5 if overlap else 1e-5), (name, workers, overlap)  # parts: fp32 rounding
-    # The exchange does the work: without it (independent clips) 3 workers give another video, and so does a
-    # window over the whole video on one worker.
-    independent = run_on_local_ranks(3, clip_parallel, dict(job, settings=dict(DUAL_SCOPE, mode="independent")))[0]
-    full = run_on_local_ranks(1, clip_parallel, dict(job, settings=FULL_WINDOW))[0]
     for video in (independent[0], full[0]):
         assert relative(video, oracle[0]) > 1e-3
 
@@ -112,8 +112,8 @@ def test_a_cancel_inside_a_step_stops_every_worker_there_and_the_group_stays_usa
 
 def test_workers_on_machines_that_cannot_see_the_coordinators_files_receive_them_and_agree(tiny_wan, tmp_path) -> None:
     job = {"weights": tiny_wan, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": DUAL_SCOPE}
-    alone = run_on_local_ranks(1, latent_job_across_machines, dict(job, folder=str(tmp_path)))[0]
-    spread = run_on_local_ranks(3, latent_job_across_machines, dict(job, folder=str(tmp_path)))[0]
+    runs = [(1, dict(job, folder=str(tmp_path))), (3, dict(job, folder=str(tmp_path)))]
+    (alone,), (spread, *_) = run_in_turn(runs, latent_job_across_machines)
     error = relative(spread, alone)
     print(f"3 workers, 2 of them on 'other machines': relative difference to one worker {error:.2e}")
     assert error < 1e-5

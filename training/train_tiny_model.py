@@ -465,7 +465,7 @@ class UNetStage:
     top_share: float = 0.0  # share of each batch drawn from the levels from TOP_LEVELS up
     attribute_dropout: float = 0.1  # chance that a caption leaves out each attribute
     circular_padding: bool = False  # the UNet's spatial convolutions wrap around the canvas
-    frames: int | None = None  # frames per training clip (None: --frames)
+    frames: tuple[int, ...] = ()  # frames per training clip, one length per step in turn (empty: --frames)
     batch: int | None = None  # clips per step (None: --batch)
     # Trains through the engine's dual-scope attention with these settings, as long videos are made (one
     # rank; exact mode computes the same on any number). None: the plain model's attention.
@@ -553,7 +553,7 @@ def long_stage(args: argparse.Namespace) -> UNetStage:
         steps=args.long_steps,
         lr=args.long_lr,
         circular_padding=wraps(args, "long"),
-        frames=args.long_frames,
+        frames=tuple(args.long_frames),
         batch=args.long_batch,
         dual_scope=DualScopeSettings.from_dict(RECOMMENDED["attention"]),
     )
@@ -619,9 +619,8 @@ def train_unet(
         if unexpected or any(not key.startswith(added) for key in missing):
             raise RuntimeError(f"{stage.name}: start weights do not fit ({missing=}, {unexpected=})")
     ema = copy.deepcopy(unet).requires_grad_(False)
-    frames, batch = stage.frames or args.frames, stage.batch or args.batch
-    if stage.dual_scope is not None:
-        through_engine(unet, stage.dual_scope, frames)
+    lengths, batch = stage.frames or (args.frames,), stage.batch or args.batch
+    engine = None if stage.dual_scope is None else through_engine(unet, stage.dual_scope, lengths[0])
     encoder.requires_grad_(stage.train_text)
     ema_encoder = copy.deepcopy(encoder).requires_grad_(False)
     trained = [*unet.parameters(), *(encoder.parameters() if stage.train_text else [])]
@@ -658,7 +657,7 @@ def train_unet(
             "vae_steps": args.vae_steps,
             "decoder_steps": args.decoder_steps,
             "batch": batch,
-            "frames": frames,
+            "frames": list(lengths),
             "dual_scope": None if stage.dual_scope is None else stage.dual_scope.to_dict(),
             "threads": args.threads,
             "high_noise_cap": args.high_noise_cap,
@@ -681,6 +680,9 @@ def train_unet(
     while step < stage.steps and time.time() < deadline:
         rng = np.random.default_rng([args.seed, stage_seed, step])
         generator = torch.Generator().manual_seed(args.seed * 7_000_003 + noise_offset + step)
+        frames = lengths[step % len(lengths)]
+        if engine is not None:
+            engine.begin_job(FrameLayout(frames, 1), engine.settings)
         specs = [data.sample_spec(rng, stage.trajectories) for _ in range(batch)]
         latents = clip_latents(cache, specs, frames) * scaling_factor
         said = [spoken_caption(spec, rng, stage.attribute_dropout) for spec in specs]
@@ -751,11 +753,12 @@ def train_unet(
     return ema.state_dict()
 
 
-def through_engine(unet: torch.nn.Module, settings: DualScopeSettings, frames: int) -> None:
+def through_engine(unet: torch.nn.Module, settings: DualScopeSettings, frames: int) -> TemporalContext:
     """Patches the training UNet with the engine's layers (dual-scope attention, halo convolutions, frame
     GroupNorms) for clips of `frames` frames on one rank; gradients pass through them exactly as through the
     plain model's. The parameters stay the same objects in the same order, so the EMA copy made before
-    (plain, as it ships) follows them by position."""
+    (plain, as it ships) follows them by position. Returns the layers' context: `begin_job` on it sets
+    another clip length."""
     if settings.phase_bias and settings.phase_threshold > 0:
         # The engine sets one timestep per call, and a batch holds clips at different levels.
         raise ValueError("the long-video stage trains with attention that is the same at every noise level")
@@ -764,6 +767,7 @@ def through_engine(unet: torch.nn.Module, settings: DualScopeSettings, frames: i
     patch_unet(unet, ctx)
     ctx.begin_job(FrameLayout(frames, 1), settings)
     assert [id(p) for p in unet.parameters()] == before, "patching moved the UNet's parameters"
+    return ctx
 
 
 def predict_clips(
@@ -836,7 +840,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the long-video stage (clips through the engine's dual-scope attention) after the others; not in the "
         "shipped model",
     )
-    parser.add_argument("--long-frames", type=int, default=LONG_FRAMES, help="long-video stage: frames per clip")
+    parser.add_argument(
+        "--long-frames",
+        type=int,
+        nargs="+",
+        default=[LONG_FRAMES],
+        help="long-video stage: frames per clip; several lengths are used in turn, one per step",
+    )
     parser.add_argument("--long-batch", type=int, default=LONG_BATCH, help="long-video stage: clips per step")
     parser.add_argument(
         "--open-attribute-dropout",
