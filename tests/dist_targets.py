@@ -166,3 +166,43 @@ def exchanges_posted_together(comm: Communicator, frames: int) -> dict:
         "halos": [k_left.flatten().tolist(), k_right.flatten().tolist(), (-v_left).flatten().tolist()],
         "globals": [k_glb.flatten().tolist(), (-v_glb).flatten().tolist()],
     }
+
+
+def job_with_timed_loads(comm: Communicator, job: dict[str, Any], in_turns: bool, fail_on: int = -1) -> dict:
+    """One engine job whose model loads are timed (and, on rank `fail_on`, made to fail); returns the load's
+    span on this rank's clock, the rank's placement, its frames (rank 0) or the error's type and text."""
+    import dataclasses
+    import time
+
+    from distributed.engine.errors import ModelLoadError
+    from distributed.engine.job import JobSpec
+    from distributed.engine.runner import Engine
+    from distributed.models.unet3d.family import UNet3DFamily
+
+    span: list[float] = []
+    plain_load = UNet3DFamily.load
+
+    def timed_load(self: UNet3DFamily, model: Any, device: torch.device) -> Any:
+        span.append(time.time())
+        try:
+            if comm.rank == fail_on:
+                raise ModelLoadError("this rank's load fails on purpose")
+            time.sleep(0.5)  # long enough that loads running at once would surely overlap
+            return plain_load(self, model, device)
+        finally:
+            span.append(time.time())
+
+    UNet3DFamily.load = timed_load  # in this process only
+    engine = Engine(comm, load_in_turns=in_turns)
+    try:
+        frames, error = engine.run(JobSpec.from_dict(job)).frames, None
+    except Exception as raised:  # noqa: BLE001 - the test reads which error each rank raised
+        frames, error = None, f"{type(raised).__name__}: {raised}"
+    finally:
+        UNet3DFamily.load = plain_load
+    return {
+        "span": span,
+        "placement": engine._placement and dataclasses.asdict(engine._placement),
+        "frames": frames,
+        "error": error,
+    }
