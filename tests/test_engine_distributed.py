@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 import pytest
 from diffusers import UNet3DConditionModel
@@ -17,7 +15,6 @@ from support.tiny_models import build_tiny_pipeline
 from .dist_targets import (
     exchanges_posted_together,
     groupnorm_statistics,
-    job_with_timed_loads,
     settle_after_a_cancel,
     temporal_conv_call,
     unet_call,
@@ -207,30 +204,3 @@ def test_bytes_per_step_do_not_grow_with_frames_per_rank(tiny_pipeline):
     for rank in range(2):
         assert sent[16][rank][0] > 0
         assert sent[32][rank] == sent[16][rank], "halo and global traffic must not depend on clip length"
-
-
-def test_ranks_of_one_machine_can_load_one_after_another_and_make_the_same_video(tiny_pipeline):
-    # Loading in turns bounds a machine's memory peak to one load's (distributed/engine/load_turns.py).
-    spec = job(tiny_pipeline)
-    together, in_turns = run_in_turn(
-        [(3, {"job": spec, "in_turns": False}), (3, {"job": spec, "in_turns": True})], job_with_timed_loads
-    )
-    assert [r["placement"] for r in in_turns] == [
-        {"sharing_memory": 3, "on_host": 3, "host_index": rank} for rank in range(3)
-    ]
-    spans = [r["span"] for r in in_turns]
-    for earlier, later in pairwise(spans):
-        assert earlier[1] <= later[0], f"rank loads overlap: {spans}"
-    at_once = [r["span"] for r in together]
-    assert max(s[0] for s in at_once) < min(s[1] for s in at_once), f"loads at once did not overlap: {at_once}"
-    np.testing.assert_array_equal(in_turns[0]["frames"], together[0]["frames"])
-
-
-def test_a_load_that_fails_in_its_turn_fails_the_job_on_every_rank_without_a_hang(tiny_pipeline):
-    (results,) = run_in_turn([(3, {"job": job(tiny_pipeline), "in_turns": True, "fail_on": 1})],
-                             job_with_timed_loads, timeout=120)  # fmt: skip
-    assert results[1]["error"].startswith("ModelLoadError: this rank's load fails on purpose")
-    for rank in (0, 2):
-        assert results[rank]["error"].startswith("PreparationFailed"), results[rank]["error"]
-        assert "1" in results[rank]["error"]
-    assert results[2]["span"][0] >= results[1]["span"][1], "rank 2 loaded before rank 1's turn ended"

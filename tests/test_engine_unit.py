@@ -557,14 +557,3 @@ def test_a_need_beyond_the_free_memory_is_refused_naming_the_estimate_the_share_
     message = str(refused.value)
     assert f"per worker ({holding}; 2 workers share this memory" in message
     assert "GiB is free on cpu. Use more workers so each holds fewer frames" in message
-
-
-def test_weight_bytes_count_every_file_of_a_folder_and_a_lone_file(tmp_path):
-    from distributed.engine.load_turns import loads_fit_together, weight_bytes
-
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "weights.safetensors").write_bytes(b"x" * 1000)
-    (tmp_path / "config.json").write_bytes(b"y" * 24)
-    assert weight_bytes([str(tmp_path)]) == 1024
-    assert weight_bytes([str(tmp_path / "config.json"), None, str(tmp_path / "missing")]) == 24
-    assert loads_fit_together(4, 1024, 4096) and not loads_fit_together(4, 1024, 4095)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import zlib
-from dataclasses import dataclass
 
 import torch
 
@@ -25,28 +24,13 @@ def free_bytes(device: torch.device) -> int:
     return available_bytes()
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Which ranks share memory with this one, learnt once per engine."""
-
-    sharing_memory: int  # ranks that draw on this rank's memory (the host's RAM, or one CUDA device)
-    on_host: int  # ranks on this machine
-    host_index: int  # this rank's position among them
-
-
-def placement(comm: Communicator) -> Placement:
-    """This rank's Placement; two all-gathers, so every rank must call it at the same point."""
-    host = socket.gethostname()
+def sharing_ranks(comm: Communicator) -> int:
+    """How many ranks draw on the same memory as this one (the host's RAM, or one CUDA device); one
+    all-gather, so every rank must call it at the same point."""
     device = comm.device
-    memory = f"{host}|{device if device.type == 'cuda' else 'host'}"
-    memories = comm.all_gather_ints(zlib.crc32(memory.encode()))
-    hosts = comm.all_gather_ints(zlib.crc32(host.encode()))
-    mine = hosts[comm.rank]
-    return Placement(
-        sharing_memory=memories.count(memories[comm.rank]),
-        on_host=hosts.count(mine),
-        host_index=hosts[: comm.rank].count(mine),
-    )
+    where = f"{socket.gethostname()}|{device if device.type == 'cuda' else 'host'}"
+    mine = torch.tensor([zlib.crc32(where.encode())], dtype=torch.int64, device=device)
+    return sum(int(piece.item() == mine.item()) for piece in comm.all_gather(mine))
 
 
 def check_fits(need: MemoryNeed, device: torch.device, sharing: int) -> None:

@@ -281,14 +281,10 @@ class Communicator:
 
     def failed_anywhere(self, failed_here: bool) -> list[int]:
         """The ranks that report a failure, known to every rank at the same point (one all-gather)."""
-        return [rank for rank, flag in enumerate(self.all_gather_ints(int(failed_here))) if flag]
-
-    def all_gather_ints(self, value: int) -> list[int]:
-        """Every rank's `value`, in rank order (one all-gather; a barrier too)."""
         if self.world_size == 1:
-            return [value]
-        pieces = self.all_gather(torch.tensor([value], dtype=torch.int64, device=self.device))
-        return [int(piece.item()) for piece in pieces]
+            return [0] if failed_here else []
+        flags = self.all_gather(torch.tensor([1 if failed_here else 0], dtype=torch.int32, device=self.device))
+        return [rank for rank, flag in enumerate(flags) if flag.item()]
 
     def gather_frames_to_root(
         self, own: torch.Tensor, layout: FrameLayout, out: torch.Tensor | None = None

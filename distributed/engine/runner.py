@@ -8,33 +8,28 @@ from typing import Any
 
 import torch
 
-from .admission import Placement, check_fits, placement
+from .admission import check_fits, sharing_ranks
 from .comm import Communicator
 from .context import TemporalContext
 from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
 from .errors import PreparationFailed, mark_in_step
 from .family import ModelFamily, family
-from .host_memory import available_bytes
 from .job import JobSpec, ModelSpec
 from .latent_job import LatentJob
 from .layout import FrameLayout
-from .load_turns import LOAD_PEAK_FACTOR, load_in_turns, loads_fit_together, weight_bytes
 
 
 class Engine:
     """Satisfies contract.JobEngine."""
 
-    def __init__(self, comm: Communicator, load_in_turns: bool | None = None):
-        """load_in_turns: True or False loads a machine's ranks one after another or all at once; None
-        (the default) decides at each load from the machine's free memory (load_turns.py)."""
+    def __init__(self, comm: Communicator):
         self.comm = comm
         self.ctx = TemporalContext(comm)
         self.loads = 0
-        self.load_in_turns = load_in_turns
         self._loaded: Any = None
         self._family: ModelFamily | None = None
         self._key: Hashable | None = None
-        self._placement: Placement | None = None  # which ranks share this rank's memory, learnt at the first job
+        self._sharing: int | None = None  # ranks that share this rank's memory, learnt at the first job
 
     def model(self, spec: ModelSpec) -> Any:
         """The loaded, patched model for `spec`; reloads only when its family says the weights changed.
@@ -51,9 +46,6 @@ class Engine:
             self._loaded, self._family, self._key = loaded, kind, key
             self.loads += 1
         return self._loaded
-
-    def _holds(self, spec: ModelSpec) -> bool:
-        return self._loaded is not None and (spec.family, family(spec.family).model_key(spec)) == self._key
 
     def run(
         self,
@@ -98,51 +90,33 @@ class Engine:
         the failing rank raises it (marked in step), the others PreparationFailed, all at the same point,
         so the ranks stay in step and the warm pool survives it.
         """
-        if self._placement is None:
-            self._placement = placement(self.comm)
+        if self._sharing is None:
+            self._sharing = sharing_ranks(self.comm)
         loaded, cause = None, None
         try:
             job.validate(self.comm.world_size)
             job = family(job.model.family).localise(job, self.comm)  # collective: every rank, same point
+            loaded = self.model(job.model)
+            self._admit(job, loaded)
         except Exception as error:  # noqa: BLE001 - any preparation error is reported with the rank's text
-            cause = error
+            cause = error  # a failed load has released the old model already (model()); a bad job keeps it
         failed = self.comm.failed_anywhere(cause is not None)
-        if not failed:
-            # The load below may be collective (in turns), so it starts only where every rank got this far.
-            take_turns = self._loads_take_turns(job.model)
-            try:
-                loaded = load_in_turns(self.comm, self._placement.host_index, take_turns, lambda: self.model(job.model))
-                self._admit(job, loaded)
-            except Exception as error:  # noqa: BLE001 - as above
-                cause = error  # a failed load has released the old model already (model()); a bad job keeps it
-            failed = self.comm.failed_anywhere(cause is not None)
         if cause is not None:
             raise mark_in_step(cause, failed)
         if failed:
             raise PreparationFailed(failed)
         return loaded, job
 
-    def _loads_take_turns(self, spec: ModelSpec) -> bool:
-        """Whether this job's loads run one rank of a machine at a time: wherever some machine's loading
-        ranks would not fit in its free memory together. The same answer on every rank (one all-gather)."""
-        assert self._placement is not None
-        if self.load_in_turns is not None:
-            return self.load_in_turns
-        on_host = self._placement.on_host
-        peak = LOAD_PEAK_FACTOR * weight_bytes((spec.base, spec.unet))
-        crowded = not self._holds(spec) and not loads_fit_together(on_host, peak, available_bytes())
-        return any(self.comm.all_gather_ints(int(crowded)))
-
     def _admit(self, job: JobSpec | LatentJob, loaded: Any) -> None:
         """Refuses a job whose estimated peak on this rank does not fit in its device's free memory."""
         kind = self._family
-        assert kind is not None and self._placement is not None
+        assert kind is not None and self._sharing is not None
         layout = FrameLayout(job.frames, self.comm.world_size)
         own = layout.counts[self.comm.rank]
         held = own + 2 * job.attention.local_window + job.attention.global_count(job.frames)  # with halo, globals
         need = kind.peak_bytes(loaded, job, own, min(held, job.frames))
         if need is not None:
-            check_fits(need, self.comm.device, self._placement.sharing_memory)
+            check_fits(need, self.comm.device, self._sharing)
 
     def release(self) -> None:
         self._loaded = self._family = self._key = None
