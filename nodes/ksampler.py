@@ -9,6 +9,7 @@ from typing import Any
 from ..distributed.engine import choices
 from . import pool_access
 from .api import CATEGORY, Attention, Pool, io
+from .previews import live_preview
 from .progress import JobProgress, submit, wait_for
 from .values import DEFAULT_POOL, PoolChoice
 
@@ -156,7 +157,8 @@ class ClipParallelKSampler(io.ComfyNode):
         engine_pool = pool_access.get_pool(pool)
         try:
             window = max(1, min(steps, end_at_step) - start_at_step)
-            progress = JobProgress(window, cls.hidden.unique_id, engine_pool.world_size)
+            preview = live_preview(model.get_model_object("latent_format"))
+            progress = JobProgress(window, cls.hidden.unique_id, engine_pool.world_size, preview)
             handle = submit(engine_pool, job, progress)
             wait_for(handle, progress, pool.job_timeout_s)
             latents = handle.latents(0)

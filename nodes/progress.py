@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 import numpy as np
+
+from .previews import LivePreview
 
 STOP_WAIT_S = 60.0  # a cancelled job stops at the next step; past this the pool's own timeouts act
 POLL_S = 0.1
@@ -30,12 +33,13 @@ WorkerFailed.__module__ = "video_infinity"
 class JobProgress:
     """Maps pool events onto one bar: steps 1..n of denoising, then one more tick for decode and gather."""
 
-    def __init__(self, steps: int, node_id: str | None, workers: int):
+    def __init__(self, steps: int, node_id: str | None, workers: int, preview: LivePreview | None = None):
         import comfy.utils
 
         self.steps = steps
         self.node_id = node_id
         self.workers = workers
+        self.preview = preview
         self.bar = comfy.utils.ProgressBar(steps + 1, node_id=node_id)
         self.last_text = ""
         self.last_value = -1
@@ -52,6 +56,20 @@ class JobProgress:
             self._bar(self.steps)
         else:
             self.show_phase(phase)
+
+    def on_preview(self, event: Any) -> None:
+        """Shows the newest step's estimate on the node, as core KSampler shows its own."""
+        if event is None or self.preview is None:
+            return
+        try:
+            image = self.preview.image(event.latent)
+        except Exception as error:  # noqa: BLE001 - a preview is a nicety: the video goes on without it
+            logging.warning("Video-Infinity: live preview turned off for this run (%s)", error)
+            self.preview = None
+            return
+        value = max(self.last_value, min(int(event.step), self.steps))
+        self.last_value = value
+        self.bar.update_absolute(value, self.steps + 1, image)
 
     def show_phase(self, phase: str) -> None:
         self._text(_PHASES.get(phase, str(phase)))
@@ -127,6 +145,7 @@ def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> 
             )
         for event in handle.poll_events():
             progress.on_event(event)
+        progress.on_preview(handle.take_preview())
         time.sleep(POLL_S)
     for event in handle.poll_events():
         progress.on_event(event)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import UNet3DConditionModel
+from diffusers import DDIMScheduler, UNet3DConditionModel
 
 from distributed.engine import banded as banded_module
 from distributed.engine.admission import check_fits, free_bytes
@@ -557,3 +557,35 @@ def test_a_need_beyond_the_free_memory_is_refused_naming_the_estimate_the_share_
     message = str(refused.value)
     assert f"per worker ({holding}; 2 workers share this memory" in message
     assert "GiB is free on cpu. Use more workers so each holds fewer frames" in message
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_the_preview_estimate_is_ddims_own_prediction_of_the_clean_latents(prediction_type):
+    from distributed.engine.sampling import denoised_estimate
+    from support.tiny_models import default_scheduler
+
+    scheduler = DDIMScheduler.from_config(default_scheduler().config, prediction_type=prediction_type)
+    scheduler.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    sample, prediction = (
+        torch.randn(1, 4, 3, 8, 8, generator=generator),
+        torch.randn(1, 4, 3, 8, 8, generator=generator),
+    )
+    for timestep in scheduler.timesteps[[0, 5, 9]]:
+        expected = scheduler.step(prediction, timestep, sample).pred_original_sample
+        torch.testing.assert_close(denoised_estimate(scheduler, sample, prediction, timestep), expected)
+
+
+def test_a_job_previews_the_first_frame_after_every_step(tiny_pipeline):
+    previews = []
+    spec = {"model": {"base": str(tiny_pipeline)}, "prompt": "a red ball", "frames": 8, "height": 32, "width": 32}
+    spec.update(steps=4, sampler="ddim")
+    result = Engine(Communicator.single()).run(
+        JobSpec.from_dict(spec), on_preview=lambda step, total, latent: previews.append((step, total, latent))
+    )
+    assert [(step, total) for step, total, _ in previews] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all(latent.shape == (1, 4, 1, 4, 4) and latent.dtype == torch.float32 for *_, latent in previews)
+    # DDIM's last step lands next to its clean estimate: the last preview is the video's first frame.
+    first_frame = result.latents[:, :, :1]
+    assert (previews[-1][2] - first_frame).abs().max() < 0.05 * first_frame.abs().max()
+    assert (previews[0][2] - first_frame).abs().max() > (previews[-1][2] - first_frame).abs().max()

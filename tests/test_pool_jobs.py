@@ -68,6 +68,17 @@ def test_progress_events_cover_every_phase(pool: WorkerPool, tiny_pipeline: Path
     assert handle.poll_events() == [], "poll_events returned old events twice"
 
 
+def test_the_newest_preview_reaches_the_caller_and_is_taken_once(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=3))
+    frames = handle.result(120)
+    preview = handle.take_preview()
+    assert preview is not None and (preview.step, preview.total) == (3, 3)
+    assert preview.latent.shape == (1, 4, 1, 4, 4) and preview.latent.dtype == np.float32
+    first_frame = handle.latents(0)[:, :, :1]
+    assert np.abs(preview.latent - first_frame).max() < 0.05 * np.abs(first_frame).max()
+    assert frames.shape[0] == 4 and handle.take_preview() is None
+
+
 def test_cancel_stops_within_one_step_and_the_pool_stays_warm(pool: WorkerPool, tiny_pipeline: Path) -> None:
     pids = pool.worker_pids()
     handle = pool.submit(tiny_job(tiny_pipeline, steps=200))

@@ -19,6 +19,7 @@ from .wan_targets import (
     clip_parallel,
     core_and_clip_parallel,
     latent_job_across_machines,
+    previews_and_latents,
     save_tiny_wan_target,
     scaled_fp8_export_round_trip,
     wan_memory_needs,
@@ -166,3 +167,15 @@ def test_weights_unetloader_casts_to_fp8_travel_in_fp8_and_load_as_the_graph_hol
         assert case["alone"] == 0.0 and case["with_lora"] == 0.0, weight_dtype
         assert case["lora_moved"] > 1e-2, weight_dtype
         assert case["bytes"] < 0.3 * found["fp32_bytes"], weight_dtype  # 1 byte per weight, not 4
+
+
+def test_the_first_worker_previews_each_step_and_the_last_preview_is_the_result(tiny_wan: str) -> None:
+    job = {"weights": tiny_wan, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": DUAL_SCOPE}
+    root, other = run_on_local_ranks(2, previews_and_latents, job)
+    assert other["previews"] == [], "only the rank holding the first frame previews"
+    previews = root["previews"]
+    assert [(step, total) for step, total, _ in previews] == [(1, 3), (2, 3), (3, 3)]
+    assert all(latent.shape == (1, 16, 1, 8, 8) for *_, latent in previews)
+    # Euler's last step lands on its clean estimate, so the last preview is the result's first frame, in the
+    # model's latent space as core KSampler's previews are.
+    np.testing.assert_allclose(previews[-1][2], root["first_in_model_space"], rtol=1e-5, atol=1e-5)

@@ -9,7 +9,7 @@ import torch
 
 from distributed.engine.comm import Communicator
 from distributed.engine.context import TemporalContext
-from distributed.engine.contract import CancelFn, RunControl, RunStats
+from distributed.engine.contract import CancelFn, PreviewFn, RunControl, RunStats
 from distributed.engine.errors import JobCancelled
 from distributed.engine.latent_job import ComfySampling
 from distributed.engine.layout import FrameLayout
@@ -239,6 +239,23 @@ def cancel_inside_a_step_then_sample(
     return texts, _clip_parallel(comfy, model, ctx, latent_shape, _sampling(sampling), settings)
 
 
+def previews_and_latents(
+    comm: Communicator, weights: str, latent_shape: tuple[int, ...], sampling: dict[str, Any], settings: dict
+) -> dict[str, Any]:
+    """One clip-parallel job whose root collects the previews; rank 0 also returns the whole latents, and the
+    first of them in the model's own latent space (where ComfyUI's samplers hand their previewers x0)."""
+    comfy = import_comfy(on_cpu=True)
+    ctx = TemporalContext(comm)
+    model = install_dual_scope(_load(comfy, weights), ctx)
+    previews: list[tuple[int, int, torch.Tensor]] = []
+    latents = _clip_parallel(
+        comfy, model, ctx, latent_shape, _sampling(sampling), settings,
+        preview=(lambda step, total, latent: previews.append((step, total, latent))) if comm.is_root else None,
+    )  # fmt: skip
+    in_model_space = None if latents is None else model.model.latent_format.process_in(latents[:, :, :1])
+    return {"previews": previews, "latents": latents, "first_in_model_space": in_model_space}
+
+
 def _clip_parallel(
     comfy: Any,
     model: Any,
@@ -247,10 +264,11 @@ def _clip_parallel(
     spec: ComfySampling,
     settings: dict,
     should_cancel: CancelFn | None = None,
+    preview: PreviewFn | None = None,
 ) -> torch.Tensor | None:
     comm = ctx.comm
     layout = FrameLayout(latent_shape[2], comm.world_size)
-    control = RunControl.create(None, should_cancel if comm.is_root else None, RunStats())
+    control = RunControl.create(None, should_cancel if comm.is_root else None, RunStats(), preview)
     with ctx.job(layout, DualScopeSettings(**settings)):
         own = sample_clip(
             comfy, model, ctx, torch.zeros(latent_shape), random_conditioning(1), random_conditioning(2), spec, control

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from .latent_job import LatentJob
 
 ProgressFn = Callable[[int, int, str], None]  # (step, total, phase)
+# (step, total, the first frame of the video's current denoised estimate: (1, C, 1, h, w) float32 on the CPU,
+# in the model's latent space, as ComfyUI's samplers hand it to their previewers)
+PreviewFn = Callable[[int, int, torch.Tensor], None]
 CancelFn = Callable[[], bool]
 AllocateFn = Callable[[tuple[int, ...]], np.ndarray]  # where rank 0 should gather the frames
 
@@ -54,6 +57,7 @@ class JobEngine(Protocol):
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,
+        on_preview: PreviewFn | None = None,
     ) -> GenerationResult: ...
 
     def release(self) -> None: ...
@@ -66,10 +70,23 @@ class RunControl:
     progress: ProgressFn
     should_cancel: CancelFn | None
     stats: RunStats
+    preview: PreviewFn | None = None  # set on the rank that holds the video's first frame (rank 0)
 
     @classmethod
-    def create(cls, progress: ProgressFn | None, should_cancel: CancelFn | None, stats: RunStats) -> RunControl:
-        return cls(progress or (lambda step, total, phase: None), should_cancel, stats)
+    def create(
+        cls,
+        progress: ProgressFn | None,
+        should_cancel: CancelFn | None,
+        stats: RunStats,
+        preview: PreviewFn | None = None,
+    ) -> RunControl:
+        return cls(progress or (lambda step, total, phase: None), should_cancel, stats, preview)
+
+    def show_preview(self, step: int, total: int, denoised: torch.Tensor) -> None:
+        """Hands the preview hook the first frame of `denoised`, (B, C, frames, h, w), if anyone watches (see
+        `preview`: callers that must compute `denoised` first check it)."""
+        if self.preview is not None:
+            self.preview(step, total, denoised[:1, :, :1].detach().to("cpu", torch.float32))
 
     def check_cancel(self, comm: Communicator, step: int, phase: str = "denoising") -> None:
         """Rank 0 decides and every rank learns it in one collective, so all stop at the same step. Until

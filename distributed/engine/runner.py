@@ -11,7 +11,7 @@ import torch
 from .admission import check_fits, sharing_ranks
 from .comm import Communicator
 from .context import TemporalContext
-from .contract import AllocateFn, CancelFn, GenerationResult, ProgressFn, RunControl, RunStats
+from .contract import AllocateFn, CancelFn, GenerationResult, PreviewFn, ProgressFn, RunControl, RunStats
 from .errors import PreparationFailed, mark_in_step
 from .family import ModelFamily, family
 from .job import JobSpec, ModelSpec
@@ -53,8 +53,11 @@ class Engine:
         on_progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,
+        on_preview: PreviewFn | None = None,
     ) -> GenerationResult:
-        control = RunControl.create(on_progress, should_cancel, RunStats())
+        """on_preview: called after each denoising step with the first frame of the denoised estimate, on rank
+        0 only (the rank that holds that frame); the others ignore it."""
+        control = RunControl.create(on_progress, should_cancel, RunStats(), on_preview if self.comm.is_root else None)
         control.progress(0, 1, "loading")
         loaded, job = self._prepare(job)
         control.progress(1, 1, "loading")

@@ -127,7 +127,22 @@ def denoise(
         extra = {}
         if stochastic:
             extra["variance_noise"] = initial_noise(shape, layout, comm.rank, job, step=index).to(device)
+        if control.preview is not None:
+            first_frame = denoised_estimate(scheduler, latents[:, :, :1], guided[:, :, :1], timestep)
+            control.show_preview(index + 1, total, first_frame)
         latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
         control.record_step(comm)
         control.progress(index + 1, total, "denoising")
     return latents
+
+
+def denoised_estimate(scheduler: Any, sample: torch.Tensor, prediction: torch.Tensor, timestep: Any) -> torch.Tensor:
+    """The clean latents the model's prediction at `timestep` implies, read as the scheduler's config says
+    (noise, velocity or the sample itself): what DDIM calls pred_original_sample, for every sampler."""
+    alpha = scheduler.alphas_cumprod[int(timestep)].to(sample.device, torch.float32)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (sample - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+    if kind == "v_prediction":
+        return alpha.sqrt() * sample - (1 - alpha).sqrt() * prediction
+    return prediction

@@ -6,6 +6,8 @@ Public API (what the ComfyUI nodes call):
     pool = shared_pool(config)                        # warm pool reused while the config is equal
     handle = pool.submit(job)                         # a JobSpec; checks the split, starts the pool if needed
     handle.poll_events()                              # [ProgressEvent(step, total, phase, time)], never blocks
+    handle.take_preview()                             # newest PreviewEvent(step, total, latent) or None: the
+                                                      # first frame of the denoised estimate, for live previews
     handle.cancel(); handle.done()
     frames = handle.result(timeout)                   # (T, H, W, 3) uint8 numpy over shared memory
                                                       # raises JobCancelled, WorkerError(.rank, .message,
@@ -23,7 +25,7 @@ Phases: "loading", "denoising", "decoding", "gathering" (from the engine).
 
 from .config import PoolConfig, parse_devices
 from .errors import PoolError, WorkerError
-from .handle import JobHandle, ProgressEvent
+from .handle import JobHandle, PreviewEvent, ProgressEvent
 from .pool import WorkerPool
 from .shared import current_shared_pool, shared_pool, shutdown_shared_pool
 
@@ -31,6 +33,7 @@ __all__ = [
     "JobHandle",
     "PoolConfig",
     "PoolError",
+    "PreviewEvent",
     "ProgressEvent",
     "WorkerError",
     "WorkerPool",

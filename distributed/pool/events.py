@@ -46,6 +46,16 @@ class Progress(WorkerEvent):
 
 
 @dataclass(frozen=True)
+class Preview(WorkerEvent):
+    """Rank 0's first frame of the denoised estimate after a step, for the caller's live preview."""
+
+    job: int | None
+    step: int
+    total: int
+    latent: np.ndarray  # (1, C, 1, h, w) float32, in the model's latent space: a few hundred kB at most
+
+
+@dataclass(frozen=True)
 class Result(WorkerEvent):
     job: int
     shm: str | None  # shared-memory block holding the frames (None: a latent job, no frames)
@@ -104,7 +114,7 @@ class AgentLost(WorkerEvent):
 
 EVENT_TYPES: dict[str, type[WorkerEvent]] = {
     cls.__name__: cls
-    for cls in (Ready, Stats, Progress, Result, Cancelled, Failed, Stopped, Heartbeat, Died, AgentLost)
+    for cls in (Ready, Stats, Progress, Preview, Result, Cancelled, Failed, Stopped, Heartbeat, Died, AgentLost)
 }
 
 

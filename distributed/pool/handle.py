@@ -22,6 +22,13 @@ class ProgressEvent:
     time: float  # seconds since the epoch, when the worker reported it
 
 
+@dataclass(frozen=True)
+class PreviewEvent:
+    step: int
+    total: int
+    latent: np.ndarray  # (1, C, 1, h, w) float32: the video's first frame of the denoised estimate, model space
+
+
 class JobHandle:
     """Filled in by the pool (record_progress, complete); read by the caller."""
 
@@ -35,6 +42,7 @@ class JobHandle:
         self._last_step_seen: float | None = None
         self._request_cancel = request_cancel
         self._events: deque[ProgressEvent] = deque()
+        self._preview: PreviewEvent | None = None  # only the newest matters: a slow reader skips the others
         self._done = threading.Event()
         self._frames: np.ndarray | None = None
         self._latents: np.ndarray | None = None
@@ -46,6 +54,11 @@ class JobHandle:
         while self._events:
             events.append(self._events.popleft())
         return events
+
+    def take_preview(self) -> PreviewEvent | None:
+        """The newest preview not taken yet, if any; never blocks."""
+        preview, self._preview = self._preview, None
+        return preview
 
     def cancel(self) -> None:
         """Asks every rank to stop at the next denoising step; result() then raises JobCancelled."""
@@ -81,6 +94,9 @@ class JobHandle:
             self._last_step_seen = time.monotonic()
         self.latest = event
         self._events.append(event)
+
+    def record_preview(self, event: PreviewEvent) -> None:
+        self._preview = event
 
     def complete(
         self, frames: np.ndarray | None = None, error: BaseException | None = None, latents: np.ndarray | None = None

@@ -22,9 +22,21 @@ from ..engine.job import JobSpec
 from ..engine.latent_job import LatentJob
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
-from .events import AgentLost, Cancelled, Died, Failed, Progress, Ready, Result, Stats, WorkerEvent, from_wire
+from .events import (
+    AgentLost,
+    Cancelled,
+    Died,
+    Failed,
+    Preview,
+    Progress,
+    Ready,
+    Result,
+    Stats,
+    WorkerEvent,
+    from_wire,
+)
 from .guard import Guard, GuardSettings
-from .handle import JobHandle, ProgressEvent
+from .handle import JobHandle, PreviewEvent, ProgressEvent
 from .join import JoinListener
 from .launch import describe_exit, kill_all, spawn_context, start_worker
 from .netutil import bind_listener, is_loopback, loopback_interface
@@ -373,6 +385,9 @@ class WorkerPool:
         elif isinstance(event, Progress) and current:
             assert job is not None
             job.record_progress(ProgressEvent(event.step, event.total, event.phase, event.time))
+        elif isinstance(event, Preview) and current:
+            assert job is not None
+            job.record_preview(PreviewEvent(event.step, event.total, event.latent))
         elif isinstance(event, Result):
             if not current:
                 if event.shm:

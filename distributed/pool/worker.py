@@ -30,6 +30,7 @@ from .events import (
     Cancelled,
     Failed,
     Heartbeat,
+    Preview,
     Progress,
     Ready,
     Result,
@@ -144,6 +145,7 @@ class Worker:
                 on_progress=self._progress if root else None,
                 should_cancel=None if self.args.cancel is None else (lambda: self.args.cancel.value == job_id),
                 allocate_output=output.allocate if root else None,
+                on_preview=self._preview if root else None,
             )
             if root:
                 name, shape = None, ()
@@ -174,6 +176,9 @@ class Worker:
 
     def _progress(self, step: int, total: int, phase: str) -> None:
         self._send(Progress(self.rank, job=self.job_id, step=int(step), total=int(total), phase=str(phase)))
+
+    def _preview(self, step: int, total: int, latent: torch.Tensor) -> None:
+        self._send(Preview(self.rank, job=self.job_id, step=int(step), total=int(total), latent=latent.numpy()))
 
     def _stop(self) -> None:
         if self.engine is not None:

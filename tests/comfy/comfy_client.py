@@ -13,6 +13,7 @@ import requests
 import websocket
 
 TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
+PREVIEW_IMAGE = 1  # ComfyUI's binary event type: 4 bytes of type, 4 of image format, then the image
 
 
 @dataclass
@@ -36,6 +37,7 @@ class ComfyClient:
         self.url = url
         self.client_id = uuid.uuid4().hex
         self.runs: dict[str, Run] = {}
+        self.binary: list[tuple[float, bytes]] = []  # (arrival, frame) of every binary frame
         self._lock = threading.Lock()
         self._ws = websocket.create_connection(
             url.replace("http", "ws", 1) + f"/ws?clientId={self.client_id}", timeout=5
@@ -55,7 +57,9 @@ class ComfyClient:
             if not message:
                 return  # the server closed the socket
             if not isinstance(message, str):
-                continue  # binary frames: previews and progress text
+                with self._lock:  # binary frames: previews and progress text, which name no prompt
+                    self.binary.append((time.monotonic(), message))
+                continue
             data = json.loads(message)
             prompt_id = (data.get("data") or {}).get("prompt_id")
             if prompt_id is None:
@@ -63,6 +67,14 @@ class ComfyClient:
             with self._lock:
                 run = self.runs.setdefault(prompt_id, Run(prompt_id))
                 run.events.append({"type": data["type"], "data": data["data"], "t": time.monotonic()})
+
+    def previews(self, run: Run) -> list[bytes]:
+        """The preview images (JPEG or PNG bytes) that arrived while `run` executed, in order."""
+        start = run.of_type("execution_start")[0]["t"]
+        end = run.events[-1]["t"]
+        with self._lock:
+            frames = [frame for t, frame in self.binary if start <= t <= end]
+        return [frame[8:] for frame in frames if int.from_bytes(frame[:4], "big") == PREVIEW_IMAGE]
 
     def close(self) -> None:
         self._closed = True

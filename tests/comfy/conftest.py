@@ -78,8 +78,11 @@ def host():
     extra = comfy_host.HOST_DIR / "test-extra_model_paths.yaml"
     extra.write_text(f"video-infinity-tests:\n    video_infinity: {EXTRA_MODELS}\n")
     # The server's secret for Worker Pools with remote workers; only the server gets it, not this process.
+    # Live previews on, as most installs have them (ComfyUI's own default is none).
     server = comfy_host.start_server(
-        base, extra_args=("--extra-model-paths-config", str(extra)), env={TOKEN_ENV: AGENT_TOKEN}
+        base,
+        extra_args=("--extra-model-paths-config", str(extra), "--preview-method", "latent2rgb"),
+        env={TOKEN_ENV: AGENT_TOKEN},
     )
     try:
         TIMINGS["server_ready_s"] = server.wait_ready()

@@ -131,6 +131,9 @@ def test_example_workflow_through_the_api_queue(host, client):
     # progress came while the sampler ran: after it started executing, before the save node started
     executing = {e["data"]["node"]: e["t"] for e in run.of_type("executing")}
     assert executing["4"] < progress[0]["t"] < progress[-1]["t"] < executing["5"]
+    # Live previews of the first frame, drawn by ComfyUI's latent2rgb previewer, as core KSampler's are.
+    previews = client.previews(run)
+    assert previews and all(image[:2] == b"\xff\xd8" for image in previews), f"{len(previews)} previews"
     saved = client.history(run.prompt_id)["outputs"]["5"]["images"][0]
     assert saved["filename"].endswith(".mp4")
     path = host.base / "output" / saved["subfolder"] / saved["filename"]

@@ -163,6 +163,8 @@ def test_wan_t2v_workflow_runs_to_a_saved_video(host, client):
     assert run.outcome == "execution_success", failure(run)
     progress = [e for e in run.of_type("progress") if e["data"]["node"] == "10"]
     assert progress and progress[-1]["data"]["value"] == progress[-1]["data"]["max"]
+    previews = client.previews(run)  # the Clip-Parallel KSampler's live previews, as core KSampler's
+    assert previews and all(image[:2] == b"\xff\xd8" for image in previews), f"{len(previews)} previews"
     saved = client.history(run.prompt_id)["outputs"]["13"]["images"][0]
     with av.open(str(host.base / "output" / saved["subfolder"] / saved["filename"])) as container:
         frames = [frame for frame in container.decode(video=0)]

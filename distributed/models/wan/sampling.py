@@ -92,6 +92,7 @@ def sample_clip(
 
     def on_step(step: int, denoised: Any, x: Any, steps: int) -> None:
         control.record_step(comm)
+        control.show_preview(step + 1, total_steps, denoised)
         control.progress(step + 1, total_steps, "denoising")
         control.check_cancel(comm, step + 1)
         comm.reset_counters()  # after the cancel check, so a step's count holds only the model's exchanges
