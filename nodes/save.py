@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class SaveVideo(io.ComfyNode):
                 ),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="Absolute path of the written mp4.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
 
@@ -93,6 +95,19 @@ class SaveVideo(io.ComfyNode):
         return True
 
     @classmethod
+    def _workflow_metadata(cls) -> dict[str, Any] | None:
+        """The graph and the queued prompt, as core Save Video embeds them (unless --disable-metadata), so the
+        mp4 dropped on ComfyUI's canvas opens the workflow that made it."""
+        from comfy.cli_args import args
+
+        if args.disable_metadata:
+            return None
+        metadata = dict(cls.hidden.extra_pnginfo or {})  # {"workflow": ...} when queued from the editor
+        if cls.hidden.prompt is not None:
+            metadata["prompt"] = cls.hidden.prompt
+        return metadata or None
+
+    @classmethod
     def execute(
         cls, fps: float, filename_prefix: str, crf: int, video_frames: VideoFrames | None = None, images=None
     ) -> io.NodeOutput:
@@ -107,7 +122,7 @@ class SaveVideo(io.ComfyNode):
         os.makedirs(folder, exist_ok=True)
         filename = f"{name}_{counter:05}_.mp4"  # the trailing "_" is what ComfyUI's counter scan expects
         path = os.path.join(folder, filename)
-        written = write_mp4(path, frames, width, height, rate, crf)
+        written = write_mp4(path, frames, width, height, rate, crf, cls._workflow_metadata())
         if written != count:
             raise RuntimeError(f"wrote {written} of {count} frames to {path}")
         saved = ui.SavedResult(filename, subfolder, io.FolderType.output)

@@ -42,8 +42,12 @@ def test_generate_writes_an_mp4_with_the_requested_frames(tiny_pipeline: Path, t
         stream = container.streams.video[0]
         assert float(stream.average_rate) == pytest.approx(8)
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        made_by = json.loads(container.metadata["video_infinity_job"])  # the job travels in the file
     assert len(frames) == 6
     assert frames[0].shape == (32, 32, 3)
+    assert (made_by["seed"], made_by["frames"], made_by["prompts"][1]["prompt"]) == (3, 6, "a ball")
+    data = out.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat"), "the index must lead the file (browsers, metadata readers)"
 
 
 def test_generate_takes_unset_settings_from_the_model_folder(tmp_path: Path) -> None:

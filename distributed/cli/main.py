@@ -146,7 +146,9 @@ def generate(args: argparse.Namespace) -> int:
             print(f"error: {cancelled}", file=sys.stderr)
             return 130
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_mp4(str(args.out), frames, frames.shape[2], frames.shape[1], job.fps)
+        # The job that made it travels in the file, so the video can be made again.
+        metadata = {"video_infinity_job": job.to_dict()}
+        write_mp4(str(args.out), frames, frames.shape[2], frames.shape[1], job.fps, metadata=metadata)
         print(f"wrote {frames.shape[0]} frames ({frames.shape[2]}x{frames.shape[1]}) to {args.out}", file=sys.stderr)
         return 0
     finally:

@@ -80,11 +80,15 @@ class ComfyClient:
         self._closed = True
         self._ws.close()
 
-    def post_prompt(self, prompt: dict[str, Any]) -> requests.Response:
-        return requests.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": self.client_id}, timeout=60)
+    def post_prompt(self, prompt: dict[str, Any], workflow: dict[str, Any] | None = None) -> requests.Response:
+        """POST /prompt; `workflow`: the editor's graph, sent as the editor sends it (extra_pnginfo)."""
+        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id}
+        if workflow is not None:
+            body["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
+        return requests.post(f"{self.url}/prompt", json=body, timeout=60)
 
-    def queue(self, prompt: dict[str, Any]) -> str:
-        response = self.post_prompt(prompt)
+    def queue(self, prompt: dict[str, Any], workflow: dict[str, Any] | None = None) -> str:
+        response = self.post_prompt(prompt, workflow)
         assert response.status_code == 200, response.text
         prompt_id = response.json()["prompt_id"]
         with self._lock:

@@ -109,6 +109,26 @@ def test_pool_panel_renders_and_screenshot(page, client):
     assert path.stat().st_size > 10_000
 
 
+def test_a_saved_video_dropped_on_the_canvas_opens_the_workflow_that_made_it(page, client):
+    graph = json.loads((WORKFLOWS / "text_to_video.json").read_text())
+    graph["nodes"][0]["title"] = "made this video"  # so the loaded graph is told apart from the example
+    run = client.wait(client.queue(tiny_job(seed=43), workflow=graph), timeout=300)
+    assert run.outcome == "execution_success", run.events
+    saved = client.history(run.prompt_id)["outputs"]["5"]["images"][0]
+    loaded = page.evaluate(
+        """async (saved) => {
+            const query = new URLSearchParams({...saved, type: "output"});
+            const blob = await (await fetch(`/view?${query}`)).blob();
+            window.app.graph.clear();
+            await window.app.handleFile(new File([blob], saved.filename, {type: "video/mp4"}));  // as a drop does
+            return window.app.graph._nodes.map((n) => [n.type, n.title]);
+        }""",
+        {"filename": saved["filename"], "subfolder": saved["subfolder"]},
+    )
+    assert sorted(node_type for node_type, _ in loaded) == sorted(n["type"] for n in graph["nodes"]), loaded
+    assert ["VideoInfinityLoadModel", "made this video"] in loaded, loaded
+
+
 def test_node_help_page_opens(page, host):
     # What the front end's node library asks for this pack's nodes (see nodes/routes.py).
     text = page.evaluate(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import av
 import pytest
 import requests
-from conftest import BROKEN_MODEL, EXTRA_MODEL, TIMINGS, TINY_MODEL, UNET_FILE, api_workflow, comfy_host, tiny_job
+from conftest import (
+    BROKEN_MODEL,
+    EXTRA_MODEL,
+    TIMINGS,
+    TINY_MODEL,
+    UNET_FILE,
+    WORKFLOWS,
+    api_workflow,
+    comfy_host,
+    tiny_job,
+)
 
 pytestmark = pytest.mark.comfy
 
@@ -139,12 +150,18 @@ def test_example_workflow_through_the_api_queue(host, client):
     path = host.base / "output" / saved["subfolder"] / saved["filename"]
     assert _mp4_frames(path) == (8, 64, 64)
 
+    with av.open(str(path)) as container:  # the prompt travels in the file, as core Save Video writes it
+        assert json.loads(container.metadata["prompt"]) == prompt and "workflow" not in container.metadata
+
     started = time.monotonic()  # the same graph again with another seed: the warm pool answers faster
-    run = client.wait(client.queue(tiny_job(seed=12)), timeout=300)
+    editor_graph = json.loads((WORKFLOWS / "text_to_video.json").read_text())  # as the editor would send it
+    run = client.wait(client.queue(tiny_job(seed=12), workflow=editor_graph), timeout=300)
     TIMINGS["warm_workflow_s"] = time.monotonic() - started
     assert run.outcome == "execution_success", run.events
     second = client.history(run.prompt_id)["outputs"]["5"]["images"][0]
     assert second["filename"] != saved["filename"] and path.exists()  # a new file, the first one kept
+    with av.open(str(host.base / "output" / second["subfolder"] / second["filename"])) as container:
+        assert json.loads(container.metadata["workflow"]) == editor_graph
 
 
 def test_multi_prompt_workflow_validates_and_runs(host, client):
