@@ -119,7 +119,7 @@ def submit(pool: Any, job: Any, progress: JobProgress) -> Any:
             starter.join(POLL_S)
         if failures:
             raise failures[0]
-    return pool.submit(job)
+    return pool.submit(job, preview=progress.preview.kind if progress.preview is not None else "none")
 
 
 def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> np.ndarray:
@@ -149,6 +149,7 @@ def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> 
         time.sleep(POLL_S)
     for event in handle.poll_events():
         progress.on_event(event)
+    progress.on_preview(handle.take_preview())  # a job faster than the polling still shows its last step
     try:
         frames = handle.result()
     except JobCancelled:

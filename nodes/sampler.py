@@ -9,7 +9,7 @@ import numpy as np
 from ..distributed.engine import choices
 from . import devices, pool_access
 from .api import CATEGORY, Attention, Frames, Pool, VideoModel, io
-from .previews import live_preview, pipeline_latent_format
+from .previews import pipeline_preview
 from .progress import JobProgress, submit, wait_for
 from .validation import InvalidInput, given, validate_node
 from .values import DEFAULT_POOL, ModelChoice, PoolChoice, VideoFrames
@@ -177,7 +177,7 @@ class ClipParallelSampler(io.ComfyNode):
         engine_pool = pool_access.get_pool(pool)
         workers = engine_pool.world_size
         job.validate(workers)  # an impossible split is refused before any worker starts
-        preview = live_preview(pipeline_latent_format(job.model.base))
+        preview = pipeline_preview(job.model.base)
         progress = JobProgress(job.steps, cls.hidden.unique_id, workers, preview)
         try:
             handle = submit(engine_pool, job, progress)

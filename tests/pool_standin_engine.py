@@ -31,7 +31,9 @@ class StandInEngine:
         contract = importlib.import_module("video_infinity_engine.engine.contract")
         self._result, self._stats = contract.GenerationResult, contract.RunStats
 
-    def run(self, job, on_progress=None, should_cancel=None, allocate_output=None, on_preview=None):
+    def run(
+        self, job, on_progress=None, should_cancel=None, allocate_output=None, on_preview=None, preview_pixels=False
+    ):
         progress = on_progress or (lambda step, total, phase: None)
         if self._key != job.model.base:
             self.loads += 1

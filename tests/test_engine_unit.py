@@ -589,3 +589,19 @@ def test_a_job_previews_the_first_frame_after_every_step(tiny_pipeline):
     first_frame = result.latents[:, :, :1]
     assert (previews[-1][2] - first_frame).abs().max() < 0.05 * first_frame.abs().max()
     assert (previews[0][2] - first_frame).abs().max() > (previews[-1][2] - first_frame).abs().max()
+
+
+def test_a_pixel_preview_is_the_frame_decoded_by_the_model_s_own_vae(tiny_pipeline):
+    previews = []
+    spec = {"model": {"base": str(tiny_pipeline)}, "prompt": "a red ball", "frames": 8, "height": 32, "width": 32}
+    spec.update(steps=3, sampler="ddim")
+    result = Engine(Communicator.single()).run(
+        JobSpec.from_dict(spec),
+        on_preview=lambda step, total, frame: previews.append(frame),
+        preview_pixels=True,
+    )
+    assert len(previews) == 3 and all(frame.shape == (1, 3, 1, 32, 32) for frame in previews)
+    assert all(frame.abs().max() <= 1 for frame in previews)
+    # The last step's estimate decodes to about the video's first frame.
+    first = torch.from_numpy(result.frames[0]).float().permute(2, 0, 1) / 127.5 - 1
+    assert (previews[-1][0, :, 0] - first).abs().mean() < 0.05

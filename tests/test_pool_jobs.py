@@ -79,6 +79,19 @@ def test_the_newest_preview_reaches_the_caller_and_is_taken_once(pool: WorkerPoo
     assert frames.shape[0] == 4 and handle.take_preview() is None
 
 
+def test_previews_can_be_decoded_by_the_model_or_left_out(pool: WorkerPool, tiny_pipeline: Path) -> None:
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=2), preview="pixels")
+    handle.result(120)
+    preview = handle.take_preview()
+    assert preview is not None and preview.latent.shape == (1, 3, 1, 32, 32)
+    assert np.abs(preview.latent).max() <= 1
+    handle = pool.submit(tiny_job(tiny_pipeline, steps=2), preview="none")
+    handle.result(120)
+    assert handle.take_preview() is None
+    with pytest.raises(InvalidSettingsError, match="preview is 'jpeg'"):
+        pool.submit(tiny_job(tiny_pipeline), preview="jpeg")
+
+
 def test_cancel_stops_within_one_step_and_the_pool_stays_warm(pool: WorkerPool, tiny_pipeline: Path) -> None:
     pids = pool.worker_pids()
     handle = pool.submit(tiny_job(tiny_pipeline, steps=200))

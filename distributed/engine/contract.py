@@ -20,6 +20,10 @@ ProgressFn = Callable[[int, int, str], None]  # (step, total, phase)
 # (step, total, the first frame of the video's current denoised estimate: (1, C, 1, h, w) float32 on the CPU,
 # in the model's latent space, as ComfyUI's samplers hand it to their previewers)
 PreviewFn = Callable[[int, int, torch.Tensor], None]
+# What a watcher wants to see after each step: nothing, the latent frame (drawn by ComfyUI's previewer), or
+# pixels (the frame decoded by the model's own VAE, for latents whose colours no previewer knows: (1, 3, 1,
+# H, W) in [-1, 1]; a family that cannot decode sends latents).
+PREVIEW_KINDS = ("none", "latent", "pixels")
 CancelFn = Callable[[], bool]
 AllocateFn = Callable[[tuple[int, ...]], np.ndarray]  # where rank 0 should gather the frames
 
@@ -58,6 +62,7 @@ class JobEngine(Protocol):
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,
         on_preview: PreviewFn | None = None,
+        preview_pixels: bool = False,
     ) -> GenerationResult: ...
 
     def release(self) -> None: ...
@@ -71,6 +76,7 @@ class RunControl:
     should_cancel: CancelFn | None
     stats: RunStats
     preview: PreviewFn | None = None  # set on the rank that holds the video's first frame (rank 0)
+    preview_pixels: bool = False  # the family decodes the preview frame with its VAE where it can
 
     @classmethod
     def create(
@@ -79,8 +85,9 @@ class RunControl:
         should_cancel: CancelFn | None,
         stats: RunStats,
         preview: PreviewFn | None = None,
+        preview_pixels: bool = False,
     ) -> RunControl:
-        return cls(progress or (lambda step, total, phase: None), should_cancel, stats, preview)
+        return cls(progress or (lambda step, total, phase: None), should_cancel, stats, preview, preview_pixels)
 
     def show_preview(self, step: int, total: int, denoised: torch.Tensor) -> None:
         """Hands the preview hook the first frame of `denoised`, (B, C, frames, h, w), if anyone watches (see

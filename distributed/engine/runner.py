@@ -54,10 +54,13 @@ class Engine:
         should_cancel: CancelFn | None = None,
         allocate_output: AllocateFn | None = None,
         on_preview: PreviewFn | None = None,
+        preview_pixels: bool = False,
     ) -> GenerationResult:
         """on_preview: called after each denoising step with the first frame of the denoised estimate, on rank
-        0 only (the rank that holds that frame); the others ignore it."""
-        control = RunControl.create(on_progress, should_cancel, RunStats(), on_preview if self.comm.is_root else None)
+        0 only (the rank that holds that frame); the others ignore it. preview_pixels: that frame decoded by
+        the model's VAE where its family can (contract.PREVIEW_KINDS)."""
+        preview = on_preview if self.comm.is_root else None
+        control = RunControl.create(on_progress, should_cancel, RunStats(), preview, preview_pixels)
         control.progress(0, 1, "loading")
         loaded, job = self._prepare(job)
         control.progress(1, 1, "loading")

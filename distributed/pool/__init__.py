@@ -5,6 +5,7 @@ Public API (what the ComfyUI nodes call):
     config = PoolConfig(devices="cuda:all")          # or "cpu:2", ["cuda:0", "cuda:1"], workers=N, ...
     pool = shared_pool(config)                        # warm pool reused while the config is equal
     handle = pool.submit(job)                         # a JobSpec; checks the split, starts the pool if needed
+                                                      # (preview="none" | "latent" | "pixels": see take_preview)
     handle.poll_events()                              # [ProgressEvent(step, total, phase, time)], never blocks
     handle.take_preview()                             # newest PreviewEvent(step, total, latent) or None: the
                                                       # first frame of the denoised estimate, for live previews

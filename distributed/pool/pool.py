@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from ..engine.contract import PREVIEW_KINDS
 from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityError
 from ..engine.host_memory import default_floor_bytes, oom_kill_count
 from ..engine.job import JobSpec
@@ -92,10 +93,14 @@ class WorkerPool:
             if not self.running:
                 self._start_session()
 
-    def submit(self, job: JobSpec | LatentJob) -> JobHandle:
-        """Checks the job against the pool, starts the pool if needed, and hands the job to rank 0."""
+    def submit(self, job: JobSpec | LatentJob, preview: str = "latent") -> JobHandle:
+        """Checks the job against the pool, starts the pool if needed, and hands the job to rank 0.
+
+        preview: what rank 0 sends after each step for handle.take_preview() (engine.contract.PREVIEW_KINDS)."""
         if not isinstance(job, (JobSpec, LatentJob)):
             raise InvalidSettingsError(f"submit takes a JobSpec or a LatentJob, not {type(job).__name__}")
+        if preview not in PREVIEW_KINDS:
+            raise InvalidSettingsError(f"preview is {preview!r}; use one of {list(PREVIEW_KINDS)}")
         job.validate(self.world_size)
         with self._submit_lock:
             current = self._job
@@ -110,7 +115,7 @@ class WorkerPool:
                 handle = JobHandle(self._next_id, job, self._request_cancel)
                 self._job = handle
             # Plain data across the process boundary: rank 0 rebuilds the JobSpec and broadcasts it as JSON.
-            session.jobs.put({"op": "job", "id": handle.id, "job": job.to_dict()})
+            session.jobs.put({"op": "job", "id": handle.id, "job": job.to_dict(), "preview": preview})
             if session.finished.is_set():  # it failed in the meantime: the monitor may have missed this job
                 handle.complete(error=session.failure or PoolError("the pool stopped"))
         return handle

@@ -145,7 +145,8 @@ class Worker:
                 on_progress=self._progress if root else None,
                 should_cancel=None if self.args.cancel is None else (lambda: self.args.cancel.value == job_id),
                 allocate_output=output.allocate if root else None,
-                on_preview=self._preview if root else None,
+                on_preview=self._preview if root and command.get("preview") != "none" else None,
+                preview_pixels=command.get("preview") == "pixels",
             )
             if root:
                 name, shape = None, ()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ...engine.comm import Communicator
 from ...engine.context import TemporalContext
-from ...engine.contract import RunControl
+from ...engine.contract import PreviewFn, RunControl
 from ...engine.family import LatentLayout, MemoryNeed
 from ...engine.job import JobSpec, ModelSpec
 from ...engine.sampling import denoise
@@ -77,6 +78,8 @@ class UNet3DFamily:
         def predict(model_input: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             return run_unet3d(loaded.unet, model_input, timestep, text, job.fps, frame_index)
 
+        if control.preview is not None and control.preview_pixels:
+            control = replace(control, preview=_decoding(control.preview, loaded))
         return denoise(predict, loaded.scheduler_config, shape, job, ctx, control, loaded.device, loaded.dtype)
 
     def decode(
@@ -99,3 +102,16 @@ class UNet3DFamily:
                 pieces.append(((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
             control.progress(number + 1, rounds, "decoding")
         return torch.cat(pieces)
+
+
+def _decoding(preview: PreviewFn, loaded: LoadedPipeline) -> PreviewFn:
+    """`preview` fed with the latent frame decoded by the pipeline's VAE: (1, 3, 1, H, W) in [-1, 1]."""
+
+    def show(step: int, total: int, latent: torch.Tensor) -> None:
+        vae = loaded.vae
+        frame = latent[:, :, 0].to(loaded.device, loaded.dtype) / vae.config.scaling_factor
+        with torch.inference_mode():
+            pixels = vae.decode(frame).sample.float().clamp(-1, 1)
+        preview(step, total, pixels.unsqueeze(2).cpu())
+
+    return show
