@@ -202,6 +202,10 @@ class HostServer:
                 return
 
 
+# For a person watching in a browser: samplers show their live previews (ComfyUI's own default is none).
+LIVE_PREVIEWS = ("--preview-method", "auto")
+
+
 def start_server(
     base: Path = BASE, port: int | None = None, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> HostServer:
@@ -261,7 +265,7 @@ def main() -> int:
     if args.command == "install":
         return 0
     base = prepare_base()
-    server = start_server(base, port=args.port)
+    server = start_server(base, port=args.port, extra_args=LIVE_PREVIEWS)
     # The server runs in its own session (so stop() reaches its workers); a TERM to us must stop it too.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -133,7 +133,7 @@ def main() -> int:
     began = time.monotonic()
     comfy_host.install()
     base = comfy_host.prepare_base()
-    server = comfy_host.start_server(base, port=args.port or None)
+    server = comfy_host.start_server(base, port=args.port or None, extra_args=comfy_host.LIVE_PREVIEWS)
     try:
         print(f"starting ComfyUI {comfy_host.COMFYUI_VERSION} (log: {server.log_path}) ...", flush=True)
         ready = server.wait_ready()
