@@ -73,14 +73,16 @@ def measure(config: PoolConfig, job: JobSpec) -> dict[str, float]:
         numbers["warm job"] = timed_job(pool, job)
         numbers["warm job, again"] = timed_job(pool, job)
 
-        handle = pool.submit(replace(job, steps=200))
-        step_times = wait_denoising_steps(handle, 3)
-        handle.cancel()
-        try:
-            handle.result(120)
-        except JobCancelled:
-            pass
-        numbers["one denoising step (median)"] = statistics.median(step_times)
+        # Rank 0's live preview after each step: none, the latent frame, or the frame decoded by the VAE.
+        for preview in ("none", "latent", "pixels"):
+            handle = pool.submit(replace(job, steps=200), preview=preview)
+            step_times = wait_denoising_steps(handle, 7)
+            handle.cancel()
+            try:
+                handle.result(120)
+            except JobCancelled:
+                pass
+            numbers[f"one denoising step (median), preview {preview}"] = statistics.median(step_times)
         numbers["cancel latency (request -> JobCancelled)"] = handle.finished_at - handle.cancel_requested_at
 
         handle = pool.submit(replace(job, steps=200))
