@@ -413,7 +413,8 @@ def test_example_workflows_are_templates(host):
 @pytest.mark.faults
 def test_kill_9_of_a_server_leaves_no_workers_and_its_rendezvous_folder_is_removed_later(host, client, tmp_path):
     """A second ComfyUI (the pack only, the demo model) is killed with SIGKILL mid-life: its workers follow it,
-    this server keeps serving, and the next pool start here removes the dead server's temporary folder."""
+    this server keeps serving, and the next pool start here removes the dead server's temporary folder. It
+    runs with --disable-metadata, which its Save Video honours as core's does."""
     import os
     import signal
     import tempfile
@@ -422,16 +423,21 @@ def test_kill_9_of_a_server_leaves_no_workers_and_its_rendezvous_folder_is_remov
     import psutil
     from comfy_client import ComfyClient
 
-    other = comfy_host.start_server(comfy_host.prepare_base(tmp_path / "second-base"))
+    other_base = comfy_host.prepare_base(tmp_path / "second-base")
+    other = comfy_host.start_server(other_base, extra_args=("--disable-metadata",))
     try:
         other.wait_ready()
         prompt = tiny_job(seed=61)
         prompt["1"]["inputs"]["model_name"] = "tiny-shapes-t2v"
         other_client = ComfyClient(other.url)
         try:
-            assert other_client.wait(other_client.queue(prompt), timeout=300).outcome == "execution_success"
+            run = other_client.wait(other_client.queue(prompt), timeout=300)
+            assert run.outcome == "execution_success"
+            saved = other_client.history(run.prompt_id)["outputs"]["5"]["images"][0]
         finally:
             other_client.close()
+        with av.open(str(other_base / "output" / saved["subfolder"] / saved["filename"])) as container:
+            assert "prompt" not in container.metadata and "workflow" not in container.metadata
         workers = [w["pid"] for w in other.get_json("/video_infinity/pool")["workers"]]
         folders = list(Path(tempfile.gettempdir()).glob(f"video-infinity-pool-{other.process.pid}-*"))
         assert len(workers) == 2 and folders
