@@ -62,7 +62,7 @@ class JobProgress:
         if event is None or self.preview is None:
             return
         try:
-            image = self.preview.image(event.latent)
+            image = self.preview.image(event.frame)
         except Exception as error:  # noqa: BLE001 - a preview is a nicety: the video goes on without it
             logging.warning("Video-Infinity: live preview turned off for this run (%s)", error)
             self.preview = None

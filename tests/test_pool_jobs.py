@@ -73,9 +73,9 @@ def test_the_newest_preview_reaches_the_caller_and_is_taken_once(pool: WorkerPoo
     frames = handle.result(120)
     preview = handle.take_preview()
     assert preview is not None and (preview.step, preview.total) == (3, 3)
-    assert preview.latent.shape == (1, 4, 1, 4, 4) and preview.latent.dtype == np.float32
+    assert preview.frame.shape == (1, 4, 1, 4, 4) and preview.frame.dtype == np.float32
     first_frame = handle.latents(0)[:, :, :1]
-    assert np.abs(preview.latent - first_frame).max() < 0.05 * np.abs(first_frame).max()
+    assert np.abs(preview.frame - first_frame).max() < 0.05 * np.abs(first_frame).max()
     assert frames.shape[0] == 4 and handle.take_preview() is None
 
 
@@ -83,8 +83,8 @@ def test_previews_can_be_decoded_by_the_model_or_left_out(pool: WorkerPool, tiny
     handle = pool.submit(tiny_job(tiny_pipeline, steps=2), preview="pixels")
     handle.result(120)
     preview = handle.take_preview()
-    assert preview is not None and preview.latent.shape == (1, 3, 1, 32, 32)
-    assert np.abs(preview.latent).max() <= 1
+    assert preview is not None and preview.frame.shape == (1, 3, 1, 32, 32)
+    assert np.abs(preview.frame).max() <= 1
     handle = pool.submit(tiny_job(tiny_pipeline, steps=2), preview="none")
     handle.result(120)
     assert handle.take_preview() is None

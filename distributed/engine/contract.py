@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from .latent_job import LatentJob
 
 ProgressFn = Callable[[int, int, str], None]  # (step, total, phase)
-# (step, total, the first frame of the video's current denoised estimate: (1, C, 1, h, w) float32 on the CPU,
-# in the model's latent space, as ComfyUI's samplers hand it to their previewers)
+# (step, total, the first frame of the video's current denoised estimate, float32 on the CPU: latents (1, C, 1,
+# h, w) in the model's space, as ComfyUI's samplers hand them to their previewers, or pixels (see PREVIEW_KINDS))
 PreviewFn = Callable[[int, int, torch.Tensor], None]
 # What a watcher wants to see after each step: nothing, the latent frame (drawn by ComfyUI's previewer), or
 # pixels (the frame decoded by the model's own VAE, for latents whose colours no previewer knows: (1, 3, 1,

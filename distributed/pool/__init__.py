@@ -7,7 +7,7 @@ Public API (what the ComfyUI nodes call):
     handle = pool.submit(job)                         # a JobSpec; checks the split, starts the pool if needed
                                                       # (preview="none" | "latent" | "pixels": see take_preview)
     handle.poll_events()                              # [ProgressEvent(step, total, phase, time)], never blocks
-    handle.take_preview()                             # newest PreviewEvent(step, total, latent) or None: the
+    handle.take_preview()                             # newest PreviewEvent(step, total, frame) or None: the
                                                       # first frame of the denoised estimate, for live previews
     handle.cancel(); handle.done()
     frames = handle.result(timeout)                   # (T, H, W, 3) uint8 numpy over shared memory

@@ -52,7 +52,7 @@ class Preview(WorkerEvent):
     job: int | None
     step: int
     total: int
-    latent: np.ndarray  # (1, C, 1, h, w) float32, in the model's latent space: a few hundred kB at most
+    frame: np.ndarray  # float32 latents (1, C, 1, h, w) or pixels (1, 3, 1, H, W): a few hundred kB at most
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ class ProgressEvent:
 class PreviewEvent:
     step: int
     total: int
-    latent: np.ndarray  # (1, C, 1, h, w) float32: the video's first frame of the denoised estimate, model space
+    # The video's first frame of the denoised estimate, float32: latents (1, C, 1, h, w) in the model's space, or
+    # pixels (1, 3, 1, H, W) in [-1, 1] (the submit's preview kind)
+    frame: np.ndarray
 
 
 class JobHandle:

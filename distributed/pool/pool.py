@@ -392,7 +392,7 @@ class WorkerPool:
             job.record_progress(ProgressEvent(event.step, event.total, event.phase, event.time))
         elif isinstance(event, Preview) and current:
             assert job is not None
-            job.record_preview(PreviewEvent(event.step, event.total, event.latent))
+            job.record_preview(PreviewEvent(event.step, event.total, event.frame))
         elif isinstance(event, Result):
             if not current:
                 if event.shm:

@@ -178,8 +178,8 @@ class Worker:
     def _progress(self, step: int, total: int, phase: str) -> None:
         self._send(Progress(self.rank, job=self.job_id, step=int(step), total=int(total), phase=str(phase)))
 
-    def _preview(self, step: int, total: int, latent: torch.Tensor) -> None:
-        self._send(Preview(self.rank, job=self.job_id, step=int(step), total=int(total), latent=latent.numpy()))
+    def _preview(self, step: int, total: int, frame: torch.Tensor) -> None:
+        self._send(Preview(self.rank, job=self.job_id, step=int(step), total=int(total), frame=frame.numpy()))
 
     def _stop(self) -> None:
         if self.engine is not None:
