@@ -77,6 +77,8 @@ class RunControl:
     stats: RunStats
     preview: PreviewFn | None = None  # set on the rank that holds the video's first frame (rank 0)
     preview_pixels: bool = False  # the family decodes the preview frame with its VAE where it can
+    # Set by a family that honours preview_pixels: (1, C, 1, h, w) latents -> (1, 3, 1, H, W) pixels, on the device
+    preview_decoder: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @classmethod
     def create(
@@ -91,9 +93,14 @@ class RunControl:
 
     def show_preview(self, step: int, total: int, denoised: torch.Tensor) -> None:
         """Hands the preview hook the first frame of `denoised`, (B, C, frames, h, w), if anyone watches (see
-        `preview`: callers that must compute `denoised` first check it)."""
-        if self.preview is not None:
-            self.preview(step, total, denoised[:1, :, :1].detach().to("cpu", torch.float32))
+        `preview`: callers that must compute `denoised` first check it); decoded first, on the device, where the
+        family set a decoder."""
+        if self.preview is None:
+            return
+        frame = denoised[:1, :, :1].detach()
+        if self.preview_decoder is not None:
+            frame = self.preview_decoder(frame).clamp(-1, 1)
+        self.preview(step, total, frame.to("cpu", torch.float32))
 
     def check_cancel(self, comm: Communicator, step: int, phase: str = "denoising") -> None:
         """Rank 0 decides and every rank learns it in one collective, so all stop at the same step. Until

@@ -11,7 +11,7 @@ import torch
 
 from ...engine.comm import Communicator
 from ...engine.context import TemporalContext
-from ...engine.contract import PreviewFn, RunControl
+from ...engine.contract import RunControl
 from ...engine.family import LatentLayout, MemoryNeed
 from ...engine.job import JobSpec, ModelSpec
 from ...engine.sampling import denoise
@@ -79,7 +79,7 @@ class UNet3DFamily:
             return run_unet3d(loaded.unet, model_input, timestep, text, job.fps, frame_index)
 
         if control.preview is not None and control.preview_pixels:
-            control = replace(control, preview=_decoding(control.preview, loaded))
+            control = replace(control, preview_decoder=lambda frame: _pixels(loaded, frame[:, :, 0]).unsqueeze(2))
         return denoise(predict, loaded.scheduler_config, shape, job, ctx, control, loaded.device, loaded.dtype)
 
     def decode(
@@ -90,28 +90,21 @@ class UNet3DFamily:
         Every rank goes through as many rounds as the largest share needs (a rank with fewer frames has
         empty ones), and a Cancel is agreed before each, so all ranks stop at the same round."""
         assert ctx.layout is not None
-        vae = loaded.vae
-        frames = latents[0].permute(1, 0, 2, 3) / vae.config.scaling_factor
+        frames = latents[0].permute(1, 0, 2, 3)
         pieces = []
         rounds = -(-max(ctx.layout.counts) // DECODE_CHUNK)
         for number in range(rounds):
             control.check_cancel(ctx.comm, number, phase="decoding")
             chunk = frames[number * DECODE_CHUNK : (number + 1) * DECODE_CHUNK]
             if len(chunk):
-                images = vae.decode(chunk.to(loaded.dtype)).sample.float()
+                images = _pixels(loaded, chunk)
                 pieces.append(((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
             control.progress(number + 1, rounds, "decoding")
         return torch.cat(pieces)
 
 
-def _decoding(preview: PreviewFn, loaded: LoadedPipeline) -> PreviewFn:
-    """`preview` fed with the latent frame decoded by the pipeline's VAE: (1, 3, 1, H, W) in [-1, 1]."""
-
-    def show(step: int, total: int, latent: torch.Tensor) -> None:
-        vae = loaded.vae
-        frame = latent[:, :, 0].to(loaded.device, loaded.dtype) / vae.config.scaling_factor
-        with torch.inference_mode():
-            pixels = vae.decode(frame).sample.float().clamp(-1, 1)
-        preview(step, total, pixels.unsqueeze(2).cpu())
-
-    return show
+def _pixels(loaded: LoadedPipeline, frames: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) latents in the model's scale, decoded by the pipeline's VAE: (N, 3, H, W) float32, about
+    [-1, 1]."""
+    vae = loaded.vae
+    return vae.decode((frames / vae.config.scaling_factor).to(loaded.dtype)).sample.float()
