@@ -1,4 +1,5 @@
-"""Clip-Parallel KSampler: core KSampler(Advanced) on the graph's own Wan MODEL, one long video over many workers."""
+"""Clip-Parallel KSampler: core KSampler(Advanced) on the graph's own Wan or LTX-Video MODEL, one long video over
+many workers."""
 
 from __future__ import annotations
 
@@ -38,17 +39,23 @@ class ClipParallelKSampler(io.ComfyNode):
             node_id="VideoInfinityClipParallelKSampler",
             display_name="Clip-Parallel KSampler (Video-Infinity)",
             category=CATEGORY,
-            description="KSampler for long videos on ComfyUI's own Wan models: the latent's frames are split into "
-            "clips, one per worker, kept consistent by dual-scope attention. Takes the MODEL with its LoRAs; "
-            "chain two (start/end step) for Wan 2.2's high- and low-noise experts.",
+            description="KSampler for long videos on ComfyUI's own Wan and LTX-Video models: the latent's frames are "
+            "split into clips, one per worker, kept consistent by dual-scope attention. Takes the MODEL with its "
+            "LoRAs; chain two (start/end step) for Wan 2.2's high- and low-noise experts.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1 / 2.2 A14B model from core loaders (LoRAs included)."),
-                io.Conditioning.Input("positive", tooltip="What the video shows (Wan's umT5 text encoder)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="A Wan 2.1 / 2.2 or LTX-Video 0.9 model from core loaders (LoRAs included).",
+                ),
+                io.Conditioning.Input(
+                    "positive", tooltip="What the video shows (Wan's umT5 or LTX-Video's T5 text encoder)."
+                ),
                 io.Conditioning.Input("negative", tooltip="What to steer away from."),
                 io.Latent.Input(
                     "latent_image",
-                    tooltip="From EmptyHunyuanLatentVideo, WanImageToVideo and the like; every worker needs at "
-                    "least one latent frame (4 video frames).",
+                    tooltip="From EmptyHunyuanLatentVideo, WanImageToVideo, EmptyLTXVLatentVideo, LTXVImgToVideo "
+                    "and the like; every worker needs at least one latent frame (4 video frames for Wan, 8 for "
+                    "LTX-Video).",
                 ),
                 io.Int.Input(
                     "seed",
@@ -107,8 +114,8 @@ class ClipParallelKSampler(io.ComfyNode):
                 Attention.Input(
                     "attention",
                     optional=True,
-                    tooltip="From Dual-Scope Attention; unconnected: the Wan defaults (P 10, G 16 latent "
-                    "frames, no phase bias).",
+                    tooltip="From Dual-Scope Attention; unconnected: the model's defaults (Wan: P 10, "
+                    "LTX-Video: P 8; G 16 latent frames, no phase bias).",
                 ),
                 Pool.Input(
                     "pool", optional=True, tooltip="From Worker Pool; unconnected uses every GPU, else 2 CPU workers."
@@ -179,25 +186,26 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     from ..distributed.engine.errors import InvalidSettingsError
     from ..distributed.engine.latent_job import LatentJob
     from ..distributed.engine.settings import DualScopeSettings
+    from ..distributed.models.wan.architectures import architecture_of
     from ..distributed.models.wan.export import export_model
-    from ..distributed.models.wan.family import DEFAULT_ATTENTION
     from ..distributed.models.wan.inputs import JobInputs, check_conditioning, write_inputs
 
     samples = latent["samples"]
     if samples.ndim != 5:
         raise InvalidSettingsError(
             f"latent_image has shape {tuple(samples.shape)}; a video latent (batch, channels, frames, height, width) is "
-            "needed, e.g. from EmptyHunyuanLatentVideo or WanImageToVideo"
+            "needed, e.g. from EmptyHunyuanLatentVideo, WanImageToVideo or EmptyLTXVLatentVideo"
         )
     noise_mask = latent.get("noise_mask")
     batch_index = [int(i) for i in latent["batch_index"]] if "batch_index" in latent else None
     root = Path(folder_paths.get_temp_directory()) / "video-infinity"
     exported = export_model(model, root / "models")
-    text_width = model.get_model_object("diffusion_model").text_embedding[0].in_features
+    architecture = architecture_of(model.model)
+    text_width = architecture.text_width(model.get_model_object("diffusion_model"))
     for name, conditioning in (("positive", positive), ("negative", negative)):
-        check_conditioning(name, conditioning, text_width)
+        check_conditioning(name, conditioning, text_width, architecture.text_encoder)
     settings = attention if isinstance(attention, DualScopeSettings) else None
-    settings = settings or (DualScopeSettings.from_dict(attention) if attention else DEFAULT_ATTENTION)
+    settings = settings or (DualScopeSettings.from_dict(attention) if attention else architecture.default_attention)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
     write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask, batch_index))
     return LatentJob(exported.spec(), str(inputs), int(samples.shape[2]), sampling, settings), inputs

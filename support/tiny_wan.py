@@ -24,6 +24,7 @@ TINY_WAN_FILES = {
     "camera": "diffusion_models/video-infinity-tiny-wan-camera.safetensors",  # a family the sampler refuses
     "vace": "diffusion_models/video-infinity-tiny-wan-vace.safetensors",  # Wan 2.1 VACE, one VACE block
     "t2v_fp8": "diffusion_models/video-infinity-tiny-wan-t2v-fp8-scaled.safetensors",  # as ComfyUI's *_fp8_scaled
+    "ltxv": "diffusion_models/video-infinity-tiny-ltxv.safetensors",  # LTX-Video (support/tiny_ltxv.py)
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
 TEXT_DIM = 4096  # ComfyUI's detection keeps Wan's text width at its default
@@ -176,16 +177,25 @@ def load_tiny_wan(comfy: Any, weights: str) -> Any:
     return comfy.sd.load_diffusion_model_state_dict(load_file(weights), model_options={"dtype": torch.float32})
 
 
-def random_conditioning(seed: int) -> list:
-    """CONDITIONING of Wan's text width, drawn from a seed (Wan's text encoder is far too big for tests)."""
+def random_conditioning(seed: int, model: Any = None) -> list:
+    """CONDITIONING of Wan's (and LTX-Video's) text width, drawn from a seed (their text encoders are far too
+    big for tests). For an LTX-Video `model` (a ModelPatcher) it carries the text's attention mask, as
+    LTX-Video's T5 encoder gives one; its last two tokens are padding."""
     text = torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
-    return [[text, {}]]
+    extras = {}
+    if model is not None and type(model.model.model_config).__name__ == "LTXV":
+        extras["attention_mask"] = torch.ones(1, TEXT_TOKENS, dtype=torch.int64)  # as the tokenizer gives it
+        extras["attention_mask"][:, -2:] = 0
+    return [[text, extras]]
 
 
-def core_sample(comfy: Any, model: Any, latent: torch.Tensor, spec: Any) -> torch.Tensor:
+def core_sample(
+    comfy: Any, model: Any, latent: torch.Tensor, spec: Any, noise_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Core KSampler on `model` (ComfySampling `spec`), with random_conditioning(1) and (2) as the prompts."""
     noise = comfy.sample.prepare_noise(latent, spec.seed)
     return comfy.sample.sample(
-        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, random_conditioning(1),
-        random_conditioning(2), latent, denoise=spec.denoise, seed=spec.seed, disable_pbar=True,
+        model, noise, spec.steps, spec.cfg, spec.sampler_name, spec.scheduler, random_conditioning(1, model),
+        random_conditioning(2, model), latent, denoise=spec.denoise, noise_mask=noise_mask, seed=spec.seed,
+        disable_pbar=True,
     )  # fmt: skip

@@ -27,6 +27,13 @@ def save_tiny_wan_target(comm: Communicator, path: str, seed: int = 0, image_to_
     return str(save_tiny_wan(Path(path), seed, image_to_video))
 
 
+def save_tiny_ltxv_target(comm: Communicator, path: str, seed: int = 0) -> str:
+    import_comfy(on_cpu=True)
+    from support.tiny_ltxv import save_tiny_ltxv
+
+    return str(save_tiny_ltxv(Path(path), seed))
+
+
 def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
     """The files the Wan workflows load, under a ComfyUI models folder (existing ones are kept)."""
     import_comfy(on_cpu=True)
@@ -58,6 +65,10 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
         save_tiny_wan(paths["camera"], seed=4, image_to_video=True, model_class="CameraWanModel", in_dim=32)
     if not paths["t2v_fp8"].exists():  # the t2v weights as a scaled-fp8 file
         save_tiny_wan_scaled_fp8(paths["t2v_fp8"], seed=0)
+    if not paths["ltxv"].exists():
+        from support.tiny_ltxv import save_tiny_ltxv
+
+        save_tiny_ltxv(paths["ltxv"], seed=6)
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -183,18 +194,25 @@ def _sampling(kwargs: dict[str, Any]) -> ComfySampling:
 
 
 def core_and_clip_parallel(
-    comm: Communicator, weights: str, latent_shape: tuple[int, ...], samplings: list[dict[str, Any]], settings: dict
+    comm: Communicator,
+    weights: str,
+    latent_shape: tuple[int, ...],
+    samplings: list[dict[str, Any]],
+    settings: dict,
+    keep_first: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each sampling on one rank: (core KSampler's latent, the clip-parallel latent), one model load."""
+    """For each sampling on one rank: (core KSampler's latent, the clip-parallel latent), one model load.
+    keep_first: see start_image_latent."""
     comfy = import_comfy(on_cpu=True)
     plain = _load(comfy, weights)
     ctx = TemporalContext(comm)
     patched = install_dual_scope(plain, ctx)
+    latent, mask = start_image_latent(latent_shape, keep_first)
     pairs = []
     for sampling in samplings:
         spec = _sampling(sampling)
-        ours = _clip_parallel(comfy, patched, ctx, latent_shape, spec, settings)
-        pairs.append((core_sample(comfy, plain, torch.zeros(latent_shape), spec), ours))
+        ours = _clip_parallel(comfy, patched, ctx, latent_shape, spec, settings, keep_first=keep_first)
+        pairs.append((core_sample(comfy, plain, latent, spec, mask), ours))
     return pairs
 
 
@@ -205,13 +223,30 @@ def clip_parallel(
     samplings: list[dict[str, Any]],
     settings: dict,
     overlap: bool = True,
+    keep_first: bool = False,
 ) -> list[torch.Tensor | None]:
     """Each sampling clip-parallel over this group's ranks; rank 0 returns the whole latents. overlap: see
-    install_dual_scope (False: the path of devices without a fused attention that gives its normaliser)."""
+    install_dual_scope (False: the path of devices without a fused attention that gives its normaliser).
+    keep_first: see start_image_latent."""
     comfy = import_comfy(on_cpu=True)
     ctx = TemporalContext(comm)
     model = install_dual_scope(_load(comfy, weights), ctx, overlap)
-    return [_clip_parallel(comfy, model, ctx, latent_shape, _sampling(s), settings) for s in samplings]
+    return [
+        _clip_parallel(comfy, model, ctx, latent_shape, _sampling(s), settings, keep_first=keep_first)
+        for s in samplings
+    ]
+
+
+def start_image_latent(latent_shape: tuple[int, ...], keep_first: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Zeros and no noise mask; or (keep_first) a random first latent frame kept by a noise mask of 0 there, as
+    LTXVImgToVideo makes an image-to-video latent at strength 1."""
+    latent = torch.zeros(latent_shape)
+    if not keep_first:
+        return latent, None
+    latent[:, :, :1] = torch.randn(latent[:, :, :1].shape, generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(latent_shape[0], 1, *latent_shape[2:])
+    mask[:, :, :1] = 0.0
+    return latent, mask
 
 
 def cancel_inside_a_step_then_sample(
@@ -265,14 +300,17 @@ def _clip_parallel(
     settings: dict,
     should_cancel: CancelFn | None = None,
     preview: PreviewFn | None = None,
+    keep_first: bool = False,
 ) -> torch.Tensor | None:
     comm = ctx.comm
     layout = FrameLayout(latent_shape[2], comm.world_size)
     control = RunControl.create(None, should_cancel if comm.is_root else None, RunStats(), preview)
+    latent, mask = start_image_latent(latent_shape, keep_first)
     with ctx.job(layout, DualScopeSettings(**settings)):
         own = sample_clip(
-            comfy, model, ctx, torch.zeros(latent_shape), random_conditioning(1), random_conditioning(2), spec, control
-        )
+            comfy, model, ctx, latent, random_conditioning(1, model), random_conditioning(2, model), spec, control,
+            noise_mask=mask,
+        )  # fmt: skip
     gathered = comm.gather_frames_to_root(own[0].permute(1, 0, 2, 3).contiguous(), layout)
     return None if gathered is None else gathered.permute(1, 0, 2, 3).unsqueeze(0)
 

@@ -29,14 +29,8 @@ from ...engine.dtypes import DTYPE_NAMES
 from ...engine.errors import InvalidSettingsError
 from ...engine.job import ModelSpec
 from ...engine.weight_files import safetensors_bytes, write_safetensors
+from .architectures import architecture_of, config_name
 
-SUPPORTED_CONFIGS = {
-    "WAN21_T2V": "Wan 2.1 / 2.2 A14B text-to-video",
-    "WAN21_I2V": "Wan 2.1 / 2.2 A14B image-to-video",
-    "WAN22_T2V": "Wan 2.2 TI2V 5B text- and image-to-video",
-    "WAN21_FunControl2V": "Wan 2.1 / 2.2 Fun Control (control video, start image)",
-    "WAN21_Vace": "Wan 2.1 VACE (control video, masks, reference image)",
-}
 KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
 OWN_TRANSFORMER_OPTIONS: tuple[str, ...] = ()
@@ -44,10 +38,13 @@ OWN_TRANSFORMER_OPTIONS: tuple[str, ...] = ()
 
 @dataclass(frozen=True)
 class ModelSampling:
-    """The flow model's sampling parameters (ModelSamplingSD3 and the model's own default)."""
+    """The flow model's sampling parameters: ModelSamplingSD3's (or ModelSamplingLTXV's) shift, or the model's
+    own default, and which of ComfyUI's flow samplings it is: "discrete_flow" (ModelSamplingDiscreteFlow, Wan) or
+    "flux" (ModelSamplingFlux, LTX-Video)."""
 
     shift: float
-    multiplier: float
+    multiplier: float = 1.0  # discrete_flow only
+    kind: str = "discrete_flow"
 
 
 @dataclass(frozen=True)
@@ -67,14 +64,9 @@ FP8_WEIGHT_DTYPES = {torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_
 
 
 def check_family(patcher: Any) -> str:
-    """The model's config name; raises InvalidSettingsError naming the supported families otherwise."""
-    config = type(patcher.model.model_config).__name__
-    if config not in SUPPORTED_CONFIGS:
-        supported = ", ".join(f"{name} ({what})" for name, what in SUPPORTED_CONFIGS.items())
-        raise InvalidSettingsError(
-            f"the MODEL is a {config} ({type(patcher.model).__name__}), which this sampler cannot run clip-parallel; "
-            f"supported: {supported}. Use core KSampler for other models"
-        )
+    """The model's config name; raises InvalidSettingsError naming the supported models otherwise."""
+    architecture_of(patcher.model)
+    config = config_name(patcher.model)
     if getattr(patcher.model.diffusion_model, "ref_conv", None) is not None:
         raise InvalidSettingsError(
             f"the MODEL is a {config} with a reference-image input (Wan Fun 1.1), which adds a frame of tokens ahead "
@@ -241,8 +233,10 @@ def _sampling_of(patcher: Any) -> ModelSampling | None:
     import comfy.model_sampling
 
     sampling = patcher.get_model_object("model_sampling")
-    if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) and isinstance(
-        sampling, comfy.model_sampling.CONST
-    ):
+    if not isinstance(sampling, comfy.model_sampling.CONST):
+        return None
+    if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
         return ModelSampling(float(sampling.shift), float(sampling.multiplier))
+    if isinstance(sampling, comfy.model_sampling.ModelSamplingFlux):
+        return ModelSampling(float(sampling.shift), kind="flux")
     return None

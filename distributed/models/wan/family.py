@@ -1,4 +1,5 @@
-"""ComfyUI's Wan models behind the engine's seam: the graph's weights, ComfyUI's samplers, no decode.
+"""ComfyUI's own DiT video models (Wan, LTX-Video) behind the engine's seam: the graph's weights, ComfyUI's
+samplers, no decode. The family is named after Wan, its first model; architectures.py holds what differs.
 
 The worker loads the weights file the coordinator wrote (export.py), installs dual-scope attention on a
 clone of the ModelPatcher (patch.py) and runs ComfyUI's sampler on its clip (sampling.py). The latents go
@@ -24,18 +25,15 @@ from ...engine.family import LatentLayout, MemoryNeed
 from ...engine.file_transfer import local_path
 from ...engine.job import ModelSpec
 from ...engine.latent_job import LatentJob
-from ...engine.settings import DualScopeSettings
 from ...engine.weight_files import check_safetensors_file
+from .architectures import WAN, architecture_of
 from .comfy_runtime import import_comfy
 from .export import FP8_WEIGHT_DTYPES, KEEP_EXPORTS
 from .inputs import latent_shape, read_inputs
 from .patch import install_dual_scope
 from .sampling import check_sampling, sample_clip
 
-# Wan's native clip is 81 frames = 21 latent frames, so P = 10 gives each frame the window it was trained on;
-# with G = 16 a frame attends to at most 2P + 1 + G = 37 latent frames, under twice the native clip. The phase
-# bias is off: its reference setting was tuned on VideoCrafter2's timestep schedule, not on a flow model's.
-DEFAULT_ATTENTION = DualScopeSettings(local_window=10, global_frames=16, phase_bias=False)
+DEFAULT_ATTENTION = WAN.default_attention  # Wan's unconnected attention settings (benchmarks use them)
 KEEP_RECEIVED_INPUTS = 2  # a job's latent and conditioning, received on another machine: only the latest matter
 
 
@@ -90,7 +88,7 @@ class WanFamily:
         return LoadedWan(comfy, patcher, None)
 
     def patch(self, loaded: LoadedWan, ctx: TemporalContext) -> None:
-        loaded.patched = install_dual_scope(loaded.patcher, ctx)
+        loaded.patched = install_dual_scope(loaded.patcher, ctx, architecture=architecture_of(loaded.patcher.model))
 
     def peak_bytes(self, loaded: LoadedWan, job: LatentJob, own: int, held: int) -> MemoryNeed:
         """ComfyUI's own estimate for the model (the one its sampler loads and offloads weights by), on the
@@ -106,15 +104,13 @@ class WanFamily:
         )
 
     def latent_layout(self, loaded: LoadedWan) -> LatentLayout:
-        latent_format = loaded.patcher.model.latent_format
-        # Wan 2.1's VAE makes 16 channels per 8x8 pixels; Wan 2.2's (TI2V 5B) 48 per 16x16.
-        spatial = 16 if latent_format.latent_channels == 48 else 8
-        return LatentLayout(channels=latent_format.latent_channels, spatial_factor=spatial, temporal_factor=4)
+        model = loaded.patcher.model
+        return architecture_of(model).latent_layout(model.diffusion_model, model.latent_format.latent_channels)
 
     def denoise(self, loaded: LoadedWan, job: LatentJob, ctx: TemporalContext, control: RunControl) -> torch.Tensor:
         if job.attention.mode == "reference":
             raise InvalidSettingsError(
-                "mode 'reference' reproduces the UNet3D reference code and has no meaning for Wan; use 'exact' "
+                "mode 'reference' reproduces the UNet3D reference code and has no meaning for DiT models; use 'exact' "
                 "(or 'independent' for the baseline without exchange)"
             )
         comfy = loaded.comfy
@@ -133,9 +129,19 @@ class WanFamily:
 
 
 def _model_sampling(comfy: Any, model: Any, sampling: Any) -> Any:
-    """The flow sampling the graph's MODEL had (ModelSamplingSD3's shift, or the model's default)."""
+    """The flow sampling the graph's MODEL had (ModelSamplingSD3's or ModelSamplingLTXV's shift, or the model's
+    default)."""
+    samplings = comfy.model_sampling
+    if sampling.kind == "flux":
 
-    class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        class FluxSampling(samplings.ModelSamplingFlux, samplings.CONST):
+            pass
+
+        result = FluxSampling(model.model.model_config)
+        result.set_parameters(shift=sampling.shift)
+        return result
+
+    class FlowSampling(samplings.ModelSamplingDiscreteFlow, samplings.CONST):
         pass
 
     result = FlowSampling(model.model.model_config)

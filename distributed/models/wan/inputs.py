@@ -20,7 +20,9 @@ from .export import ModelSampling
 PLAIN = (bool, int, float, str, type(None))
 CLIP_VISION_FIELDS = ("last_hidden_state", "image_embeds", "penultimate_hidden_states", "mm_projected")
 CONDITIONINGS = ("positive", "negative")
-TIME_EXTENDING = ("time_dim_concat",)  # conditioning that adds latent frames to the model's input
+# Conditioning that adds latent frames to the model's input (Wan's time_dim_concat) or places frames of its own
+# on the timeline (LTX-Video's keyframe guides).
+TIME_EXTENDING = ("time_dim_concat", "keyframe_idxs")
 
 
 @dataclass
@@ -33,8 +35,9 @@ class JobInputs:
     batch_index: list[int] | None = None  # the LATENT's batch_index: which of the seed's noises each video gets
 
 
-def check_conditioning(name: str, conditioning: Any, text_width: int) -> None:
-    """Refuses conditioning that is not a list of [tensor, extras] or was made for another model's text width."""
+def check_conditioning(name: str, conditioning: Any, text_width: int, text_encoder: str) -> None:
+    """Refuses conditioning that is not a list of [tensor, extras] or was made for another model's text width.
+    text_encoder: which encoder the model needs, said in the error."""
     if not isinstance(conditioning, list) or not conditioning:
         raise InvalidSettingsError(f"{name} is empty or not CONDITIONING; connect a text encode node")
     for entry in conditioning:
@@ -43,7 +46,7 @@ def check_conditioning(name: str, conditioning: Any, text_width: int) -> None:
         if width != text_width:
             raise InvalidSettingsError(
                 f"the {name} conditioning has width {width} but the model takes {text_width}: it was encoded for "
-                "another model (Wan needs its umT5-XXL text encoder, loaded with CLIPLoader type 'wan')"
+                f"another model ({text_encoder})"
             )
 
 

@@ -1,12 +1,13 @@
-"""Dual-scope attention installed on a cloned ComfyUI ModelPatcher through ComfyUI's own hooks.
+"""Dual-scope attention installed on a cloned ComfyUI ModelPatcher through ComfyUI's own hooks (Wan, LTX-Video).
 
 - `transformer_options["optimized_attention_override"]` receives every attention call of the model;
 - a `patches_replace["dit"][("double_block", i)]` wrapper per block marks its first attention call, which
-  in a Wan block is the self-attention (cross-attention to text and image follows), so only that one
-  becomes dual-scope;
+  in a Wan or LTX-Video block is the self-attention (cross-attention to text and image follows), so only
+  that one becomes dual-scope;
 - VACE models run their VACE blocks outside that hook, so each is wrapped by an object patch that marks
   its self-attention the same way;
-- `transformer_options["rope_options"]["shift_t"]` moves RoPE's frame positions to the clip's global start;
+- the frame positions RoPE rotates by move to the clip's global start (architectures.py: Wan's
+  `rope_options["shift_t"]`, LTX-Video's patchifier coordinates);
 - `model_function_wrapper` sets the step's timestep for the phase bias (on the model's own timestep
   scale) and runs one batch element per model call, so every rank makes the same collective calls
   whatever ComfyUI decides about batching the positive and negative prompt.
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from ...engine.context import TemporalContext
+from .architectures import DitArchitecture, architecture_of
 from .attention import dual_scope_self_attention
 
 OPTIONS_KEY = "video_infinity"  # our per-call state inside transformer_options
@@ -47,15 +49,19 @@ class _MarkedSelfAttention(torch.nn.Module):
         return self.block(*args, transformer_options=options, **kwargs)
 
 
-def install_dual_scope(patcher: Any, ctx: TemporalContext, overlap: bool = True) -> Any:
+def install_dual_scope(
+    patcher: Any, ctx: TemporalContext, overlap: bool = True, architecture: DitArchitecture | None = None
+) -> Any:
     """A clone of `patcher` whose self-attentions are dual-scope while ctx has a job. Weights are shared.
 
     overlap: attend to the own frames while the halo and global frames travel (dual_scope_self_attention);
-    False waits for them first, the same result (benchmarks.wan_scaling measures what it saves)."""
+    False waits for them first, the same result (benchmarks.wan_scaling measures what it saves).
+    architecture: the model's (architectures.py), found from its config when not given."""
+    architecture = architecture or architecture_of(patcher.model)
     model = patcher.clone()
     diffusion_model = model.get_model_object("diffusion_model")
-    _, patch_h, patch_w = diffusion_model.patch_size
     clip = {"tokens_per_frame": 0}  # set from each model call's input, read by its attention calls
+    place_clip = architecture.place_clip(model, lambda: ctx.span[0] if ctx.active else None)
 
     def attention_override(func: Callable[..., torch.Tensor], q, k, v, heads, *args, **kwargs) -> torch.Tensor:
         options = kwargs.get("transformer_options") or {}
@@ -73,14 +79,11 @@ def install_dual_scope(patcher: Any, ctx: TemporalContext, overlap: bool = True)
 
     def model_wrapper(apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
         x, timestep, conds = args["input"], args["timestep"], args["c"]
-        clip["tokens_per_frame"] = -(-x.shape[-2] // patch_h) * -(-x.shape[-1] // patch_w)  # padded to patches
+        clip["tokens_per_frame"] = architecture.tokens_per_frame(diffusion_model, x)
         # apply_model belongs to the model being sampled, with the job's model_sampling patched in.
-        ctx.timestep = float(apply_model.__self__.model_sampling.timestep(timestep[:1]).item())
-        if ctx.active:
-            start = ctx.span[0]
-            options = dict(conds.get("transformer_options", {}))
-            options["rope_options"] = dict(options.get("rope_options", {}), shift_t=float(start))
-            conds = dict(conds, transformer_options=options)
+        sampling = apply_model.__self__.model_sampling
+        ctx.timestep = float(sampling.timestep(timestep[:1]).item()) * architecture.timestep_scale
+        conds = place_clip(conds)
         outputs = [
             apply_model(x[i : i + 1], timestep[i : i + 1], **_batch_item(conds, i, x.shape[0]))
             for i in range(x.shape[0])
@@ -88,7 +91,7 @@ def install_dual_scope(patcher: Any, ctx: TemporalContext, overlap: bool = True)
         return torch.cat(outputs)
 
     model.model_options["transformer_options"]["optimized_attention_override"] = attention_override
-    for index in range(len(diffusion_model.blocks)):
+    for index in range(len(architecture.blocks(diffusion_model))):
         model.set_model_patch_replace(block_wrapper, "dit", "double_block", index)
     for index, block in enumerate(getattr(diffusion_model, "vace_blocks", None) or ()):
         model.add_object_patch(f"diffusion_model.vace_blocks.{index}", _MarkedSelfAttention(block))

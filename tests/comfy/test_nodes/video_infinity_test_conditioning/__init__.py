@@ -16,17 +16,23 @@ class TestConditioning:
             "required": {
                 "text": ("STRING", {"default": "a red circle moving right"}),
                 "width": ("INT", {"default": 4096, "min": 1, "max": 8192}),
-            }
+            },
+            # LTX-Video's T5 encoder gives the text's attention mask too (its last two tokens: padding here).
+            "optional": {"attention_mask": ("BOOLEAN", {"default": False})},
         }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
 
-    def encode(self, text, width):
+    def encode(self, text, width, attention_mask=False):
         seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
         embedding = torch.randn(1, 8, width, generator=torch.Generator().manual_seed(seed))
-        return ([[embedding, {}]],)
+        extras = {}
+        if attention_mask:
+            extras["attention_mask"] = torch.ones(1, 8, dtype=torch.int64)
+            extras["attention_mask"][:, -2:] = 0
+        return ([[embedding, extras]],)
 
 
 class TestImageLatent:

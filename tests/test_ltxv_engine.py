@@ -1,0 +1,78 @@
+"""Clip parallelism on ComfyUI's own LTX-Video model: equal to core KSampler on one worker, the same for any
+worker count, text-to-video and image-to-video. Tiny random LTX-Video weights, real rank processes (gloo on
+CPU); ComfyUI is imported in the ranks only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from support.local_ranks import run_in_turn, run_on_local_ranks
+
+from .ltxv_targets import graph_job_through_the_engine
+from .test_wan_engine import comfy_root, relative, sampling  # noqa: F401 - comfy_root: the ranks import ComfyUI
+from .wan_targets import clip_parallel, core_and_clip_parallel, save_tiny_ltxv_target
+
+pytestmark = [pytest.mark.ltxv, pytest.mark.distributed]
+FRAMES = 7  # latent frames (49 video frames): split unevenly over 2, 3 and 4 workers
+LATENT = (1, 128, FRAMES, 4, 4)  # LTX-Video: 128 channels per 32x32 pixels
+FULL_WINDOW = {"local_window": FRAMES, "global_frames": 0, "phase_bias": False}
+DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_threshold": 500.0}
+EQUAL_TO_CORE = ["euler", "euler_ancestral", "dpmpp_2m", "uni_pc"]
+INVARIANT = ["euler", "euler_ancestral"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ltxv(comfy_root: None, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: F811
+    path = tmp_path_factory.mktemp("ltxv") / "tiny_ltxv.safetensors"
+    return run_on_local_ranks(1, save_tiny_ltxv_target, {"path": str(path)})[0]
+
+
+@pytest.mark.parametrize("keep_first", [False, True], ids=["text-to-video", "image-to-video"])
+def test_one_worker_with_a_full_window_equals_core_ksampler(tiny_ltxv: str, keep_first: bool) -> None:
+    job = {"weights": tiny_ltxv, "latent_shape": LATENT, "settings": FULL_WINDOW, "keep_first": keep_first}
+    pairs = run_on_local_ranks(1, core_and_clip_parallel, dict(job, samplings=[sampling(n) for n in EQUAL_TO_CORE]))[0]
+    for name, (core, ours) in zip(EQUAL_TO_CORE, pairs, strict=True):
+        error = relative(ours, core)
+        print(f"{name}: relative difference to core KSampler {error:.2e}")
+        assert error < 1e-5, name
+        if keep_first:  # the start image's latent frame is kept, as core keeps it
+            np.testing.assert_array_equal(ours[:, :, 0], core[:, :, 0])
+
+
+@pytest.mark.parametrize("keep_first", [False, True], ids=["text-to-video", "image-to-video"])
+def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_ltxv: str, keep_first: bool) -> None:
+    job = {"weights": tiny_ltxv, "latent_shape": LATENT, "samplings": [sampling(n) for n in INVARIANT]}
+    job["keep_first"] = keep_first
+    splits = (2, 3, 4)
+    # Without the exchange (independent clips) 3 workers give another video, and so does a window over the whole
+    # video: the dual-scope attention and the exchange do the work.
+    others = [(3, dict(job, settings=dict(DUAL_SCOPE, mode="independent"))), (1, dict(job, settings=FULL_WINDOW))]
+    runs = [(1, dict(job, settings=DUAL_SCOPE))] + [(workers, dict(job, settings=DUAL_SCOPE)) for workers in splits]
+    (oracle,), *split_runs, (independent, *_), (full,) = run_in_turn(runs + others, clip_parallel)
+    for workers, (videos, *_) in zip(splits, split_runs, strict=True):
+        for name, video, expected in zip(INVARIANT, videos, oracle, strict=True):
+            error = relative(video, expected)
+            print(f"{name} on {workers} workers: relative difference to one worker {error:.2e}")
+            assert error < 2e-5, (name, workers)
+    for video in (independent[0], full[0]):
+        assert relative(video, oracle[0]) > 1e-3
+
+
+def test_the_graph_s_model_sampling_frame_rate_and_text_mask_reach_the_workers(tiny_ltxv: str, tmp_path: Path):
+    """ModelSamplingLTXV's shift (a flux sampling, not Wan's), LTXVConditioning's frame rate and the text's
+    attention mask travel with the job: 2 workers through the engine, with a window over the whole video, give
+    core KSampler's latents on the graph's MODEL and conditioning."""
+    job = {"weights": tiny_ltxv, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": FULL_WINDOW}
+    for keep_first in (False, True):
+        folder = tmp_path / f"keep-first-{keep_first}"
+        found = run_on_local_ranks(
+            2, graph_job_through_the_engine, dict(job, folder=str(folder), keep_first=keep_first)
+        )
+        result = found[0]
+        assert result["sampling"].kind == "flux" and result["sampling"].shift != 2.37  # ModelSamplingLTXV's shift
+        error = relative(result["latents"], result["core"])
+        print(f"keep_first {keep_first}: 2 workers through the engine vs core KSampler {error:.2e}")
+        assert error < 1e-5
