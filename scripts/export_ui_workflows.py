@@ -27,10 +27,13 @@ COLUMNS = {
     "VideoInfinityClipParallelSampler": (1, 0),
     "VideoInfinitySaveVideo": (2, 0),
 }
-# The Wan workflows: core loaders, then prompts and latent, our settings, the sampler, decode and save.
-WAN_COLUMNS = {
+# The Wan and LTX-Video workflows: core loaders, then prompts and latent, our settings, the sampler, decode and
+# save.
+DIT_COLUMNS = {
     "UNETLoader": (0, 0),
+    "CheckpointLoaderSimple": (0, 0),
     "ModelSamplingSD3": (0, 1),
+    "ModelSamplingLTXV": (0, 1),
     "CLIPLoader": (0, 2),
     "VAELoader": (0, 3),
     "CLIPVisionLoader": (0, 4),
@@ -39,6 +42,8 @@ WAN_COLUMNS = {
     "CLIPVisionEncode": (1, 1),
     "EmptyHunyuanLatentVideo": (1, 2),
     "WanImageToVideo": (1, 2),
+    "EmptyLTXVLatentVideo": (1, 2),
+    "LTXVConditioning": (1, 3),
     "VideoInfinityDualScopeAttention": (2, 0),
     "VideoInfinityWorkerPool": (2, 1),
     "VideoInfinityClipParallelKSampler": (3, 0),
@@ -83,7 +88,7 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             comfy_browser.open_app(page, server.url)
             for api_file in sorted((WORKFLOWS / "api").glob("*.json")):
-                columns = WAN_COLUMNS if api_file.stem.startswith("wan_") else COLUMNS
+                columns = DIT_COLUMNS if api_file.stem.startswith(("wan_", "ltxv_")) else COLUMNS
                 graph = page.evaluate(CONVERT, [json.loads(api_file.read_text()), columns])
                 target = WORKFLOWS / api_file.name
                 target.write_text(json.dumps(graph, indent=2) + "\n")

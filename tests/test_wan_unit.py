@@ -145,9 +145,14 @@ def test_job_inputs_round_trip_lists_of_tensors_and_of_numbers(tmp_path):
     assert torch.equal(back["vace_mask"][1], masks[1]) and back["vace_strength"] == [1.0, 0.5]
 
 
-def test_conditioning_that_appends_frames_inside_the_model_is_refused(tmp_path):
-    original, path = inputs(tmp_path, {"time_dim_concat": torch.zeros(1, 16, 2, 4, 4)})
-    with pytest.raises(InvalidSettingsError, match="'time_dim_concat', which appends frames to the video"):
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("time_dim_concat", torch.zeros(1, 16, 2, 4, 4)), ("keyframe_idxs", torch.zeros(1, 3, 32))],
+    ids=["wan-time-dim-concat", "ltxv-add-guide"],
+)
+def test_conditioning_that_appends_frames_inside_the_model_is_refused(tmp_path, key, value):
+    original, path = inputs(tmp_path, {key: value})
+    with pytest.raises(InvalidSettingsError, match=f"'{key}', which appends frames to the video"):
         write_inputs(path, original)
 
 

@@ -60,7 +60,8 @@ class LatentJob:
         if world_size is not None and self.frames < world_size:
             raise InvalidSettingsError(
                 f"the latent has {self.frames} latent frames but the pool has {world_size} workers; every worker "
-                f"needs at least one latent frame: make the video longer (Wan: {4 * world_size - 3} frames or more) "
+                f"needs at least one latent frame: make the video longer (Wan: {4 * world_size - 3} frames or more, "
+                f"LTX-Video: {8 * world_size - 7}) "
                 "or use fewer workers"
             )
 

@@ -403,7 +403,7 @@ def test_help_pages_at_the_url_the_front_end_asks(host):
 
 def test_example_workflows_are_templates(host):
     templates = requests.get(f"{host.url}/workflow_templates", timeout=10).json()
-    assert set(templates[comfy_host.PACK_FOLDER]) == {"text_to_video", "multi_prompt", "wan_t2v", "wan_i2v"}
+    assert set(templates[comfy_host.PACK_FOLDER]) == {"text_to_video", "multi_prompt", "wan_t2v", "wan_i2v", "ltxv_t2v"}
     thumbnail = requests.get(
         f"{host.url}/api/workflow_templates/{comfy_host.PACK_FOLDER}/text_to_video.jpg", timeout=10
     )  # this front end asks for <template>.jpg

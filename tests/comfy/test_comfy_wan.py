@@ -231,28 +231,28 @@ def test_wan_i2v_equals_core_and_is_the_same_on_two_workers(host, client):
 LTXV = TINY_WAN_FILES["ltxv"].split("/")[-1]
 
 
-def ltxv_prompt(latent: dict) -> dict:
-    """Core KSampler and three of ours on the tiny LTX-Video as its core nodes set it up: UNETLoader,
-    ModelSamplingLTXV (its shift from the latent's size), LTXVConditioning (frame rate 24, not the default 25)
-    and text with T5's attention mask; `latent` is the node making the latent, on no other input."""
-    prompt = tiny(devices="cpu:1")
-    prompt["1"]["inputs"]["unet_name"] = LTXV
-    prompt["7"] = latent
-    prompt["2"] = {"class_type": "ModelSamplingLTXV", "inputs": {"model": ["1", 0], "max_shift": 2.05, "base_shift": 0.95,
-                                                                 "latent": ["7", 0]}}  # fmt: skip
+def ltxv_prompt(latent: dict | None = None) -> dict:
+    """Core KSampler and three of ours on the tiny LTX-Video, set up by the shipped LTX-Video workflow's core
+    nodes: ModelSamplingLTXV (its shift from the latent's size), LTXVConditioning (frame rate 24, not the
+    default 25) and text with T5's attention mask. The tiny model has no VAE (UNETLoader in place of the
+    checkpoint loader); `latent` replaces the workflow's latent node, which is otherwise made 41 frames of 128x128."""
+    prompt = copy.deepcopy(api_workflow("ltxv_t2v"))
+    prompt["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": LTXV, "weight_dtype": "default"}}
+    del prompt["3"]  # the text encoder: test conditioning below
+    prompt["4"] = conditioning("a red circle moving right")
+    prompt["5"] = conditioning("blurry")
     for key in ("4", "5"):
         prompt[key]["inputs"]["attention_mask"] = True
-    prompt["40"] = {"class_type": "LTXVConditioning", "inputs": {"positive": ["4", 0], "negative": ["5", 0],
-                                                                 "frame_rate": 24.0}}  # fmt: skip
-    core_and_three_of_ours(prompt, "2", ["7", 0], ["40", 0], ["40", 1], unused=("6", "10", "11", "12", "13"))
+    prompt["7"] = latent or prompt["7"]
+    prompt["7"]["inputs"].update({} if latent else {"width": 128, "height": 128, "length": 41})
+    prompt["10"]["inputs"].update(steps=2)
+    core_and_three_of_ours(prompt, "2", ["7", 0], ["6", 0], ["6", 1], unused=("10", "11", "12", "13"))
     return prompt
 
 
 @pytest.mark.ltxv
 def test_ltx_video_equals_core_and_is_the_same_on_two_workers(host, client):
-    latent = {"class_type": "EmptyLTXVLatentVideo", "inputs": {"width": 128, "height": 128, "length": 41,
-                                                                "batch_size": 1}}  # fmt: skip
-    equal_to_core_and_on_two_workers(host, client, ltxv_prompt(latent), "LTX-Video")
+    equal_to_core_and_on_two_workers(host, client, ltxv_prompt(), "LTX-Video")
 
 
 @pytest.mark.ltxv
