@@ -11,6 +11,7 @@ of a scarce GPU session:
 - pool: a worker pool on cuda:0 runs a job, cancels one, survives a killed worker, frees memory on unload;
 - nccl: two NCCL ranks, which need two GPUs (one GPU cannot host both: said, not faked with gloo);
 - wan: the real Wan 2.1 1.3B configuration with random weights at 480p, one rank (ComfyUI's model class);
+- ltxv: the real LTX-Video 2B configuration with random weights at 768x512, 121 frames, one rank;
 - wan_fp8: a tiny Wan with a LoRA in both fp8 forms (a scaled-fp8 file; weights UNETLoader casts to fp8 with
   weight_dtype fp8_e4m3fn_fast) through the export to the workers, against core KSampler (on GPUs that
   multiply in fp8, both sides must do so alike).
@@ -397,6 +398,57 @@ def _move_at_load(comfy: Any, patcher: Any, model: Any, ctx: Any, latent: torch.
     return rows
 
 
+# LTX-Video 0.9 2B: 28 blocks of 32 heads of 64, text from T5-XXL (4096 wide).
+LTXV_2B = {"num_layers": 28, "attention_head_dim": 64, "num_attention_heads": 32, "cross_attention_dim": 2048}
+
+
+def ltxv(args: argparse.Namespace, work: Path, config: dict[str, int] | None = None) -> dict[str, Any]:
+    """LTX-Video 2B at 768x512 (121 frames = 16 latent frames of 24x16 tokens), random bf16 weights, one rank,
+    ComfyUI's classes, the model's default attention settings: seconds per step, peak memory, finite output.
+    `config` replaces the model's size (a CPU run of this code with a small one)."""
+    from distributed.engine.context import TemporalContext
+    from distributed.engine.contract import RunControl, RunStats
+    from distributed.engine.latent_job import ComfySampling
+    from distributed.engine.layout import FrameLayout
+    from distributed.models.wan.architectures import LTXV
+    from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
+    from distributed.models.wan.patch import install_dual_scope
+    from distributed.models.wan.sampling import sample_clip
+
+    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    cuda = args.device.startswith("cuda")
+    comfy = import_comfy(on_cpu=not cuda)
+    with torch.device("meta"):
+        shapes = comfy.ldm.lightricks.model.LTXVModel(operations=comfy.ops.disable_weight_init, **(config or LTXV_2B))
+    weights = {name: torch.randn(t.shape, dtype=torch.bfloat16) * 0.02 for name, t in shapes.state_dict().items()}
+    patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.bfloat16})
+    weights_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
+    del weights
+    ctx = TemporalContext(Communicator.single(args.device))
+    model = install_dual_scope(patcher, ctx)
+    frames, height, width = (16, 16, 24) if config is None else (5, 2, 2)
+    latent = torch.zeros(1, 128, frames, height, width)
+    mask = torch.ones(1, 128, dtype=torch.int64)
+    text = [[torch.randn(1, 128, 4096), {"attention_mask": mask, "frame_rate": 24.0}]]
+    steps = 2
+    ctx.begin_job(FrameLayout(frames, 1), LTXV.default_attention)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    spec = ComfySampling("euler", "simple", steps=steps, cfg=3.0, seed=0)
+    out = sample_clip(comfy, model, ctx, latent, text, text, spec, RunControl.create(None, None, RunStats()))
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - began) / steps
+    ctx.end_job()
+    return {
+        "seconds_per_step (first steps included)": seconds,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else NOT_AVAILABLE,
+        "weights_gb": weights_gb,
+        "output": "finite" if bool(torch.isfinite(out).all()) else "NOT finite",
+    }
+
+
 def wan_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """A tiny Wan with a LoRA in both fp8 forms, loaded as UNETLoader loads them (a scaled-fp8 file with
     weight_dtype default; a plain file with weight_dtype fp8_e4m3fn_fast), through the export to the workers'
@@ -458,6 +510,7 @@ SECTIONS: dict[str, tuple[Section, bool]] = {  # name: (function, needs CUDA)
     "pool": (pool, True),
     "nccl": (nccl, False),
     "wan": (wan, True),
+    "ltxv": (ltxv, True),
     "wan_fp8": (wan_fp8, False),
 }
 

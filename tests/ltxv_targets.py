@@ -78,3 +78,14 @@ def graph_job_through_the_engine(
     job = LatentJob(model, str(inputs_file), latent_shape[2], ComfySampling(**sampling), DualScopeSettings(**settings))
     latents = Engine(comm).run(job).latents
     return dict(found, latents=latents) if comm.is_root else None
+
+
+def gpu_check_section_on_cpu(comm: Communicator) -> dict[str, Any]:
+    """The GPU check's LTX-Video section, on the CPU with a small model of the same class."""
+    import argparse
+
+    from benchmarks.gpu_check import ltxv
+
+    torch.set_num_threads(1)
+    small = {"num_layers": 2, "attention_head_dim": 2, "num_attention_heads": 32, "cross_attention_dim": 64}
+    return ltxv(argparse.Namespace(device="cpu"), Path("."), config=small)

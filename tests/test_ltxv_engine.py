@@ -11,7 +11,7 @@ import pytest
 
 from support.local_ranks import run_in_turn, run_on_local_ranks
 
-from .ltxv_targets import graph_job_through_the_engine
+from .ltxv_targets import gpu_check_section_on_cpu, graph_job_through_the_engine
 from .test_wan_engine import comfy_root, relative, sampling  # noqa: F401 - comfy_root: the ranks import ComfyUI
 from .wan_targets import clip_parallel, core_and_clip_parallel, save_tiny_ltxv_target
 
@@ -76,3 +76,9 @@ def test_the_graph_s_model_sampling_frame_rate_and_text_mask_reach_the_workers(t
         error = relative(result["latents"], result["core"])
         print(f"keep_first {keep_first}: 2 workers through the engine vs core KSampler {error:.2e}")
         assert error < 1e-5
+
+
+def test_the_gpu_check_s_ltx_video_section_runs(comfy_root: None) -> None:  # noqa: F811
+    """The section a GPU session runs at LTX-Video 2B's size, here at a small size on the CPU."""
+    result = run_on_local_ranks(1, gpu_check_section_on_cpu, {})[0]
+    assert result["output"] == "finite" and result["seconds_per_step (first steps included)"] > 0
