@@ -160,7 +160,7 @@ class ClipParallelKSampler(io.ComfyNode):
             return_with_leftover_noise=return_with_leftover_noise,
         )
         pool = pool or DEFAULT_POOL
-        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention)
+        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention, pool.shares())
         engine_pool = pool_access.get_pool(pool)
         try:
             window = max(1, min(steps, end_at_step) - start_at_step)
@@ -179,7 +179,15 @@ class ClipParallelKSampler(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-def build_latent_job(model: Any, positive: list, negative: list, latent: dict, sampling: Any, attention: Any):
+def build_latent_job(
+    model: Any,
+    positive: list,
+    negative: list,
+    latent: dict,
+    sampling: Any,
+    attention: Any,
+    frame_shares: tuple[float, ...] = (),
+):
     """The job and its inputs file; every problem found here is an InvalidSettingsError naming the fix."""
     import folder_paths
 
@@ -208,4 +216,5 @@ def build_latent_job(model: Any, positive: list, negative: list, latent: dict, s
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else architecture.default_attention)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
     write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask, batch_index))
-    return LatentJob(exported.spec(), str(inputs), int(samples.shape[2]), sampling, settings), inputs
+    job = LatentJob(exported.spec(), str(inputs), int(samples.shape[2]), sampling, settings, frame_shares)
+    return job, inputs

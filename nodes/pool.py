@@ -7,6 +7,7 @@ from typing import Any
 
 from ..distributed.engine import choices
 from ..distributed.engine.choices import AUTO_DEVICES
+from ..distributed.engine.layout import check_shares, parse_shares
 from . import devices, pool_access
 from .api import CATEGORY, Pool, io, ui
 from .validation import given, validate_node
@@ -72,6 +73,14 @@ class WorkerPool(io.ComfyNode):
                     tooltip="HOST:PORT of this machine where node agents connect (with remote_workers > 0). Use an "
                     "address on a network you trust: the process group's own traffic is not encrypted.",
                 ),
+                io.String.Input(
+                    "frame_shares",
+                    default="",
+                    optional=True,
+                    tooltip="How the frames are split over mismatched devices: one number per worker in rank order "
+                    "(local devices, then remote workers), e.g. '3,1' gives the first worker three times the frames "
+                    "of the second. Empty: an even split. The video is the same for any split.",
+                ),
             ],
             outputs=[Pool.Output(display_name="pool", tooltip="The device layout, for the Clip-Parallel Sampler.")],
         )
@@ -86,6 +95,11 @@ class WorkerPool(io.ComfyNode):
             if known.get("remote_workers"):
                 address = known.get("join_address", PoolChoice.join_address)
                 _check_remote(PoolChoice(AUTO_DEVICES, remote_workers=known["remote_workers"], join_address=address))
+            if known.get("frame_shares"):
+                shares = parse_shares(known["frame_shares"])
+                remote = values.get("remote_workers", 0)  # None: fed by a link
+                if "devices" in known and remote is not None:
+                    check_shares(shares, len(_resolve(known["devices"])) + remote)
 
         return validate_node(cls, values, check)
 
@@ -98,9 +112,12 @@ class WorkerPool(io.ComfyNode):
         job_timeout_s: float = 0.0,
         remote_workers: int = 0,
         join_address: str = PoolChoice.join_address,
+        frame_shares: str = "",
     ) -> io.NodeOutput:
-        _resolve(devices)
-        choice = PoolChoice(devices, keep_warm, timeout_s, job_timeout_s, remote_workers, join_address)
+        workers = len(_resolve(devices)) + remote_workers
+        if frame_shares.strip():
+            check_shares(parse_shares(frame_shares), workers)
+        choice = PoolChoice(devices, keep_warm, timeout_s, job_timeout_s, remote_workers, join_address, frame_shares)
         if remote_workers:
             _check_remote(choice)
         return io.NodeOutput(choice)

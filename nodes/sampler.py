@@ -173,7 +173,7 @@ class ClipParallelSampler(io.ComfyNode):
         **settings: Any,
     ) -> io.NodeOutput:
         pool = pool or DEFAULT_POOL
-        job = build_job(model, attention, **settings)
+        job = build_job(model, attention, frame_shares=pool.shares(), **settings)
         engine_pool = pool_access.get_pool(pool)
         workers = engine_pool.world_size
         job.validate(workers)  # an impossible split is refused before any worker starts

@@ -32,6 +32,13 @@ class PoolChoice:
     job_timeout_s: float = 0.0  # the longest the node waits for the video before cancelling it; 0: no limit
     remote_workers: int = 0  # ranks that node agents on other machines add (docs/2)
     join_address: str = f"127.0.0.1:{DEFAULT_JOIN_PORT}"  # HOST:PORT where the agents connect
+    frame_shares: str = ""  # relative frames per worker, "3,1" (layout.FrameLayout); "": even
+
+    def shares(self) -> tuple[float, ...]:
+        """The parsed frame_shares; raises InvalidSettingsError naming the expected form."""
+        from ..distributed.engine.layout import parse_shares
+
+        return parse_shares(self.frame_shares)
 
     def join_endpoint(self) -> tuple[str, int]:
         """(host, port) of join_address, read as the agents' command line reads it, plus a host and a port in

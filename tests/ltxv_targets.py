@@ -27,10 +27,11 @@ def graph_job_through_the_engine(
     sampling: dict[str, Any],
     settings: dict,
     keep_first: bool = False,
+    frame_shares: tuple[float, ...] = (),
 ) -> dict[str, Any] | None:
     """The graph's side as ComfyUI runs it: the LTX-Video file loaded as UNETLoader loads it, ModelSamplingLTXV's
     shift, LTXVConditioning's frame rate, text with its attention mask, and (keep_first) an image-to-video
-    latent. Rank 0 exports the MODEL and writes the job's inputs as the Clip-Parallel KSampler does; then every
+    latent; `frame_shares` splits the frames unevenly. Rank 0 exports the MODEL and writes the job's inputs as the Clip-Parallel KSampler does; then every
     rank runs the LatentJob through the engine, as a pool's worker does. Rank 0 returns the engine's latents,
     core KSampler's on the same graph, and what the export carried."""
     torch.set_num_threads(1)
@@ -75,7 +76,8 @@ def graph_job_through_the_engine(
     from distributed.engine.job import ModelSpec
 
     model = ModelSpec(base=str(model_file), dtype="fp32", family="wan")
-    job = LatentJob(model, str(inputs_file), latent_shape[2], ComfySampling(**sampling), DualScopeSettings(**settings))
+    settings = DualScopeSettings(**settings)
+    job = LatentJob(model, str(inputs_file), latent_shape[2], ComfySampling(**sampling), settings, frame_shares)
     latents = Engine(comm).run(job).latents
     return dict(found, latents=latents) if comm.is_root else None
 

@@ -35,9 +35,11 @@ def test_generate_writes_an_mp4_with_the_requested_frames(tiny_pipeline: Path, t
         "generate", "--model", str(tiny_pipeline), "--schedule", str(schedule), "--frames", "6",
         "--width", "32", "--height", "32", "--steps", "2", "--cfg", "7", "--sampler", "ddim", "--seed", "3",
         "--global-frames", "4", "--local-window", "2", "--workers", "2", "--out", str(out), "--fps", "8",
+        "--frame-shares", "1,2",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "denoising 2/2" in done.stderr and f"wrote 6 frames (32x32) to {out}" in done.stderr
+    assert "(frames per worker: 2/4)" in done.stderr
     with av.open(str(out)) as container:
         stream = container.streams.video[0]
         assert float(stream.average_rate) == pytest.approx(8)
@@ -46,6 +48,7 @@ def test_generate_writes_an_mp4_with_the_requested_frames(tiny_pipeline: Path, t
     assert len(frames) == 6
     assert frames[0].shape == (32, 32, 3)
     assert (made_by["seed"], made_by["frames"], made_by["prompts"][1]["prompt"]) == (3, 6, "a ball")
+    assert made_by["frame_shares"] == [1.0, 2.0]
     data = out.read_bytes()
     assert data.index(b"moov") < data.index(b"mdat"), "the index must lead the file (browsers, metadata readers)"
 
@@ -101,6 +104,21 @@ def test_generate_reports_a_bad_setting_without_starting_workers(tiny_pipeline: 
     assert done.returncode == 1
     assert "error: width is 30; it must be a multiple of 8" in done.stderr
     assert not (tmp_path / "v.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("shares", "message"),
+    [("1,1,1", "frame_shares gives 3 share(s) but the pool has 2 workers"), ("1;2", "frame_shares is '1;2'")],
+)
+def test_frame_shares_that_do_not_fit_the_pool_are_refused_before_workers_start(
+    tiny_pipeline: Path, tmp_path: Path, shares: str, message: str
+) -> None:
+    done = cli(
+        "generate", "--model", str(tiny_pipeline), "--prompt", "a red ball", "--frames", "4", "--width", "32",
+        "--height", "32", "--out", str(tmp_path / "v.mp4"), "--devices", "cpu:2", "--frame-shares", shares,
+    )  # fmt: skip
+    assert done.returncode == 1 and message in done.stderr, done.stderr[-2000:]
+    assert "starting workers" not in done.stderr
 
 
 def test_join_without_a_token_is_refused() -> None:

@@ -144,6 +144,20 @@ def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
         assert np.abs(result["frames"].astype(int) - oracle["frames"].astype(int)).max() <= 1
 
 
+def test_frames_split_by_shares_over_mismatched_devices_give_the_same_video(tiny_pipeline):
+    # A fast and a slow device: the split follows the shares, every rank keeps at least one frame, and the video
+    # is the one a single rank makes (the engine is exact for any split, not only an even one).
+    uneven = [(2, [1, 4]), (3, [8, 1, 1])]
+    runs = [(1, {"job": job(tiny_pipeline)})] + [(n, {"job": job(tiny_pipeline, frame_shares=s)}) for n, s in uneven]
+    (oracle,), *splits = run_in_turn(runs, run_job)
+    scale = np.abs(oracle["latents"]).max()
+    for (_, shares), (result, *_) in zip(uneven, splits, strict=True):
+        relative = np.abs(result["latents"] - oracle["latents"]).max() / scale
+        print(f"shares {shares}: frames per rank {result['frames_per_rank']}, relative difference {relative:.2e}")
+        assert relative < 1e-5
+    assert [result["frames_per_rank"] for (result, *_) in splits] == [(4, 15), (15, 2, 2)]
+
+
 def test_the_demo_model_s_options_give_the_same_video_on_any_rank_count(tmp_path_factory):
     # The demo model's phase embedding: each rank must pass its frames' places in the whole video. Its caption
     # options (time embedding, position gain) act per frame, so they must not see the split either; their

@@ -29,7 +29,7 @@ from distributed.engine.context import TemporalContext
 from distributed.engine.errors import InsufficientMemoryError, InvalidSettingsError, JobCancelled, ModelLoadError
 from distributed.engine.family import MemoryNeed, family
 from distributed.engine.job import JobSpec
-from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference
+from distributed.engine.layout import FrameLayout, global_indices_exact, global_indices_reference, parse_shares
 from distributed.engine.runner import Engine
 from distributed.engine.settings import DualScopeSettings
 from distributed.models.unet3d.chunked import ChunkedFeedForward, FrameChunked
@@ -249,6 +249,31 @@ def test_uneven_layout_and_multi_rank_halos():
     assert layout.halo(3, 4) == ((4, 8), (10, 10))
     senders = {(s, lo, hi) for s, r, lo, hi in layout.transfers(4) if r == 3}
     assert senders == {(1, 4, 6), (2, 6, 8)}  # the halo spans two ranks
+
+
+@pytest.mark.parametrize("frames", [4, 5, 19, 64, 1000])
+@pytest.mark.parametrize(
+    "shares", [(1.0, 1.0, 1.0, 1.0), (3, 1, 1, 1), (100, 1, 1, 1), (1, 2, 3, 4), (0.5, 0.25, 1, 2)]
+)
+def test_frames_split_by_shares_cover_the_video_give_each_rank_a_frame_and_follow_the_shares(frames, shares):
+    counts = FrameLayout(frames, 4, shares).counts
+    assert sum(counts) == frames and min(counts) >= 1
+    ideal = [frames * share / sum(shares) for share in shares]
+    # Each rank is within a frame of its share, unless the one-frame minimum lifted it (and others paid for it).
+    lifted = sum(1 - value for value in ideal if value < 1)
+    assert all(abs(count - value) < 1 + lifted for count, value in zip(counts, ideal, strict=True)), counts
+    if len(set(shares)) == 1:  # even shares split as no shares do
+        assert counts == FrameLayout(frames, 4).counts
+
+
+def test_frame_shares_read_from_text_and_bad_ones_name_the_fix():
+    assert parse_shares("3,1") == (3.0, 1.0) and parse_shares(" 2, 1.5 ") == (2.0, 1.5) and parse_shares("") == ()
+    with pytest.raises(InvalidSettingsError, match="give one number per worker separated by commas, such as 3,1"):
+        parse_shares("fast,slow")
+    with pytest.raises(InvalidSettingsError, match="frame_shares has 0.0; every share must be a number greater"):
+        parse_shares("1,0")
+    with pytest.raises(InvalidSettingsError, match="gives 3 share"):
+        JobSpec.from_dict({"model": {"base": "/x"}, "prompt": "a", "frames": 8, "frame_shares": [1, 1, 2]}).validate(2)
 
 
 BAD_JOBS = [

@@ -64,17 +64,15 @@ def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_ltxv: str, keep_first: 
 def test_the_graph_s_model_sampling_frame_rate_and_text_mask_reach_the_workers(tiny_ltxv: str, tmp_path: Path):
     """ModelSamplingLTXV's shift (a flux sampling, not Wan's), LTXVConditioning's frame rate and the text's
     attention mask travel with the job: 2 workers through the engine, with a window over the whole video, give
-    core KSampler's latents on the graph's MODEL and conditioning."""
+    core KSampler's latents on the graph's MODEL and conditioning, with an even or an uneven split."""
     job = {"weights": tiny_ltxv, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": FULL_WINDOW}
-    for keep_first in (False, True):
-        folder = tmp_path / f"keep-first-{keep_first}"
-        found = run_on_local_ranks(
-            2, graph_job_through_the_engine, dict(job, folder=str(folder), keep_first=keep_first)
-        )
-        result = found[0]
+    for keep_first, shares in ((False, ()), (True, ()), (False, (1, 3))):  # (1, 3): 2 and 5 latent frames
+        folder = tmp_path / f"keep-first-{keep_first}-{len(shares)}"
+        options = dict(job, folder=str(folder), keep_first=keep_first, frame_shares=shares)
+        result = run_on_local_ranks(2, graph_job_through_the_engine, options)[0]
         assert result["sampling"].kind == "flux" and result["sampling"].shift != 2.37  # ModelSamplingLTXV's shift
         error = relative(result["latents"], result["core"])
-        print(f"keep_first {keep_first}: 2 workers through the engine vs core KSampler {error:.2e}")
+        print(f"keep_first {keep_first}, shares {shares}: 2 workers through the engine vs core KSampler {error:.2e}")
         assert error < 1e-5
 
 

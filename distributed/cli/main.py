@@ -18,6 +18,7 @@ from typing import TextIO
 from ..engine import choices
 from ..engine.errors import JobCancelled, VideoInfinityError
 from ..engine.job import JobSpec, ModelSpec
+from ..engine.layout import FrameLayout, parse_shares
 from ..engine.video_file import write_mp4
 from ..pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
 from ..pool.agent import run_agent
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--remote-workers", type=int, default=0, help="also wait for N ranks from node agents")
     gen.add_argument(
+        "--frame-shares",
+        default="",
+        help="frames per worker in proportion, one number per worker in rank order, e.g. 3,1 for a fast and a slow "
+        "GPU (default: even); the video is the same for any split",
+    )
+    gen.add_argument(
         "--token",
         default=os.environ.get(choices.TOKEN_ENV),
         help=f"shared secret for node agents (or ${choices.TOKEN_ENV})",
@@ -115,11 +122,19 @@ def generate(args: argparse.Namespace) -> int:
         network_interface=args.network_interface,
         start_timeout_s=args.start_timeout,
     )
+    workers = len(config.local_devices()) + args.remote_workers
+    job.validate(workers)  # an impossible split is refused before any worker starts
     pool = WorkerPool(config)
     try:
         if pool.join_address:
             print(f"waiting for {args.remote_workers} remote worker(s) at {pool.join_address}", file=sys.stderr)
         where = ", ".join(config.local_devices()) + (f" + {args.remote_workers} remote" if args.remote_workers else "")
+        if job.frame_shares:
+            where += (
+                " (frames per worker: "
+                + "/".join(map(str, FrameLayout(job.frames, workers, job.frame_shares).counts))
+                + ")"
+            )
         print(
             f"generating {job.frames} frames at {job.width}x{job.height}, {job.sampler} {job.steps} steps, "
             f"cfg {job.cfg}, {job.fps} fps, seed {job.seed}, on {where}",
@@ -191,6 +206,7 @@ def _job_from_args(args: argparse.Namespace) -> JobSpec:
         negative_prompt=args.negative_prompt,
         seed=args.seed,
         attention=attention,
+        frame_shares=parse_shares(args.frame_shares),
         **settings,
     )
 

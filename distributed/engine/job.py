@@ -11,6 +11,7 @@ from typing import Any
 
 from . import choices
 from .errors import InvalidSettingsError
+from .layout import check_shares
 from .prompts import PromptSegment, parse_schedule
 from .settings import DualScopeSettings
 
@@ -47,8 +48,10 @@ class JobSpec:
     negative_prompt: str = ""
     blend: int = 0  # frames over which neighbouring prompt segments cross-fade
     attention: DualScopeSettings = field(default_factory=DualScopeSettings)
+    frame_shares: tuple[float, ...] = ()  # relative frames per worker (layout.FrameLayout); () = even
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "frame_shares", tuple(self.frame_shares))  # a JSON list on arrival
         self.validate()
 
     @classmethod
@@ -89,16 +92,18 @@ class JobSpec:
             sampler=self.sampler, fps=self.fps, blend=self.blend,
         )  # fmt: skip
         if world_size is not None:
-            check_split(self.frames, world_size)
+            check_split(self.frames, world_size, self.frame_shares)
 
 
-def check_split(frames: int, workers: int) -> None:
-    """Every worker needs at least one frame."""
+def check_split(frames: int, workers: int, shares: tuple[float, ...] = ()) -> None:
+    """Every worker needs at least one frame, and the shares (if any) name one per worker."""
     if frames < workers:
         raise InvalidSettingsError(
             f"the video has {frames} frames but the pool has {workers} workers; every worker needs at "
             f"least one frame: ask for at least {workers} frames or use fewer workers"
         )
+    if shares:
+        check_shares(shares, workers)
 
 
 def check_job_settings(**settings: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from . import choices
 from .errors import InvalidSettingsError
 from .job import ModelSpec
+from .layout import check_shares
 from .settings import DualScopeSettings
 
 
@@ -49,9 +50,11 @@ class LatentJob:
     frames: int  # latent frames of the whole video
     sampling: ComfySampling
     attention: DualScopeSettings = field(default_factory=DualScopeSettings)
+    frame_shares: tuple[float, ...] = ()  # relative latent frames per worker (layout.FrameLayout); () = even
     KIND: ClassVar[str] = "latent"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "frame_shares", tuple(self.frame_shares))  # a JSON list on arrival
         self.validate()
 
     def validate(self, world_size: int | None = None) -> None:
@@ -64,6 +67,8 @@ class LatentJob:
                 f"LTX-Video: {8 * world_size - 7}) "
                 "or use fewer workers"
             )
+        if world_size is not None and self.frame_shares:
+            check_shares(self.frame_shares, world_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), kind=self.KIND)

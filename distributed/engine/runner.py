@@ -67,7 +67,7 @@ class Engine:
         kind = self._family
         assert kind is not None
         comm = self.comm
-        layout = FrameLayout(job.frames, comm.world_size)
+        layout = FrameLayout(job.frames, comm.world_size, job.frame_shares)
         control.stats.frames_per_rank = layout.counts
         with self.ctx.job(layout, job.attention), torch.inference_mode():
             latents = kind.denoise(loaded, job, self.ctx, control)
@@ -117,7 +117,7 @@ class Engine:
         """Refuses a job whose estimated peak on this rank does not fit in its device's free memory."""
         kind = self._family
         assert kind is not None and self._sharing is not None
-        layout = FrameLayout(job.frames, self.comm.world_size)
+        layout = FrameLayout(job.frames, self.comm.world_size, job.frame_shares)
         own = layout.counts[self.comm.rank]
         held = own + 2 * job.attention.local_window + job.attention.global_count(job.frames)  # with halo, globals
         need = kind.peak_bytes(loaded, job, own, min(held, job.frames))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import time
@@ -21,6 +22,7 @@ from conftest import (
     comfy_host,
     tiny_job,
 )
+from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.comfy
 
@@ -39,7 +41,15 @@ NODES = {
         "mode",
         "norm_window",
     },
-    "VideoInfinityWorkerPool": {"devices", "keep_warm", "timeout_s", "job_timeout_s", "remote_workers", "join_address"},
+    "VideoInfinityWorkerPool": {
+        "devices",
+        "keep_warm",
+        "timeout_s",
+        "job_timeout_s",
+        "remote_workers",
+        "join_address",
+        "frame_shares",
+    },
     "VideoInfinityClipParallelKSampler": {
         "model",
         "positive",
@@ -185,6 +195,32 @@ def test_example_workflow_through_the_api_queue(host, client):
         assert json.loads(container.metadata["workflow"]) == editor_graph
 
 
+def test_frames_split_by_shares_give_the_video_of_an_even_split_on_the_same_warm_pool(host, client):
+    # Two samplers on the same two CPU workers, one with frame_shares 1,3 (2 and 6 of the 8 frames): the shares
+    # belong to the job, so the pool stays the same, and the video does not depend on the split.
+    prompt = tiny_job(seed=13)
+    prompt["6"] = copy.deepcopy(prompt["3"])
+    prompt["6"]["inputs"]["frame_shares"] = "1,3"
+    prompt["7"] = copy.deepcopy(prompt["4"])
+    prompt["7"]["inputs"]["pool"] = ["6", 0]
+    for key, source in (("8", "4"), ("9", "7")):
+        prompt[key] = {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": [source, 3], "filename_prefix": f"shares/{key}"},
+        }
+    del prompt["5"]
+    run = client.wait(client.queue(prompt), timeout=400)
+    assert run.outcome == "execution_success", run.events
+    outputs = client.history(run.prompt_id)["outputs"]
+    found = {}
+    for key in ("8", "9"):
+        saved = outputs[key]["latents"][0]
+        found[key] = load_file(str(host.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
+    error = float(np.abs(found["9"] - found["8"]).max() / np.abs(found["8"]).max())
+    print(f"frame shares 1,3 against an even split: relative difference {error:.2e}")
+    assert error < 1e-5
+
+
 def test_multi_prompt_workflow_validates_and_runs(host, client):
     prompt = tiny_job(seed=5)
     schedule = api_workflow("multi_prompt")["4"]["inputs"]["prompt"]
@@ -272,6 +308,9 @@ def _validation_errors(client, prompt) -> list[str]:
         ("3", {"timeout_s": 1}, ["timeout_s is 1.0; it must be at least 10.0"]),
         ("3", {"remote_workers": 100_000}, ["remote_workers is 100000; it must be at most 256"]),
         ("3", {"remote_workers": 1, "join_address": "10.0.0.5"}, ["join_address is '10.0.0.5'; give HOST:PORT"]),
+        ("3", {"frame_shares": "fast,slow"}, ["frame_shares is 'fast,slow'; give one number per worker"]),
+        ("3", {"frame_shares": "1,1,1"}, ["frame_shares gives 3 share(s) but the pool has 2 workers"]),
+        ("3", {"frame_shares": "1,-2"}, ["frame_shares has -2.0; every share must be a number greater than 0"]),
         ("5", {"crf": 99}, ["crf"]),
         ("4", {"width": "wide"}, ["width, wide"]),
     ],
