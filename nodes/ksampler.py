@@ -211,7 +211,9 @@ def build_latent_job(
     architecture = architecture_of(model.model)
     text_width = architecture.text_width(model.get_model_object("diffusion_model"))
     for name, conditioning in (("positive", positive), ("negative", negative)):
-        check_conditioning(name, conditioning, text_width, architecture.text_encoder)
+        check_conditioning(
+            name, conditioning, text_width, architecture.text_encoder, architecture.required_conditioning
+        )
     settings = attention if isinstance(attention, DualScopeSettings) else None
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else architecture.default_attention)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"

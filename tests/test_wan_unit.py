@@ -9,7 +9,7 @@ from distributed.engine.errors import InvalidSettingsError
 from distributed.engine.job import ModelSpec, job_from_dict
 from distributed.engine.latent_job import ComfySampling, LatentJob
 from distributed.engine.settings import DualScopeSettings
-from distributed.models.wan.architectures import WAN
+from distributed.models.wan.architectures import LTXV, WAN
 from distributed.models.wan.attention import frame_window_attention, frame_window_attention_in_parts
 from distributed.models.wan.export import ModelSampling
 from distributed.models.wan.inputs import JobInputs, check_conditioning, read_inputs, write_inputs
@@ -159,6 +159,16 @@ def test_conditioning_that_appends_frames_inside_the_model_is_refused(tmp_path, 
 def test_conditioning_of_another_model_is_refused_naming_both_widths():
     with pytest.raises(InvalidSettingsError, match=r"width 768 but the model takes 4096: .* \(Wan needs its umT5"):
         check_conditioning("positive", [[torch.zeros(1, 77, 768), {}]], 4096, WAN.text_encoder)
+
+
+def test_ltx_video_conditioning_without_its_text_mask_is_refused_naming_the_encoder():
+    text = torch.zeros(1, 8, 4096)
+    with pytest.raises(InvalidSettingsError, match=r"carries no 'attention_mask'.*T5-XXL text encoder"):
+        check_conditioning("negative", [[text, {}]], 4096, LTXV.text_encoder, LTXV.required_conditioning)
+    mask = torch.ones(1, 8, dtype=torch.int64)
+    check_conditioning(
+        "negative", [[text, {"attention_mask": mask}]], 4096, LTXV.text_encoder, LTXV.required_conditioning
+    )
 
 
 def test_a_latent_job_crosses_the_process_boundary_as_plain_data():

@@ -256,6 +256,21 @@ def test_ltx_video_equals_core_and_is_the_same_on_two_workers(host, client):
 
 
 @pytest.mark.ltxv
+def test_ltx_video_text_without_its_attention_mask_is_refused_by_name(host, client):
+    # Core KSampler fails inside the model on such text (a missing positional argument); ours says what is wrong.
+    prompt = ltxv_prompt()
+    for key in ("4", "5"):
+        prompt[key]["inputs"]["attention_mask"] = False
+    for key in ("22", "30"):  # core KSampler and its save: only ours run
+        del prompt[key]
+    run = client.wait(client.queue(prompt), timeout=300)
+    assert run.outcome == "execution_error", run.events
+    message = run.of_type("execution_error")[0]["data"]["exception_message"]
+    assert "conditioning carries no 'attention_mask'" in message and "T5-XXL" in message, message
+    assert host.alive()
+
+
+@pytest.mark.ltxv
 def test_ltx_video_image_to_video_keeps_the_image_frame_equals_core_and_two_workers(host, client):
     """A latent whose first frame is kept by a noise mask, as LTXVImgToVideo makes one (its VAE is too big for
     tests): that frame also gets its own timestep inside LTX-Video."""

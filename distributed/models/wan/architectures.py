@@ -32,6 +32,8 @@ class DitArchitecture:
     # model_sampling.timestep(sigma) times this is the timestep on the scale the model embeds (the phase bias
     # compares it with its threshold).
     timestep_scale: float = 1.0
+    # Conditioning entries the model cannot run without (core KSampler fails inside the model without them).
+    required_conditioning: tuple[str, ...] = ()
 
     def blocks(self, diffusion_model: torch.nn.Module) -> torch.nn.ModuleList:
         raise NotImplementedError
@@ -115,6 +117,7 @@ class LtxvArchitecture(DitArchitecture):
     # frames, about its native clip; G = 16 as for Wan. Phase bias off, as for Wan.
     default_attention = DualScopeSettings(local_window=8, global_frames=16, phase_bias=False)
     timestep_scale = 1000.0  # its sampling's timestep is sigma in [0, 1]; the model embeds 1000 times that
+    required_conditioning = ("attention_mask",)  # the T5 text's mask, a positional argument of the model
 
     def blocks(self, diffusion_model: torch.nn.Module) -> torch.nn.ModuleList:
         return diffusion_model.transformer_blocks

@@ -35,9 +35,12 @@ class JobInputs:
     batch_index: list[int] | None = None  # the LATENT's batch_index: which of the seed's noises each video gets
 
 
-def check_conditioning(name: str, conditioning: Any, text_width: int, text_encoder: str) -> None:
-    """Refuses conditioning that is not a list of [tensor, extras] or was made for another model's text width.
-    text_encoder: which encoder the model needs, said in the error."""
+def check_conditioning(
+    name: str, conditioning: Any, text_width: int, text_encoder: str, required: tuple[str, ...] = ()
+) -> None:
+    """Refuses conditioning that is not a list of [tensor, extras], was made for another model's text width, or
+    lacks an entry the model cannot run without (`required`: LTX-Video's text attention mask). text_encoder:
+    which encoder the model needs, said in the errors."""
     if not isinstance(conditioning, list) or not conditioning:
         raise InvalidSettingsError(f"{name} is empty or not CONDITIONING; connect a text encode node")
     for entry in conditioning:
@@ -47,6 +50,12 @@ def check_conditioning(name: str, conditioning: Any, text_width: int, text_encod
             raise InvalidSettingsError(
                 f"the {name} conditioning has width {width} but the model takes {text_width}: it was encoded for "
                 f"another model ({text_encoder})"
+            )
+        missing = [key for key in required if key not in entry[1]]
+        if missing:
+            raise InvalidSettingsError(
+                f"the {name} conditioning carries no {missing[0]!r}, which the model cannot run without and its "
+                f"own text encoder gives: it was made another way ({text_encoder})"
             )
 
 
