@@ -336,10 +336,8 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     config = {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30, "in_dim": 16, "out_dim": 16}
     with torch.device("meta"):
         shapes = comfy.ldm.wan.model.WanModel(text_dim=4096, operations=comfy.ops.disable_weight_init, **config)
-    weights = {name: torch.randn(t.shape, dtype=torch.bfloat16) * 0.02 for name, t in shapes.state_dict().items()}
-    patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.bfloat16})
-    weights_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
-    del weights  # what stays in host memory now is the loaded model's own copy, until ComfyUI moves it
+    # What stays in host memory after this is the loaded model's own copy, until ComfyUI moves it.
+    patcher, weights_gb = _random_bf16_model(comfy, shapes)
     host_after_load = psutil.Process().memory_info().rss / 1e9
     ctx = TemporalContext(Communicator.single(args.device))
     model = install_dual_scope(patcher, ctx)
@@ -374,6 +372,14 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         **early_move,
         "fraction_of_peak": flops / seconds / (args.peak_tflops * 1e12),
     }
+
+
+def _random_bf16_model(comfy: Any, shapes: torch.nn.Module) -> tuple[Any, float]:
+    """ComfyUI's ModelPatcher of random bf16 weights in the layout of `shapes` (a model built on the meta device),
+    and the weights' size in GB; the drawn state dict is released on return."""
+    weights = {name: torch.randn(t.shape, dtype=torch.bfloat16) * 0.02 for name, t in shapes.state_dict().items()}
+    patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.bfloat16})
+    return patcher, sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
 
 
 def _move_at_load(comfy: Any, patcher: Any, model: Any, ctx: Any, latent: torch.Tensor, text: list) -> dict[str, Any]:
@@ -420,10 +426,7 @@ def ltxv(args: argparse.Namespace, work: Path, config: dict[str, int] | None = N
     comfy = import_comfy(on_cpu=not cuda)
     with torch.device("meta"):
         shapes = comfy.ldm.lightricks.model.LTXVModel(operations=comfy.ops.disable_weight_init, **(config or LTXV_2B))
-    weights = {name: torch.randn(t.shape, dtype=torch.bfloat16) * 0.02 for name, t in shapes.state_dict().items()}
-    patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options={"dtype": torch.bfloat16})
-    weights_gb = sum(t.numel() * t.element_size() for t in weights.values()) / 1e9
-    del weights
+    patcher, weights_gb = _random_bf16_model(comfy, shapes)
     ctx = TemporalContext(Communicator.single(args.device))
     model = install_dual_scope(patcher, ctx)
     frames, height, width = (16, 16, 24) if config is None else (5, 2, 2)

@@ -30,7 +30,8 @@ class FrameLayout:
     @cached_property
     def counts(self) -> tuple[int, ...]:
         shares = self.shares or (1.0,) * self.world_size
-        ideal = [self.total * share / sum(shares) for share in shares]
+        whole = sum(shares)
+        ideal = [self.total * share / whole for share in shares]
         counts = [max(1, int(value)) for value in ideal]
         # Settle the rounding one frame at a time, where it is furthest from the ideal (lowest rank on ties).
         while sum(counts) > self.total:

@@ -88,7 +88,7 @@ class WanFamily:
         return LoadedWan(comfy, patcher, None)
 
     def patch(self, loaded: LoadedWan, ctx: TemporalContext) -> None:
-        loaded.patched = install_dual_scope(loaded.patcher, ctx, architecture=architecture_of(loaded.patcher.model))
+        loaded.patched = install_dual_scope(loaded.patcher, ctx)
 
     def peak_bytes(self, loaded: LoadedWan, job: LatentJob, own: int, held: int) -> MemoryNeed:
         """ComfyUI's own estimate for the model (the one its sampler loads and offloads weights by), on the
@@ -133,17 +133,16 @@ def _model_sampling(comfy: Any, model: Any, sampling: Any) -> Any:
     default)."""
     samplings = comfy.model_sampling
     if sampling.kind == "flux":
+        base, parameters = samplings.ModelSamplingFlux, {"shift": sampling.shift}
+    else:
+        base, parameters = (
+            samplings.ModelSamplingDiscreteFlow,
+            {"shift": sampling.shift, "multiplier": sampling.multiplier},
+        )
 
-        class FluxSampling(samplings.ModelSamplingFlux, samplings.CONST):
-            pass
-
-        result = FluxSampling(model.model.model_config)
-        result.set_parameters(shift=sampling.shift)
-        return result
-
-    class FlowSampling(samplings.ModelSamplingDiscreteFlow, samplings.CONST):
+    class FlowSampling(base, samplings.CONST):
         pass
 
     result = FlowSampling(model.model.model_config)
-    result.set_parameters(shift=sampling.shift, multiplier=sampling.multiplier)
+    result.set_parameters(**parameters)
     return result

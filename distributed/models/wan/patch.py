@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ...engine.context import TemporalContext
-from .architectures import DitArchitecture, architecture_of
+from .architectures import architecture_of
 from .attention import dual_scope_self_attention
 
 OPTIONS_KEY = "video_infinity"  # our per-call state inside transformer_options
@@ -49,15 +49,13 @@ class _MarkedSelfAttention(torch.nn.Module):
         return self.block(*args, transformer_options=options, **kwargs)
 
 
-def install_dual_scope(
-    patcher: Any, ctx: TemporalContext, overlap: bool = True, architecture: DitArchitecture | None = None
-) -> Any:
+def install_dual_scope(patcher: Any, ctx: TemporalContext, overlap: bool = True) -> Any:
     """A clone of `patcher` whose self-attentions are dual-scope while ctx has a job. Weights are shared.
 
     overlap: attend to the own frames while the halo and global frames travel (dual_scope_self_attention);
     False waits for them first, the same result (benchmarks.wan_scaling measures what it saves).
-    architecture: the model's (architectures.py), found from its config when not given."""
-    architecture = architecture or architecture_of(patcher.model)
+    What differs between models comes from the model's architecture (architectures.py)."""
+    architecture = architecture_of(patcher.model)
     model = patcher.clone()
     diffusion_model = model.get_model_object("diffusion_model")
     clip = {"tokens_per_frame": 0}  # set from each model call's input, read by its attention calls
