@@ -22,6 +22,7 @@ FULL_WINDOW = {"local_window": FRAMES, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_threshold": 500.0}
 EQUAL_TO_CORE = ["euler", "euler_ancestral", "dpmpp_2m", "uni_pc"]
 INVARIANT = ["euler", "euler_ancestral"]
+KEEP_FIRST = (False, True)  # text-to-video, image-to-video
 
 
 @pytest.fixture(scope="module")
@@ -30,35 +31,42 @@ def tiny_ltxv(comfy_root: None, tmp_path_factory: pytest.TempPathFactory) -> str
     return run_on_local_ranks(1, save_tiny_ltxv_target, {"path": str(path)})[0]
 
 
-@pytest.mark.parametrize("keep_first", [False, True], ids=["text-to-video", "image-to-video"])
-def test_one_worker_with_a_full_window_equals_core_ksampler(tiny_ltxv: str, keep_first: bool) -> None:
-    job = {"weights": tiny_ltxv, "latent_shape": LATENT, "settings": FULL_WINDOW, "keep_first": keep_first}
-    pairs = run_on_local_ranks(1, core_and_clip_parallel, dict(job, samplings=[sampling(n) for n in EQUAL_TO_CORE]))[0]
-    for name, (core, ours) in zip(EQUAL_TO_CORE, pairs, strict=True):
-        error = relative(ours, core)
-        print(f"{name}: relative difference to core KSampler {error:.2e}")
-        assert error < 1e-5, name
-        if keep_first:  # the start image's latent frame is kept, as core keeps it
-            np.testing.assert_array_equal(ours[:, :, 0], core[:, :, 0])
+def test_one_worker_with_a_full_window_equals_core_ksampler(tiny_ltxv: str) -> None:
+    """Text-to-video and image-to-video, in one rank process (starting one costs more than the tiny model)."""
+    job = {"weights": tiny_ltxv, "latent_shape": LATENT, "settings": FULL_WINDOW}
+    job["samplings"] = [sampling(n) for n in EQUAL_TO_CORE]
+    runs = [(1, dict(job, keep_first=keep_first)) for keep_first in KEEP_FIRST]
+    for keep_first, (pairs,) in zip(KEEP_FIRST, run_in_turn(runs, core_and_clip_parallel), strict=True):
+        for name, (core, ours) in zip(EQUAL_TO_CORE, pairs, strict=True):
+            error = relative(ours, core)
+            print(f"{name}, keep_first {keep_first}: relative difference to core KSampler {error:.2e}")
+            assert error < 1e-5, (name, keep_first)
+            if keep_first:  # the start image's latent frame is kept, as core keeps it
+                np.testing.assert_array_equal(ours[:, :, 0], core[:, :, 0])
 
 
-@pytest.mark.parametrize("keep_first", [False, True], ids=["text-to-video", "image-to-video"])
-def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_ltxv: str, keep_first: bool) -> None:
-    job = {"weights": tiny_ltxv, "latent_shape": LATENT, "samplings": [sampling(n) for n in INVARIANT]}
-    job["keep_first"] = keep_first
+def test_dual_scope_is_the_same_for_1_2_3_4_workers(tiny_ltxv: str) -> None:
+    """Text-to-video and image-to-video, each on 1, 2, 3 and 4 workers, on one set of rank processes."""
     splits = (2, 3, 4)
-    # Without the exchange (independent clips) 3 workers give another video, and so does a window over the whole
-    # video: the dual-scope attention and the exchange do the work.
-    others = [(3, dict(job, settings=dict(DUAL_SCOPE, mode="independent"))), (1, dict(job, settings=FULL_WINDOW))]
-    runs = [(1, dict(job, settings=DUAL_SCOPE))] + [(workers, dict(job, settings=DUAL_SCOPE)) for workers in splits]
-    (oracle,), *split_runs, (independent, *_), (full,) = run_in_turn(runs + others, clip_parallel)
-    for workers, (videos, *_) in zip(splits, split_runs, strict=True):
-        for name, video, expected in zip(INVARIANT, videos, oracle, strict=True):
-            error = relative(video, expected)
-            print(f"{name} on {workers} workers: relative difference to one worker {error:.2e}")
-            assert error < 2e-5, (name, workers)
-    for video in (independent[0], full[0]):
-        assert relative(video, oracle[0]) > 1e-3
+    runs = []
+    for keep_first in KEEP_FIRST:
+        job = {"weights": tiny_ltxv, "latent_shape": LATENT, "samplings": [sampling(n) for n in INVARIANT]}
+        job["keep_first"] = keep_first
+        # Without the exchange (independent clips) 3 workers give another video, and so does a window over the
+        # whole video: the dual-scope attention and the exchange do the work.
+        others = [(3, dict(job, settings=dict(DUAL_SCOPE, mode="independent"))), (1, dict(job, settings=FULL_WINDOW))]
+        runs += [(workers, dict(job, settings=DUAL_SCOPE)) for workers in (1, *splits)] + others
+    results = run_in_turn(runs, clip_parallel)
+    per_case = len(results) // len(KEEP_FIRST)
+    for case, keep_first in enumerate(KEEP_FIRST):
+        (oracle,), *split_runs, (independent, *_), (full,) = results[case * per_case : (case + 1) * per_case]
+        for workers, (videos, *_) in zip(splits, split_runs, strict=True):
+            for name, video, expected in zip(INVARIANT, videos, oracle, strict=True):
+                error = relative(video, expected)
+                print(f"{name}, keep_first {keep_first}, {workers} workers: relative difference to one {error:.2e}")
+                assert error < 2e-5, (name, keep_first, workers)
+        for video in (independent[0], full[0]):
+            assert relative(video, oracle[0]) > 1e-3
 
 
 def test_the_graph_s_model_sampling_frame_rate_and_text_mask_reach_the_workers(tiny_ltxv: str, tmp_path: Path):
@@ -66,10 +74,12 @@ def test_the_graph_s_model_sampling_frame_rate_and_text_mask_reach_the_workers(t
     attention mask travel with the job: 2 workers through the engine, with a window over the whole video, give
     core KSampler's latents on the graph's MODEL and conditioning, with an even or an uneven split."""
     job = {"weights": tiny_ltxv, "latent_shape": LATENT, "sampling": sampling("euler"), "settings": FULL_WINDOW}
-    for keep_first, shares in ((False, ()), (True, ()), (False, (1, 3))):  # (1, 3): 2 and 5 latent frames
-        folder = tmp_path / f"keep-first-{keep_first}-{len(shares)}"
-        options = dict(job, folder=str(folder), keep_first=keep_first, frame_shares=shares)
-        result = run_on_local_ranks(2, graph_job_through_the_engine, options)[0]
+    cases = ((False, ()), (True, ()), (False, (1, 3)))  # (1, 3): 2 and 5 latent frames
+    runs = [
+        (2, dict(job, folder=str(tmp_path / f"case-{i}"), keep_first=keep_first, frame_shares=shares))
+        for i, (keep_first, shares) in enumerate(cases)
+    ]
+    for (keep_first, shares), (result, _) in zip(cases, run_in_turn(runs, graph_job_through_the_engine), strict=True):
         assert result["sampling"].kind == "flux" and result["sampling"].shift != 2.37  # ModelSamplingLTXV's shift
         error = relative(result["latents"], result["core"])
         print(f"keep_first {keep_first}, shares {shares}: 2 workers through the engine vs core KSampler {error:.2e}")
