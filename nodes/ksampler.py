@@ -190,6 +190,7 @@ def build_latent_job(
 ):
     """The job and its inputs file; every problem found here is an InvalidSettingsError naming the fix."""
     import folder_paths
+    import torch
 
     from ..distributed.engine.errors import InvalidSettingsError
     from ..distributed.engine.latent_job import LatentJob
@@ -198,17 +199,18 @@ def build_latent_job(
     from ..distributed.models.wan.export import export_model
     from ..distributed.models.wan.inputs import JobInputs, check_conditioning, write_inputs
 
+    architecture = architecture_of(model.model)  # first: an unsupported model's latent may be no tensor at all
     samples = latent["samples"]
-    if samples.ndim != 5:
+    if getattr(samples, "ndim", None) != 5:  # a nested latent (video and audio) has none
+        shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise InvalidSettingsError(
-            f"latent_image has shape {tuple(samples.shape)}; a video latent (batch, channels, frames, height, width) is "
+            f"latent_image has shape {shape}; a video latent (batch, channels, frames, height, width) is "
             "needed, e.g. from EmptyHunyuanLatentVideo, WanImageToVideo or EmptyLTXVLatentVideo"
         )
     noise_mask = latent.get("noise_mask")
     batch_index = [int(i) for i in latent["batch_index"]] if "batch_index" in latent else None
     root = Path(folder_paths.get_temp_directory()) / "video-infinity"
     exported = export_model(model, root / "models")
-    architecture = architecture_of(model.model)
     text_width = architecture.text_width(model.get_model_object("diffusion_model"))
     for name, conditioning in (("positive", positive), ("negative", negative)):
         check_conditioning(

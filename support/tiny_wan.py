@@ -24,6 +24,7 @@ TINY_WAN_FILES = {
     "camera": "diffusion_models/video-infinity-tiny-wan-camera.safetensors",  # a family the sampler refuses
     "vace": "diffusion_models/video-infinity-tiny-wan-vace.safetensors",  # Wan 2.1 VACE, one VACE block
     "t2v_fp8": "diffusion_models/video-infinity-tiny-wan-t2v-fp8-scaled.safetensors",  # as ComfyUI's *_fp8_scaled
+    "t2v_mixed": "diffusion_models/video-infinity-tiny-wan-t2v-fp8-mixed.safetensors",  # quantization metadata
     "ltxv": "diffusion_models/video-infinity-tiny-ltxv.safetensors",  # LTX-Video (support/tiny_ltxv.py)
 }
 TINY_WAN = {"dim": 128, "ffn_dim": 256, "num_layers": 2, "num_heads": 1, "in_dim": 16, "out_dim": 16}
@@ -117,12 +118,17 @@ def save_tiny_wan_scaled_fp8(path: Path, seed: int = 0, fp8_matmul: bool = True)
     return path
 
 
-def save_tiny_wan_mixed_fp8(path: Path, seed: int = 0, layer: str = "blocks.0.self_attn.q") -> Path:
-    """The t2v weights with one linear layer quantized in ComfyUI's mixed-precision layout: fp8 weight, its
-    `weight_scale`, and the file's `_quantization_metadata` naming the layer and its format."""
+def save_tiny_wan_mixed_fp8(path: Path, seed: int = 0) -> Path:
+    """The t2v weights in ComfyUI's mixed-precision layout: the blocks' linear layers quantized (fp8 weight and its
+    `weight_scale`), the rest as they are, and the file's `_quantization_metadata` naming each quantized layer
+    and its format."""
     state = tiny_wan_state_dict(seed)
-    state[f"{layer}.weight"], state[f"{layer}.weight_scale"] = fp8_with_scale(state[f"{layer}.weight"])
-    layers = {layer: {"format": "float8_e4m3fn"}}
+    layers = {}
+    for name in [n for n, tensor in state.items() if n.startswith("blocks.") and n.endswith(".weight")]:
+        if state[name].ndim == 2:
+            layer = name.removesuffix(".weight")
+            state[name], state[f"{layer}.weight_scale"] = fp8_with_scale(state[name])
+            layers[layer] = {"format": "float8_e4m3fn"}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         state, str(path), metadata={"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}

@@ -41,6 +41,7 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
         TINY_WAN_FILES,
         save_tiny_wan,
         save_tiny_wan_lora,
+        save_tiny_wan_mixed_fp8,
         save_tiny_wan_scaled_fp8,
         save_tiny_wan_vae,
     )
@@ -65,6 +66,8 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
         save_tiny_wan(paths["camera"], seed=4, image_to_video=True, model_class="CameraWanModel", in_dim=32)
     if not paths["t2v_fp8"].exists():  # the t2v weights as a scaled-fp8 file
         save_tiny_wan_scaled_fp8(paths["t2v_fp8"], seed=0)
+    if not paths["t2v_mixed"].exists():  # the t2v weights in the mixed-precision layout
+        save_tiny_wan_mixed_fp8(paths["t2v_mixed"], seed=0)
     if not paths["ltxv"].exists():
         from support.tiny_ltxv import save_tiny_ltxv
 
@@ -72,49 +75,43 @@ def save_tiny_wan_files(comm: Communicator, models: str) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
+def held_as(weight: torch.Tensor) -> str:
+    """How a layer holds its weight: "QuantizedTensor" (ComfyUI's mixed-precision layers) or the tensor's dtype."""
+    return type(weight).__name__ if type(weight).__name__ == "QuantizedTensor" else str(weight.dtype)
+
+
+def computed_weights(patcher: Any) -> dict[str, torch.Tensor]:
+    """Each linear layer's weight as the layer computes with it (fp32): dequantized, or times its scale."""
+    found = {}
+    for name, layer in patcher.model.diffusion_model.named_modules():
+        weight = getattr(layer, "weight", None)
+        if not (hasattr(layer, "in_features") and isinstance(weight, torch.Tensor)):
+            continue
+        if held_as(weight) == "QuantizedTensor":
+            found[name] = weight.dequantize().float()
+        else:
+            scale = getattr(layer, "scale_weight", None)
+            found[name] = weight.float() * (1.0 if scale is None else scale.float())
+    return found
+
+
+def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest difference of any weight, relative to that weight's largest value in `a`."""
+    return max(float((a[name] - b[name]).abs().max() / a[name].abs().max()) for name in a)
+
+
 def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, Any]:
     """A scaled-fp8 Wan loaded as UNETLoader loads it (weight_dtype default), alone and with a LoRA, exported
     for the workers and loaded back as a worker loads it: the largest relative difference of any linear
     layer's weight as computed with (weight x its scale) from ComfyUI's own patched model, and how much the
-    LoRA moved them. Then the error for weights the workers cannot load: a layer in ComfyUI's mixed-precision
-    layout (held as a QuantizedTensor)."""
+    LoRA moved them."""
     comfy = import_comfy(on_cpu=True)
-    from distributed.engine.errors import InvalidSettingsError
-    from distributed.models.wan.export import export_model
-    from support.tiny_wan import (
-        loaded_as_a_worker,
-        save_tiny_wan_mixed_fp8,
-        save_tiny_wan_scaled_fp8,
-        scaled_fp8_with_lora,
-    )
+    from support.tiny_wan import loaded_as_a_worker, save_tiny_wan_scaled_fp8, scaled_fp8_with_lora
 
     root = Path(folder)
     cache = root / "exports"
 
-    def computed_weights(patcher: Any) -> dict[str, torch.Tensor]:
-        found = {}
-        for name, layer in patcher.model.diffusion_model.named_modules():
-            if isinstance(layer, torch.nn.Linear):
-                scale = getattr(layer, "scale_weight", None)
-                found[name] = layer.weight.float() * (1.0 if scale is None else scale.float())
-        return found
-
-    def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-        return max(float((a[name] - b[name]).abs().max() / a[name].abs().max()) for name in a)
-
-    fp8, with_lora = scaled_fp8_with_lora(comfy, root)
-    alone = loaded_as_a_worker(fp8, cache)
-    patched = loaded_as_a_worker(with_lora, cache)
-    result: dict[str, Any] = {
-        "held_as": str(fp8.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
-        "reloaded_held_as": str(alone.model.diffusion_model.blocks[0].self_attn.q.weight.dtype),
-        "alone": largest_difference(computed_weights(fp8), computed_weights(alone)),
-    }
-    with torch.no_grad():  # as ComfyUI patches the model (shared with fp8) for its own sampler
-        with_lora.patch_model()
-    result["with_lora"] = largest_difference(computed_weights(with_lora), computed_weights(patched))
-    result["lora_moved"] = largest_difference(computed_weights(with_lora), computed_weights(alone))
-    with_lora.unpatch_model()
+    result = weights_round_trip(*scaled_fp8_with_lora(comfy, root), cache)
     # A file whose marker keeps ComfyUI from multiplying in fp8 (on GPUs that can) keeps that on the workers.
     for fp8_matmul in (True, False):
         file = save_tiny_wan_scaled_fp8(root / f"fp8-matmul-{fp8_matmul}.safetensors", fp8_matmul=fp8_matmul)
@@ -124,14 +121,43 @@ def scaled_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, A
             patcher.model.model_config.optimizations.get("fp8") for patcher in (loaded, reloaded)
         ]
 
-    quantized = comfy.sd.load_diffusion_model(
-        str(save_tiny_wan_mixed_fp8(root / "mixed.safetensors")), model_options={}
-    )
-    try:
-        export_model(quantized, cache)
-        result["quantized"] = "exported"
-    except InvalidSettingsError as error:
-        result["quantized"] = str(error)
+    return result
+
+
+def mixed_precision_export_round_trip(comm: Communicator, folder: str) -> dict[str, Any]:
+    """A Wan in ComfyUI's mixed-precision layout (its block linears held as QuantizedTensor, the layout newer
+    ComfyUI also converts scaled-fp8 files to), loaded as UNETLoader loads it, alone and with a LoRA, exported
+    and loaded back as a worker loads it: the largest relative difference of any linear layer's weight as the
+    layer computes with it (dequantized) from ComfyUI's own patched model, and how the weights are held."""
+    comfy = import_comfy(on_cpu=True)
+    from distributed.models.wan.export import export_model
+    from support.tiny_wan import loaded_with_lora, save_tiny_wan_mixed_fp8
+
+    root = Path(folder)
+    cache = root / "exports"
+
+    mixed, with_lora = loaded_with_lora(comfy, save_tiny_wan_mixed_fp8(root / "mixed.safetensors"), {}, root)
+    return weights_round_trip(mixed, with_lora, cache) | {"exported": export_model(mixed, cache).spec().dtype}
+
+
+def weights_round_trip(plain: Any, with_lora: Any, cache: Path) -> dict[str, Any]:
+    """A MODEL and the same with a LoRA, each exported and loaded back as a worker loads it: how the first
+    layer holds its weight before and after, and the largest relative differences of the linear weights as
+    computed with: exported against ComfyUI's own (patched) model, and how much the LoRA moved them."""
+    from support.tiny_wan import loaded_as_a_worker
+
+    alone, patched = loaded_as_a_worker(plain, cache), loaded_as_a_worker(with_lora, cache)
+    q = "blocks.0.self_attn.q"
+    result: dict[str, Any] = {
+        "held_as": held_as(plain.model.diffusion_model.get_submodule(q).weight),
+        "reloaded_held_as": [held_as(p.model.diffusion_model.get_submodule(q).weight) for p in (alone, patched)],
+        "alone": largest_difference(computed_weights(plain), computed_weights(alone)),
+    }
+    with torch.no_grad():  # as ComfyUI patches the model (its weights shared with plain) for its own sampler
+        with_lora.patch_model()
+    result["with_lora"] = largest_difference(computed_weights(with_lora), computed_weights(patched))
+    result["lora_moved"] = largest_difference(computed_weights(with_lora), computed_weights(alone))
+    with_lora.unpatch_model()
     return result
 
 

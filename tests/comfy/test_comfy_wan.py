@@ -33,6 +33,7 @@ FUN_CONTROL = TINY_WAN_FILES["fun_control"].split("/")[-1]
 CAMERA = TINY_WAN_FILES["camera"].split("/")[-1]
 VACE = TINY_WAN_FILES["vace"].split("/")[-1]
 T2V_FP8 = TINY_WAN_FILES["t2v_fp8"].split("/")[-1]
+T2V_MIXED = TINY_WAN_FILES["t2v_mixed"].split("/")[-1]
 LENGTH = 17  # video frames: 5 latent frames
 FULL_WINDOW = {"local_window": 8, "global_frames": 0, "phase_bias": False}
 DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_bias": False}
@@ -194,16 +195,18 @@ def test_lora_travels_and_one_worker_with_a_full_window_equals_core_ksampler(hos
     assert relative(found["32"], found["31"]) > 1e-3, "the LoRA should change the result"
 
 
-def test_scaled_fp8_weights_with_a_lora_equal_core_ksampler_and_are_the_same_on_two_workers(host, client):
-    """A *_fp8_scaled file as UNETLoader loads it by default: fp8 weights with a scale per layer."""
+@pytest.mark.parametrize("weights", [T2V_FP8, T2V_MIXED], ids=["scaled-fp8", "mixed-precision"])
+def test_scaled_fp8_weights_with_a_lora_equal_core_ksampler_and_are_the_same_on_two_workers(host, client, weights):
+    """A *_fp8_scaled file as UNETLoader loads it by default (fp8 weights with a scale per layer), and a file
+    with quantization metadata, whose layers ComfyUI holds quantized (as newer ComfyUI holds scaled-fp8 ones)."""
     prompt = tiny(devices="cpu:1")
-    prompt["1"]["inputs"].update(unet_name=T2V_FP8, weight_dtype="default")
+    prompt["1"]["inputs"].update(unet_name=weights, weight_dtype="default")
     prompt["20"] = {
         "class_type": "LoraLoaderModelOnly",
         "inputs": {"model": ["1", 0], "lora_name": LORA, "strength_model": 1.0},
     }
     core_and_three_of_ours(prompt, "20", ["7", 0], ["4", 0], ["5", 0], unused=("10", "11", "12", "13"))
-    equal_to_core_and_on_two_workers(host, client, prompt, "scaled fp8 with a LoRA")
+    equal_to_core_and_on_two_workers(host, client, prompt, f"{weights} with a LoRA")
 
 
 def test_weights_cast_to_fp8_by_unetloader_with_a_lora_equal_core_ksampler_and_two_workers(host, client):
@@ -436,8 +439,14 @@ def test_cancel_stops_every_worker_and_the_warm_pool_runs_the_next_prompt(host, 
             "at least one latent frame",
         ),
         (lambda p: p["1"]["inputs"].update(unet_name=CAMERA), "cannot run clip-parallel; supported: WAN21_T2V"),
+        (
+            lambda p: p.update(
+                {"7": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}}
+            ),
+            "latent_image has shape (1, 16, 8, 8); a video latent",
+        ),
     ],
-    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "unsupported-family"],
+    ids=["conditioning-of-another-model", "fewer-latent-frames-than-workers", "unsupported-family", "image-latent"],
 )
 def test_bad_wan_inputs_name_the_problem_and_the_server_stays_up(host, client, change, message):
     prompt = tiny()

@@ -10,6 +10,11 @@ Scaled-fp8 checkpoints (ComfyUI's `*_fp8_scaled` files) travel as they are held:
 scale, and the file's `scaled_fp8` marker, by which the workers' loader builds the same scaled layers. A
 patched weight is merged through its layer's own conversion both ways, as ComfyUI patches it on load.
 
+Layers in ComfyUI's mixed-precision layout (weights held as its QuantizedTensor: files with quantization
+metadata, and from ComfyUI 0.6 on every scaled-fp8 file, which its loader converts to that layout) travel
+dequantized, in the dtype the layer computes in: the weights ComfyUI multiplies with where the device has no
+fp8 matrix multiply, at twice the bytes of fp8.
+
 A model that UNETLoader cast to fp8 (its weight_dtype fp8_e4m3fn, fp8_e4m3fn_fast or fp8_e5m2) travels in
 fp8 too, with that weight_dtype, which the workers' loader is given as UNETLoader gives it to ComfyUI: no
 second rounding, and half the bytes of bf16.
@@ -125,6 +130,11 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
 
 def dtypes_of(model: Any) -> tuple[str, str]:
     """(the dtype the model computes in, how its weights are held by UNETLoader's names) of a loaded model."""
+    dequantized = dequantized_dtype(model.diffusion_model)
+    if dequantized is not None:  # mixed-precision layers travel dequantized, in the dtype they compute in
+        compute = DTYPE_NAMES.get(dequantized)
+        if compute is not None:
+            return compute, "default"
     held = model.get_dtype()
     # Cast to fp8 on load (scaled-fp8 layers report their compute dtype instead); ComfyUI then computes in its
     # manual-cast dtype.
@@ -167,11 +177,13 @@ def _write_weights(patcher: Any, path: Path) -> None:
     import comfy.model_patcher
 
     prefix = "diffusion_model."  # dropped: the file has the layout UNETLoader reads
-    sources = {key[len(prefix) :]: parts for key, parts in patcher.get_key_patches(prefix).items()}
+    sources = _weight_sources(patcher, prefix)
+    dequantized = dequantized_dtype(patcher.model.diffusion_model)
     layout = {}
     for name, ((weight, _), *_) in sources.items():
         check_plain_weight(name, weight)
-        layout[name] = (weight.dtype, tuple(weight.shape))  # a merged weight is stored back in its own dtype
+        # A merged weight is stored back in its own dtype; a quantized one in the dtype its layer computes in.
+        layout[name] = (dequantized if _is_quantized(weight) else weight.dtype, tuple(weight.shape))
     marker = _scaled_fp8_marker(patcher.model.model_config)
     if marker is not None:
         layout["scaled_fp8"] = (marker.dtype, tuple(marker.shape))
@@ -183,15 +195,15 @@ def _write_weights(patcher: Any, path: Path) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
         (weight, convert), *patches = sources[name]
         if not patches:
-            return weight
+            return _plain(weight, convert)
         key = prefix + name
         merged = convert(weight.to(torch.float32, copy=True), inplace=True)
         merged = comfy.lora.calculate_weight(patches, merged, key)
         seed = comfy.model_patcher.string_to_seed(key)
-        # A layer that holds its weight converted (scaled fp8) converts it back itself.
+        # A layer that holds its weight converted (scaled fp8, quantized) converts it back itself.
         _, store, _ = comfy.model_patcher.get_key_weight(patcher.model, key)
         if store is not None:
-            return store(merged, seed=seed, return_weight=True)
+            return _plain(store(merged, seed=seed, return_weight=True), convert)
         return comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed)
 
     partial = path.with_suffix(".partial")
@@ -203,6 +215,57 @@ def _write_weights(patcher: Any, path: Path) -> None:
     partial.replace(path)  # a half-written file is never taken for a finished one
 
 
+def _weight_sources(patcher: Any, prefix: str) -> dict[str, list]:
+    """Per weight of the diffusion model (its name without `prefix`): [(weight as held, its layer's
+    conversion), *its patches], as ModelPatcher.get_key_patches gives them, for the weights a plain file holds.
+    A quantized layer's scales and format record, which newer ComfyUI lists in the state dict beside its weight
+    (they are no attributes of the layer), stay behind: the weight travels dequantized."""
+    import comfy.model_patcher
+    import comfy.utils
+
+    sources = {}
+    for key in patcher.model_state_dict(filter_prefix=prefix):
+        layer_name, _, attribute = key.rpartition(".")
+        layer = comfy.utils.get_attr(patcher.model, layer_name)
+        if not isinstance(getattr(layer, attribute, None), torch.Tensor):
+            continue  # a quantized layer's scale or format record, not held as a tensor attribute
+        if _is_quantized(getattr(layer, "weight", None)) and attribute not in ("weight", "bias"):
+            continue  # its input scale: for fp8 matrix multiplies, which a dequantized layer does not do
+        weight, _, convert = comfy.model_patcher.get_key_weight(patcher.model, key)
+        backup = patcher.backup.get(key)
+        if backup is not None:  # the model is patched in place now: the weight as loaded
+            weight = backup.weight
+        sources[key[len(prefix) :]] = [(weight, convert or _unchanged), *patcher.patches.get(key, [])]
+    return sources
+
+
+def _unchanged(weight: torch.Tensor, **_: Any) -> torch.Tensor:
+    return weight
+
+
+def _is_quantized(weight: Any) -> bool:
+    """Whether `weight` is held as ComfyUI's QuantizedTensor (its mixed-precision layers)."""
+    import comfy.quant_ops
+
+    quantized = getattr(comfy.quant_ops, "QuantizedTensor", None)
+    return quantized is not None and isinstance(weight, quantized)
+
+
+def dequantized_dtype(diffusion_model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype the model's mixed-precision layers compute in, which their quantized weights dequantize to (the
+    same for every layer of a model); None for a model without them."""
+    for layer in diffusion_model.modules():
+        weight = getattr(layer, "weight", None)
+        if _is_quantized(weight):
+            return layer.convert_weight(weight).dtype
+    return None
+
+
+def _plain(weight: torch.Tensor, convert: Any) -> torch.Tensor:
+    """A weight as a plain tensor: a quantized one dequantized by its layer, in the dtype the layer computes in."""
+    return convert(weight) if _is_quantized(weight) else weight
+
+
 def _scaled_fp8_marker(config: Any) -> torch.Tensor | None:
     """The `scaled_fp8` key of ComfyUI's scaled-fp8 files, by which its loader builds scaled layers: empty, or
     of 2 values to keep the layers from multiplying in fp8. None for other models."""
@@ -212,13 +275,13 @@ def _scaled_fp8_marker(config: Any) -> torch.Tensor | None:
 
 
 def check_plain_weight(name: str, weight: torch.Tensor) -> None:
-    """Refuses a weight held in a tensor type of its own (GGUF's quantized blocks, mixed-precision quantized
-    layers): its bytes mean nothing to the workers' loader, which would build a wrong model from them."""
-    if type(weight) not in (torch.Tensor, torch.nn.Parameter):
+    """Refuses a weight held in a tensor type of its own that is not ComfyUI's QuantizedTensor (GGUF's quantized
+    blocks): its bytes mean nothing to the workers' loader, which would build a wrong model from them."""
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter) and not _is_quantized(weight):
         raise InvalidSettingsError(
             f"the MODEL's weight {name!r} is held as {type(weight).__name__} (quantized weights, as GGUF loaders "
-            "and mixed-precision checkpoints keep them), which the workers cannot load yet; use fp32, fp16, bf16, "
-            "fp8 by UNETLoader's weight_dtype or scaled-fp8 weights, or core KSampler"
+            "keep them), which the workers cannot load yet; use fp32, fp16, bf16, fp8 by UNETLoader's weight_dtype, "
+            "scaled-fp8 or mixed-precision checkpoints, or core KSampler"
         )
 
 
