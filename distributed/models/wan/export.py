@@ -11,7 +11,7 @@ scale, and the file's `scaled_fp8` marker, by which the workers' loader builds t
 patched weight is merged through its layer's own conversion both ways, as ComfyUI patches it on load.
 
 Layers in ComfyUI's mixed-precision layout (weights held as its QuantizedTensor: files with quantization
-metadata, and from ComfyUI 0.6 on every scaled-fp8 file, which its loader converts to that layout) travel
+metadata, and from ComfyUI 0.4 on every scaled-fp8 file, which its loader converts to that layout) travel
 dequantized, in the dtype the layer computes in: the weights ComfyUI multiplies with where the device has no
 fp8 matrix multiply, at twice the bytes of fp8.
 
