@@ -48,9 +48,9 @@ from distributed.engine.banded import (
 from distributed.engine.comm import Communicator
 from distributed.engine.job import JobSpec, ModelSpec
 from distributed.engine.runner import Engine
+from support.comfy_tree import comfy_tree
 
 NOT_AVAILABLE = "not available"
-ROOT = Path(__file__).resolve().parent.parent
 Section = Callable[[argparse.Namespace, Path], dict[str, Any]]
 
 
@@ -331,7 +331,7 @@ def wan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from distributed.models.wan.patch import install_dual_scope
     from distributed.models.wan.sampling import sample_clip
 
-    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    os.environ.setdefault(COMFY_ROOT_ENV, str(comfy_tree()))
     comfy = import_comfy(on_cpu=False)
     config = {"dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30, "in_dim": 16, "out_dim": 16}
     with torch.device("meta"):
@@ -421,7 +421,7 @@ def ltxv(args: argparse.Namespace, work: Path, config: dict[str, int] | None = N
     from distributed.models.wan.patch import install_dual_scope
     from distributed.models.wan.sampling import sample_clip
 
-    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    os.environ.setdefault(COMFY_ROOT_ENV, str(comfy_tree()))
     cuda = args.device.startswith("cuda")
     comfy = import_comfy(on_cpu=not cuda)
     with torch.device("meta"):
@@ -473,7 +473,7 @@ def wan_fp8(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         scaled_fp8_with_lora,
     )
 
-    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    os.environ.setdefault(COMFY_ROOT_ENV, str(comfy_tree()))
     device = torch.device(args.device)
     comfy = import_comfy(on_cpu=device.type == "cpu")
     models = {

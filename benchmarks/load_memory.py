@@ -26,11 +26,11 @@ from distributed.engine.comm import Communicator
 from distributed.engine.job import ModelSpec
 from distributed.engine.runner import Engine
 from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV
+from support.comfy_tree import comfy_tree
 from support.local_ranks import run_on_local_ranks
 
 from .common import human_bytes, machine_line, markdown_table
 
-ROOT = Path(__file__).resolve().parent.parent
 WAN_1_3B_WIDTH = {"dim": 1536, "ffn_dim": 8960, "num_heads": 12}  # Wan 2.1 T2V 1.3B (30 blocks)
 KINDS = ("RssAnon", "RssFile")
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--layers", type=int, default=10, help="Wan blocks (the 1.3B model has 30)")
     args = parser.parse_args()
-    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    os.environ.setdefault(COMFY_ROOT_ENV, str(comfy_tree()))
     print(machine_line())
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "wan.safetensors"

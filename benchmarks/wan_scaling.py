@@ -21,7 +21,6 @@ import os
 import resource
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,12 +34,12 @@ from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV, import_comfy
 from distributed.models.wan.family import DEFAULT_ATTENTION
 from distributed.models.wan.patch import install_dual_scope
 from distributed.models.wan.sampling import sample_clip
+from support.comfy_tree import comfy_tree
 from support.local_ranks import run_on_local_ranks
 from support.tiny_wan import core_sample, load_tiny_wan, random_conditioning
 
 from .common import human_bytes, markdown_table
 
-ROOT = Path(__file__).resolve().parent.parent
 NATIVE_LATENT_FRAMES = 21  # Wan's 81 video frames
 CONTEXT_LENGTH, CONTEXT_OVERLAP = 21, 8  # core WAN Context Windows defaults (81 / 30 video frames), in latent frames
 
@@ -147,7 +146,7 @@ def main() -> None:
         "--overlap-rounds", type=int, default=2, help="rounds of the overlapped-against-waiting comparison (0: skip)"
     )
     args = parser.parse_args()
-    os.environ.setdefault(COMFY_ROOT_ENV, str(ROOT / ".host" / "comfyui"))
+    os.environ.setdefault(COMFY_ROOT_ENV, str(comfy_tree()))
     with tempfile.TemporaryDirectory() as folder:
         from tests.wan_targets import save_tiny_wan_target
 

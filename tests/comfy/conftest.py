@@ -21,7 +21,8 @@ from distributed.engine.choices import TOKEN_ENV  # noqa: E402
 from distributed.models.wan.comfy_runtime import COMFY_ROOT_ENV  # noqa: E402
 
 AGENT_TOKEN = "comfy tests: agents on this machine stand in for other machines"
-TEST_BASE = comfy_host.HOST_DIR / "test-base"
+# Another ComfyUI (VIDEO_INFINITY_TEST_COMFYUI) gets a base folder of its own: its user database may be newer.
+TEST_BASE = comfy_host.HOST_DIR / ("test-base" if comfy_host.TREE == comfy_host.EMBEDDED_TREE else "test-base-other")
 EXTRA_MODELS = comfy_host.HOST_DIR / "test-extra-models"
 TINY_MODEL = "tiny-random"
 EXTRA_MODEL = "tiny-extra"
