@@ -146,19 +146,24 @@ def test_scaled_fp8_weights_reach_the_workers_as_comfyui_holds_them_with_or_with
     assert found["with_lora"] == 0.0  # merged and scaled back exactly as ComfyUI patches it
     assert found["lora_moved"] > 1e-2
     if found["held_as"] == "QuantizedTensor":  # newer ComfyUI loads the file as mixed-precision layers,
-        assert found["reloaded_held_as"] == ["torch.float32"] * 2  # which travel dequantized (the test below)
+        assert found["reloaded_held_as"] == ["QuantizedTensor"] * 2  # which travel as written (the test below)
         return
     assert [found["held_as"]] * 2 == found["reloaded_held_as"] == ["torch.float8_e4m3fn"] * 2
     assert found["fp8_matmul_True"] == [True, True] and found["fp8_matmul_False"] == [False, False]
 
 
-def test_mixed_precision_weights_travel_dequantized_as_comfyui_computes_with_them(tmp_path) -> None:
+def test_mixed_precision_weights_reach_the_workers_as_comfyui_computes_with_them(tmp_path) -> None:
     # Before, a MODEL with quantized layers was refused (and, on newer ComfyUI, where scaled-fp8 files load as
-    # quantized layers too, its export failed inside ComfyUI). Now each weight travels as the layer computes
-    # with it: dequantized, its LoRA merged and quantized back as ComfyUI patches it, then dequantized.
+    # quantized layers too, its export failed inside ComfyUI). Now they travel as ComfyUI writes such a layer
+    # (ComfyUI 0.4 on: fp8 numbers, scale, format record) or dequantized (0.3.75, whose layers write no format
+    # record); a LoRA is merged and quantized back as ComfyUI patches it.
     found = run_on_local_ranks(1, mixed_precision_export_round_trip, {"folder": str(tmp_path)})[0]
     assert found["held_as"] == "QuantizedTensor"
-    assert found["reloaded_held_as"] == ["torch.float32"] * 2 and found["exported"] == "fp32"
+    if found["as_written"]:
+        assert found["reloaded_held_as"] == ["QuantizedTensor"] * 2 and found["in_file"] == "F8_E4M3"
+    else:
+        assert found["reloaded_held_as"] == ["torch.float32"] * 2 and found["in_file"] == "F32"
+    assert found["exported"] == "fp32"
     assert found["alone"] == 0.0 and found["with_lora"] == 0.0
     assert found["lora_moved"] > 1e-2
 

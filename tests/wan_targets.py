@@ -80,6 +80,7 @@ def held_as(weight: torch.Tensor) -> str:
     return type(weight).__name__ if type(weight).__name__ == "QuantizedTensor" else str(weight.dtype)
 
 
+@torch.no_grad()  # a worker's weights are inference tensors (loaded in inference mode)
 def computed_weights(patcher: Any) -> dict[str, torch.Tensor]:
     """Each linear layer's weight as the layer computes with it (fp32): dequantized, or times its scale."""
     found = {}
@@ -128,16 +129,25 @@ def mixed_precision_export_round_trip(comm: Communicator, folder: str) -> dict[s
     """A Wan in ComfyUI's mixed-precision layout (its block linears held as QuantizedTensor, the layout newer
     ComfyUI also converts scaled-fp8 files to), loaded as UNETLoader loads it, alone and with a LoRA, exported
     and loaded back as a worker loads it: the largest relative difference of any linear layer's weight as the
-    layer computes with it (dequantized) from ComfyUI's own patched model, and how the weights are held."""
+    layer computes with it (dequantized) from ComfyUI's own patched model, how the weights are held, and how the
+    exported file holds a quantized layer's weight."""
     comfy = import_comfy(on_cpu=True)
+    from safetensors import safe_open
+
     from distributed.models.wan.export import export_model
+    from distributed.models.wan.quantized import travel_plan
     from support.tiny_wan import loaded_with_lora, save_tiny_wan_mixed_fp8
 
     root = Path(folder)
     cache = root / "exports"
 
     mixed, with_lora = loaded_with_lora(comfy, save_tiny_wan_mixed_fp8(root / "mixed.safetensors"), {}, root)
-    return weights_round_trip(mixed, with_lora, cache) | {"exported": export_model(mixed, cache).spec().dtype}
+    found = weights_round_trip(mixed, with_lora, cache)
+    exported = export_model(mixed, cache)
+    with safe_open(str(exported.weights), "pt") as file:
+        in_file = file.get_slice("blocks.0.self_attn.q.weight").get_dtype()
+    as_written = travel_plan(mixed.model.diffusion_model)[0]
+    return found | {"exported": exported.spec().dtype, "in_file": in_file, "as_written": as_written}
 
 
 def weights_round_trip(plain: Any, with_lora: Any, cache: Path) -> dict[str, Any]:

@@ -11,9 +11,8 @@ scale, and the file's `scaled_fp8` marker, by which the workers' loader builds t
 patched weight is merged through its layer's own conversion both ways, as ComfyUI patches it on load.
 
 Layers in ComfyUI's mixed-precision layout (weights held as its QuantizedTensor: files with quantization
-metadata, and from ComfyUI 0.4 on every scaled-fp8 file, which its loader converts to that layout) travel
-dequantized, in the dtype the layer computes in: the weights ComfyUI multiplies with where the device has no
-fp8 matrix multiply, at twice the bytes of fp8.
+metadata, and from ComfyUI 0.4 on every scaled-fp8 file, which its loader converts to that layout) travel as
+ComfyUI writes them, or, on ComfyUI 0.3.75, dequantized (quantized.py).
 
 A model that UNETLoader cast to fp8 (its weight_dtype fp8_e4m3fn, fp8_e4m3fn_fast or fp8_e5m2) travels in
 fp8 too, with that weight_dtype, which the workers' loader is given as UNETLoader gives it to ComfyUI: no
@@ -35,6 +34,7 @@ from ...engine.errors import InvalidSettingsError
 from ...engine.job import ModelSpec
 from ...engine.weight_files import safetensors_bytes, write_safetensors
 from .architectures import architecture_of, config_name
+from .quantized import is_quantized, layer_entries, travel_plan
 
 KEEP_EXPORTS = 2  # exported models kept on disk: both experts of a Wan 2.2 A14B graph stay warm
 # transformer_options entries ComfyUI fills in itself; anything else there was put by a node.
@@ -130,9 +130,9 @@ def export_model(patcher: Any, cache_dir: Path) -> ExportedModel:
 
 def dtypes_of(model: Any) -> tuple[str, str]:
     """(the dtype the model computes in, how its weights are held by UNETLoader's names) of a loaded model."""
-    dequantized = dequantized_dtype(model.diffusion_model)
-    if dequantized is not None:  # mixed-precision layers travel dequantized, in the dtype they compute in
-        compute = DTYPE_NAMES.get(dequantized)
+    as_written, dequantized = travel_plan(model.diffusion_model)
+    if dequantized is not None:  # mixed-precision layers: the workers' loader builds them from the file itself
+        compute = DTYPE_NAMES.get(model.get_dtype() if as_written else dequantized)
         if compute is not None:
             return compute, "default"
     held = model.get_dtype()
@@ -175,36 +175,61 @@ def _write_weights(patcher: Any, path: Path) -> None:
     import comfy.lora
     import comfy.model_management
     import comfy.model_patcher
+    import comfy.utils
 
     prefix = "diffusion_model."  # dropped: the file has the layout UNETLoader reads
     sources = _weight_sources(patcher, prefix)
-    dequantized = dequantized_dtype(patcher.model.diffusion_model)
-    layout = {}
+    _, dequantized = travel_plan(patcher.model.diffusion_model)
+    layout, owners, as_written = {}, {}, {}
     for name, ((weight, _), *_) in sources.items():
         check_plain_weight(name, weight)
-        # A merged weight is stored back in its own dtype; a quantized one in the dtype its layer computes in.
-        layout[name] = (dequantized if _is_quantized(weight) else weight.dtype, tuple(weight.shape))
+        layer_name = name.removesuffix(".weight")
+        if is_quantized(weight):
+            layer = comfy.utils.get_attr(patcher.model, prefix + layer_name)
+            entries = layer_entries(layer, weight, layer_name + ".")
+            if entries is not None:  # as ComfyUI writes the layer: its numbers, scales and format record
+                as_written[layer_name] = (layer, entries)
+                for entry, tensor in entries.items():
+                    layout[entry], owners[entry] = (tensor.dtype, tuple(tensor.shape)), layer_name
+                continue
+        # A merged weight is stored back in its own dtype; a dequantized one in the dtype its layer computes in.
+        layout[name] = (dequantized if is_quantized(weight) else weight.dtype, tuple(weight.shape))
     marker = _scaled_fp8_marker(patcher.model.model_config)
     if marker is not None:
         layout["scaled_fp8"] = (marker.dtype, tuple(marker.shape))
     check_room(safetensors_bytes(layout), path.parent)
 
-    def produce(name: str) -> torch.Tensor:
-        if name == "scaled_fp8":
-            return marker
-        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
+    def merged(name: str) -> torch.Tensor:
+        """The weight `name` with its patches merged, held as its layer holds it (quantized back, scaled)."""
         (weight, convert), *patches = sources[name]
-        if not patches:
-            return _plain(weight, convert)
         key = prefix + name
-        merged = convert(weight.to(torch.float32, copy=True), inplace=True)
-        merged = comfy.lora.calculate_weight(patches, merged, key)
+        total = comfy.lora.calculate_weight(patches, convert(weight.to(torch.float32, copy=True), inplace=True), key)
         seed = comfy.model_patcher.string_to_seed(key)
         # A layer that holds its weight converted (scaled fp8, quantized) converts it back itself.
         _, store, _ = comfy.model_patcher.get_key_weight(patcher.model, key)
         if store is not None:
-            return _plain(store(merged, seed=seed, return_weight=True), convert)
-        return comfy.float.stochastic_rounding(merged, weight.dtype, seed=seed)
+            return store(total, seed=seed, return_weight=True)
+        return comfy.float.stochastic_rounding(total, weight.dtype, seed=seed)
+
+    last_layer: dict[str, dict[str, torch.Tensor]] = {}  # a patched layer's entries, written one after another
+
+    def produce(name: str) -> torch.Tensor:
+        if name == "scaled_fp8":
+            return marker
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel during a long export
+        if name in owners:
+            layer_name = owners[name]
+            layer, entries = as_written[layer_name]
+            weight_name = layer_name + ".weight"
+            if len(sources[weight_name]) == 1:  # no patches
+                return entries[name]
+            if layer_name not in last_layer:
+                last_layer.clear()
+                last_layer[layer_name] = layer_entries(layer, merged(weight_name), layer_name + ".")
+            return last_layer[layer_name][name]
+        (weight, convert), *patches = sources[name]
+        held = merged(name) if patches else weight
+        return convert(held) if is_quantized(held) else held
 
     partial = path.with_suffix(".partial")
     try:
@@ -229,7 +254,7 @@ def _weight_sources(patcher: Any, prefix: str) -> dict[str, list]:
         layer = comfy.utils.get_attr(patcher.model, layer_name)
         if not isinstance(getattr(layer, attribute, None), torch.Tensor):
             continue  # a quantized layer's scale or format record, not held as a tensor attribute
-        if _is_quantized(getattr(layer, "weight", None)) and attribute not in ("weight", "bias"):
+        if is_quantized(getattr(layer, "weight", None)) and attribute not in ("weight", "bias"):
             continue  # its input scale: for fp8 matrix multiplies, which a dequantized layer does not do
         weight, _, convert = comfy.model_patcher.get_key_weight(patcher.model, key)
         backup = patcher.backup.get(key)
@@ -243,29 +268,6 @@ def _unchanged(weight: torch.Tensor, **_: Any) -> torch.Tensor:
     return weight
 
 
-def _is_quantized(weight: Any) -> bool:
-    """Whether `weight` is held as ComfyUI's QuantizedTensor (its mixed-precision layers)."""
-    import comfy.quant_ops
-
-    quantized = getattr(comfy.quant_ops, "QuantizedTensor", None)
-    return quantized is not None and isinstance(weight, quantized)
-
-
-def dequantized_dtype(diffusion_model: torch.nn.Module) -> torch.dtype | None:
-    """The dtype the model's mixed-precision layers compute in, which their quantized weights dequantize to (the
-    same for every layer of a model); None for a model without them."""
-    for layer in diffusion_model.modules():
-        weight = getattr(layer, "weight", None)
-        if _is_quantized(weight):
-            return layer.convert_weight(weight).dtype
-    return None
-
-
-def _plain(weight: torch.Tensor, convert: Any) -> torch.Tensor:
-    """A weight as a plain tensor: a quantized one dequantized by its layer, in the dtype the layer computes in."""
-    return convert(weight) if _is_quantized(weight) else weight
-
-
 def _scaled_fp8_marker(config: Any) -> torch.Tensor | None:
     """The `scaled_fp8` key of ComfyUI's scaled-fp8 files, by which its loader builds scaled layers: empty, or
     of 2 values to keep the layers from multiplying in fp8. None for other models."""
@@ -277,7 +279,7 @@ def _scaled_fp8_marker(config: Any) -> torch.Tensor | None:
 def check_plain_weight(name: str, weight: torch.Tensor) -> None:
     """Refuses a weight held in a tensor type of its own that is not ComfyUI's QuantizedTensor (GGUF's quantized
     blocks): its bytes mean nothing to the workers' loader, which would build a wrong model from them."""
-    if type(weight) not in (torch.Tensor, torch.nn.Parameter) and not _is_quantized(weight):
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter) and not is_quantized(weight):
         raise InvalidSettingsError(
             f"the MODEL's weight {name!r} is held as {type(weight).__name__} (quantized weights, as GGUF loaders "
             "keep them), which the workers cannot load yet; use fp32, fp16, bf16, fp8 by UNETLoader's weight_dtype, "

@@ -82,7 +82,10 @@ class WanFamily:
             weights = load_file(model.base)
         except (SafetensorError, OSError) as error:
             raise ModelLoadError(f"{model.base} is not a readable safetensors file ({error})") from error
-        patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options=load_options(model))
+        # In inference mode, as ComfyUI's loader nodes run: newer ComfyUI's quantized layers, loaded outside it,
+        # fail when the sampler (inside it) moves them.
+        with torch.inference_mode():
+            patcher = comfy.sd.load_diffusion_model_state_dict(weights, model_options=load_options(model))
         if patcher is None:
             raise ModelLoadError(f"ComfyUI does not recognise the model in {model.base}")
         return LoadedWan(comfy, patcher, None)
