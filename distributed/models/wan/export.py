@@ -244,7 +244,8 @@ def _weight_sources(patcher: Any, prefix: str) -> dict[str, list]:
     """Per weight of the diffusion model (its name without `prefix`): [(weight as held, its layer's
     conversion), *its patches], as ModelPatcher.get_key_patches gives them, for the weights a plain file holds.
     A quantized layer's scales and format record, which newer ComfyUI lists in the state dict beside its weight
-    (they are no attributes of the layer), stay behind: the weight travels dequantized."""
+    (they are no attributes of the layer), are left out: the layer writes them itself (quantized.layer_entries),
+    or its weight travels dequantized."""
     import comfy.model_patcher
     import comfy.utils
 
@@ -255,7 +256,7 @@ def _weight_sources(patcher: Any, prefix: str) -> dict[str, list]:
         if not isinstance(getattr(layer, attribute, None), torch.Tensor):
             continue  # a quantized layer's scale or format record, not held as a tensor attribute
         if is_quantized(getattr(layer, "weight", None)) and attribute not in ("weight", "bias"):
-            continue  # its input scale: for fp8 matrix multiplies, which a dequantized layer does not do
+            continue  # its input scale: among the layer's own entries, and of no use to a dequantized layer
         weight, _, convert = comfy.model_patcher.get_key_weight(patcher.model, key)
         backup = patcher.backup.get(key)
         if backup is not None:  # the model is patched in place now: the weight as loaded
