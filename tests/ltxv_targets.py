@@ -31,9 +31,9 @@ def graph_job_through_the_engine(
 ) -> dict[str, Any] | None:
     """The graph's side as ComfyUI runs it: the LTX-Video file loaded as UNETLoader loads it, ModelSamplingLTXV's
     shift, LTXVConditioning's frame rate, text with its attention mask, and (keep_first) an image-to-video
-    latent; `frame_shares` splits the frames unevenly. Rank 0 exports the MODEL and writes the job's inputs as the Clip-Parallel KSampler does; then every
-    rank runs the LatentJob through the engine, as a pool's worker does. Rank 0 returns the engine's latents,
-    core KSampler's on the same graph, and what the export carried."""
+    latent; `frame_shares` splits the frames unevenly. Rank 0 exports the MODEL and writes the job's inputs as
+    the Clip-Parallel KSampler does; then every rank runs the LatentJob through the engine, as a pool's worker
+    does. Rank 0 returns the engine's latents, core KSampler's on the same graph, and what the export carried."""
     torch.set_num_threads(1)
     comfy = import_comfy(on_cpu=True)
     root = Path(folder)

@@ -180,7 +180,7 @@ def test_weights_unetloader_casts_to_fp8_travel_in_fp8_and_load_as_the_graph_hol
     for weight_dtype, dtype in held.items():
         case = found[weight_dtype]
         assert case["exported_as"] == weight_dtype
-        assert case["held_as"] == [dtype] * 3, weight_dtype
+        assert [case["held_as"], *case["reloaded_held_as"]] == [dtype] * 3, weight_dtype
         assert case["fast"] == [weight_dtype.endswith("_fast")] * 3, weight_dtype
         assert case["alone"] == 0.0 and case["with_lora"] == 0.0, weight_dtype
         assert case["lora_moved"] > 1e-2, weight_dtype

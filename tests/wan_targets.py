@@ -161,6 +161,8 @@ def weights_round_trip(plain: Any, with_lora: Any, cache: Path) -> dict[str, Any
     result: dict[str, Any] = {
         "held_as": held_as(plain.model.diffusion_model.get_submodule(q).weight),
         "reloaded_held_as": [held_as(p.model.diffusion_model.get_submodule(q).weight) for p in (alone, patched)],
+        # UNETLoader's fp8_e4m3fn_fast: whether each multiplies in fp8 where the device can
+        "fast": [p.model.model_config.optimizations.get("fp8", False) for p in (plain, alone, patched)],
         "alone": largest_difference(computed_weights(plain), computed_weights(alone)),
     }
     with torch.no_grad():  # as ComfyUI patches the model (its weights shared with plain) for its own sampler
@@ -186,37 +188,19 @@ def cast_fp8_export_round_trip(comm: Communicator, folder: str) -> dict[str, Any
     and the size of the exported file against the weights of the model in fp32."""
     comfy = import_comfy(on_cpu=True)
     from distributed.models.wan.export import export_model
-    from support.tiny_wan import loaded_as_a_worker, loaded_with_lora, save_tiny_wan
+    from support.tiny_wan import loaded_with_lora, save_tiny_wan
 
     root = Path(folder)
     cache = root / "exports"
     weights = save_tiny_wan(root / "t2v.safetensors")
 
-    def linear_weights(patcher: Any) -> dict[str, torch.Tensor]:
-        layers = patcher.model.diffusion_model.named_modules()
-        return {name: layer.weight for name, layer in layers if isinstance(layer, torch.nn.Linear)}
-
-    def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-        return max(float((a[n].float() - b[n].float()).abs().max() / a[n].float().abs().max()) for n in a)
-
     result: dict[str, Any] = {"fp32_bytes": weights.stat().st_size}
     for weight_dtype, options in UNET_LOADER_FP8.items():
         cast, with_lora = loaded_with_lora(comfy, weights, options, root)
-        alone, patched = loaded_as_a_worker(cast, cache), loaded_as_a_worker(with_lora, cache)
-        q = "blocks.0.self_attn.q"
-        found: dict[str, Any] = {
-            "held_as": [str(p.model.diffusion_model.get_submodule(q).weight.dtype) for p in (cast, alone, patched)],
-            "fast": [p.model.model_config.optimizations.get("fp8", False) for p in (cast, alone, patched)],
+        result[weight_dtype] = weights_round_trip(cast, with_lora, cache) | {
             "exported_as": export_model(with_lora, cache).weight_dtype,
             "bytes": export_model(cast, cache).weights.stat().st_size,
-            "alone": largest_difference(linear_weights(cast), linear_weights(alone)),
         }
-        with torch.no_grad():  # as ComfyUI patches the model for its own sampler
-            with_lora.patch_model()
-        found["with_lora"] = largest_difference(linear_weights(with_lora), linear_weights(patched))
-        found["lora_moved"] = largest_difference(linear_weights(with_lora), linear_weights(alone))
-        with_lora.unpatch_model()
-        result[weight_dtype] = found
     return result
 
 

@@ -50,20 +50,12 @@ def _stored(tensor: torch.Tensor) -> torch.Tensor:
     return tensor._qdata
 
 
-def quantized_layers(diffusion_model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """(name, layer) of every layer whose weight is quantized."""
-    return [
-        (name, layer) for name, layer in diffusion_model.named_modules() if is_quantized(getattr(layer, "weight", None))
-    ]
-
-
 def travel_plan(diffusion_model: torch.nn.Module) -> tuple[bool, torch.dtype | None]:
     """(whether the quantized layers travel as they write themselves, the dtype they dequantize to) for a
     model; (False, None) for a model without quantized layers. One model's layers share one ComfyUI version
     and one compute dtype, so the first layer answers for all."""
-    found = quantized_layers(diffusion_model)
-    if not found:
+    layer = next((m for m in diffusion_model.modules() if is_quantized(getattr(m, "weight", None))), None)
+    if layer is None:
         return False, None
-    _, layer = found[0]
     as_written = layer_entries(layer, layer.weight, "probe.") is not None
     return as_written, layer.convert_weight(layer.weight).dtype
