@@ -97,11 +97,24 @@ def correctness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "finite": bool(torch.isfinite(half).all()),
                 "relative_to_fp32": relative(half, on_device),
             }
+    rows["compute time of a job (what frame_shares auto balances)"] = compute_time(model, device)
     rows["masked rows in half precision"] = masked_rows(device)
     rows["attention in parts vs one pass"] = attention_in_parts(device)
     rows["fused attention with its normaliser"] = fused_lse_kernels(device)
     rows["wan attention in parts vs one pass"] = wan_attention_in_parts(device)
     return rows
+
+
+def compute_time(model: Path, device: str) -> dict[str, Any]:
+    """The engine's compute seconds of a one-rank job (CUDA: stream time from events) against its wall time."""
+    began = time.perf_counter()
+    seconds = Engine(Communicator.single(device)).run(tiny_job(model)).stats.compute_seconds
+    wall = time.perf_counter() - began
+    return {
+        "compute_seconds": list(seconds),
+        "wall_seconds": wall,
+        "within_wall": len(seconds) == 1 and 0 < seconds[0] <= wall,
+    }
 
 
 def masked_rows(device: str) -> dict[str, Any]:

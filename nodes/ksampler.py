@@ -160,8 +160,9 @@ class ClipParallelKSampler(io.ComfyNode):
             return_with_leftover_noise=return_with_leftover_noise,
         )
         pool = pool or DEFAULT_POOL
-        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention, pool.shares())
         engine_pool = pool_access.get_pool(pool)
+        shares = pool.shares(engine_pool)
+        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention, shares)
         try:
             window = max(1, min(steps, end_at_step) - start_at_step)
             preview = live_preview(model.get_model_object("latent_format"))

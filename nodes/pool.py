@@ -79,7 +79,8 @@ class WorkerPool(io.ComfyNode):
                     optional=True,
                     tooltip="How the frames are split over mismatched devices: one number per worker in rank order "
                     "(local devices, then remote workers), e.g. '3,1' gives the first worker three times the frames "
-                    "of the second. Empty: an even split. The video is the same for any split.",
+                    "of the second. 'auto': each job splits by the workers' speeds measured on the jobs before it "
+                    "(the first is even). Empty: an even split. The video is the same for any split.",
                 ),
             ],
             outputs=[Pool.Output(display_name="pool", tooltip="The device layout, for the Clip-Parallel Sampler.")],
@@ -95,7 +96,10 @@ class WorkerPool(io.ComfyNode):
             if known.get("remote_workers"):
                 address = known.get("join_address", PoolChoice.join_address)
                 _check_remote(PoolChoice(AUTO_DEVICES, remote_workers=known["remote_workers"], join_address=address))
-            if known.get("frame_shares"):
+            if (
+                known.get("frame_shares")
+                and not PoolChoice(AUTO_DEVICES, frame_shares=known["frame_shares"]).measured_shares
+            ):
                 shares = parse_shares(known["frame_shares"])
                 remote = values.get("remote_workers", 0)  # None: fed by a link
                 if "devices" in known and remote is not None:
@@ -115,9 +119,9 @@ class WorkerPool(io.ComfyNode):
         frame_shares: str = "",
     ) -> io.NodeOutput:
         workers = len(_resolve(devices)) + remote_workers
-        if frame_shares.strip():
-            check_shares(parse_shares(frame_shares), workers)
         choice = PoolChoice(devices, keep_warm, timeout_s, job_timeout_s, remote_workers, join_address, frame_shares)
+        if frame_shares.strip() and not choice.measured_shares:
+            check_shares(parse_shares(frame_shares), workers)
         if remote_workers:
             _check_remote(choice)
         return io.NodeOutput(choice)

@@ -173,8 +173,8 @@ class ClipParallelSampler(io.ComfyNode):
         **settings: Any,
     ) -> io.NodeOutput:
         pool = pool or DEFAULT_POOL
-        job = build_job(model, attention, frame_shares=pool.shares(), **settings)
         engine_pool = pool_access.get_pool(pool)
+        job = build_job(model, attention, frame_shares=pool.shares(engine_pool), **settings)
         workers = engine_pool.world_size
         job.validate(workers)  # an impossible split is refused before any worker starts
         preview = pipeline_preview(job.model.base)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed.engine.choices import AUTO_DEVICES, DEFAULT_COLLECTIVE_TIMEOUT_S, DEFAULT_JOIN_PORT
+from ..distributed.engine.choices import AUTO_DEVICES, AUTO_SHARES, DEFAULT_COLLECTIVE_TIMEOUT_S, DEFAULT_JOIN_PORT
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,21 @@ class PoolChoice:
     job_timeout_s: float = 0.0  # the longest the node waits for the video before cancelling it; 0: no limit
     remote_workers: int = 0  # ranks that node agents on other machines add (docs/2)
     join_address: str = f"127.0.0.1:{DEFAULT_JOIN_PORT}"  # HOST:PORT where the agents connect
-    frame_shares: str = ""  # relative frames per worker, "3,1" (layout.FrameLayout); "": even
+    frame_shares: str = ""  # relative frames per worker, "3,1" (layout.FrameLayout); "": even; "auto": measured
 
-    def shares(self) -> tuple[float, ...]:
-        """The parsed frame_shares; raises InvalidSettingsError naming the expected form."""
+    @property
+    def measured_shares(self) -> bool:
+        """frame_shares "auto": each job's split follows the workers' speeds measured on earlier jobs."""
+        return self.frame_shares.strip().lower() == AUTO_SHARES
+
+    def shares(self, pool: Any = None) -> tuple[float, ...]:
+        """The job's frame shares: the parsed frame_shares, or with "auto" the running pool's measured split
+        (WorkerPool.balanced_shares; even before its first job). Raises InvalidSettingsError naming the
+        expected form."""
         from ..distributed.engine.layout import parse_shares
 
+        if self.measured_shares:
+            return pool.balanced_shares() if pool is not None else ()
         return parse_shares(self.frame_shares)
 
     def join_endpoint(self) -> tuple[str, int]:

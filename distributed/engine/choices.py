@@ -41,6 +41,7 @@ COMFY_MAX_STEPS = 10000  # core KSampler's limit, for jobs run with ComfyUI's sa
 SIZE_STEP = 8  # the VAE downsamples by 8
 
 AUTO_DEVICES = "auto"
+AUTO_SHARES = "auto"  # frame_shares that follows the workers' measured speeds (pool.balance)
 
 # The longest one rank waits for the others inside one exchange. Dead and stopped workers are found by
 # heartbeat within seconds, so this only bounds a live worker that never arrives; it must outlast the

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from .errors import JobCancelled
 from .layout import FrameLayout
+from .stopwatch import Stopwatch
 
 
 def _never() -> bool:
@@ -43,6 +44,7 @@ class Communicator:
         self.bytes_received = 0
         self.calls = 0  # communication calls (a batch of point-to-point transfers counts once)
         self.rounds = 0  # points where this rank waits; calls in flight together count once
+        self.stalls = Stopwatch(self.device)  # time spent waiting for other ranks (balances a split)
         self._in_flight: dict[int, _Posted] = {}  # by the key _post gave
         self._posted = 0
         self._cancel_requested: Callable[[], bool] | None = None  # set while a job's steps run
@@ -159,7 +161,8 @@ class Communicator:
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
             if key is not None:
                 self._waited(key, overlaps_others=True)  # two borrows posted together wait once
-            wait_all()
+            with self.stalls.interval():
+                wait_all()
             for view, buffer in landings:
                 view.copy_(buffer)
             return left, right
@@ -169,7 +172,8 @@ class Communicator:
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks in place. Counted as a ring all-reduce: 2 (N-1)/N of the tensor each way."""
         if self.world_size > 1:
-            dist.all_reduce(tensor, group=self.group)
+            with self.stalls.interval():
+                dist.all_reduce(tensor, group=self.group)
             self.calls += 1
             self._count_wait()
             moved = 2 * (self.world_size - 1) * tensor.numel() * tensor.element_size() // self.world_size
@@ -205,7 +209,8 @@ class Communicator:
 
         def finish() -> list[torch.Tensor]:
             self._waited(key, overlaps_others=False)
-            work.wait()
+            with self.stalls.interval():
+                work.wait()
             if not watched:
                 return pieces
             self._carried_cancel = True
@@ -216,20 +221,23 @@ class Communicator:
         return finish
 
     def send_to(self, tensor: torch.Tensor, rank: int) -> None:
-        dist.send(tensor.contiguous(), rank, group=self.group)
+        with self.stalls.interval():
+            dist.send(tensor.contiguous(), rank, group=self.group)
         self.calls += 1
         self._count_wait()
         self.bytes_sent += tensor.numel() * tensor.element_size()
 
     def recv_from(self, tensor: torch.Tensor, rank: int) -> None:
-        dist.recv(tensor, rank, group=self.group)
+        with self.stalls.interval():
+            dist.recv(tensor, rank, group=self.group)
         self.calls += 1
         self._count_wait()
         self.bytes_received += tensor.numel() * tensor.element_size()
 
     def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
         if self.world_size > 1:
-            dist.broadcast(tensor, src, group=self.group)
+            with self.stalls.interval():
+                dist.broadcast(tensor, src, group=self.group)
             self.calls += 1
             self._count_wait()
         return tensor

@@ -32,13 +32,16 @@ PHASES = ("loading", "denoising", "decoding", "gathering")
 
 @dataclass
 class RunStats:
-    """Communication per denoising step of this rank, and the split of the video."""
+    """Communication per denoising step of this rank, the split of the video and each rank's compute time."""
 
     bytes_sent_per_step: list[int] = field(default_factory=list)
     bytes_received_per_step: list[int] = field(default_factory=list)
     calls_per_step: list[int] = field(default_factory=list)  # communication calls of one model evaluation
     rounds_per_step: list[int] = field(default_factory=list)  # waits of one model evaluation (comm.rounds)
     frames_per_rank: tuple[int, ...] = ()
+    # Every rank's seconds of its own work in the job (denoising and decoding, less its waits for the
+    # others), known to every rank after the job: what balances the next split (pool.balance).
+    compute_seconds: tuple[float, ...] = ()
 
 
 @dataclass

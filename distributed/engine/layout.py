@@ -102,7 +102,8 @@ def parse_shares(text: str) -> tuple[float, ...]:
     except ValueError:
         raise InvalidSettingsError(
             f"frame_shares is {text!r}; give one number per worker separated by commas, such as 3,1 (the first "
-            "worker takes three times the frames of the second), or leave it empty for an even split"
+            "worker takes three times the frames of the second), or leave it empty for an even split (the Worker "
+            "Pool node also takes 'auto': a split by the workers' measured speeds)"
         ) from None
     _check_positive(shares)
     return shares

@@ -17,6 +17,7 @@ from .family import ModelFamily, family
 from .job import JobSpec, ModelSpec
 from .latent_job import LatentJob
 from .layout import FrameLayout
+from .stopwatch import Stopwatch
 
 
 class Engine:
@@ -69,9 +70,12 @@ class Engine:
         comm = self.comm
         layout = FrameLayout(job.frames, comm.world_size, job.frame_shares)
         control.stats.frames_per_rank = layout.counts
-        with self.ctx.job(layout, job.attention), torch.inference_mode():
+        busy = Stopwatch(comm.device)
+        comm.stalls.reset()
+        with self.ctx.job(layout, job.attention), torch.inference_mode(), busy.interval():
             latents = kind.denoise(loaded, job, self.ctx, control)
             frames = kind.decode(loaded, latents, self.ctx, control)
+        control.stats.compute_seconds = self._compute_seconds(busy.seconds() - comm.stalls.seconds())
         control.progress(0, 1, "gathering")
         own_latents = latents.permute(2, 0, 1, 3, 4).contiguous()  # frames first, for the gather
         gathered_latents = comm.gather_frames_to_root(own_latents, layout)
@@ -87,6 +91,11 @@ class Engine:
             latents=None if gathered_latents is None else gathered_latents.permute(1, 2, 0, 3, 4).cpu(),
             stats=control.stats,
         )
+
+    def _compute_seconds(self, own: float) -> tuple[float, ...]:
+        """Every rank's compute time in rank order (one small all-gather after the job's steps)."""
+        seconds = torch.tensor([max(own, 0.0)], dtype=torch.float64, device=self.comm.device)
+        return tuple(float(piece.item()) for piece in self.comm.all_gather(seconds))
 
     def _prepare(self, job: JobSpec | LatentJob) -> tuple[Any, JobSpec | LatentJob]:
         """Checks the job, brings its files within this rank's reach and loads its model; every rank then

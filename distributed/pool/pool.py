@@ -21,6 +21,7 @@ from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityErr
 from ..engine.host_memory import default_floor_bytes, oom_kill_count
 from ..engine.job import JobSpec
 from ..engine.latent_job import LatentJob
+from .balance import ShareBalancer
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
 from .events import (
@@ -62,6 +63,10 @@ class WorkerPool:
         self._model: dict[str, Any] | None = None  # the last job's model, for status()
         self._loads: int | None = None
         self._jobs_done = 0
+        # The workers' measured speeds, for frame_shares "auto"; shared.py hands a new pool on the same
+        # devices the one it replaces, so what was learnt outlives a restart or a pool that is not kept warm.
+        self.balancer = ShareBalancer(self.world_size)
+        self._last_split: dict[str, list[Any]] | None = None  # the last job's frames and compute time per rank
         self._last_error: str | None = None
         self._closed = False
         self._lock = threading.RLock()  # short state changes only
@@ -120,6 +125,12 @@ class WorkerPool:
                 handle.complete(error=session.failure or PoolError("the pool stopped"))
         return handle
 
+    def balanced_shares(self) -> tuple[float, ...]:
+        """Frame shares in proportion to the workers' speeds measured on the jobs run so far, so that every
+        worker computes for the same time; () (an even split) before the first job or on matched devices."""
+        with self._lock:
+            return self.balancer.shares()
+
     def run(self, job: JobSpec, timeout: float | None = None) -> Any:
         """submit() and result() in one call."""
         return self.submit(job).result(timeout)
@@ -148,6 +159,8 @@ class WorkerPool:
         with self._lock:
             session, job = self._session, self._job
             workers = [self._worker_status(info, session) for info in (session.ranks.values() if session else [])]
+            for worker in workers:
+                worker.update(self._balance_status(worker["rank"]))
             running_job = None
             if job is not None and not job.done():
                 latest = job.latest
@@ -171,6 +184,7 @@ class WorkerPool:
                 "loads": self._loads,
                 "job": running_job,
                 "jobs_done": self._jobs_done,
+                "balanced_shares": self.balancer.shares(),
                 "starts": self.starts,
                 "start_seconds": self.start_seconds,
                 "last_error": self._last_error,
@@ -404,6 +418,11 @@ class WorkerPool:
                 self._model = asdict(job.job.model)
                 self._loads = event.loads
                 self._jobs_done += 1
+                self.balancer.record(event.frames_per_rank, event.compute_seconds)
+                self._last_split = {
+                    "frames": list(event.frames_per_rank),
+                    "compute_seconds": list(event.compute_seconds),
+                }
             job.complete(frames=frames, latents=event.latents)
         elif isinstance(event, Cancelled) and current:
             assert job is not None
@@ -483,6 +502,16 @@ class WorkerPool:
         if not session.ready.is_set():
             return "starting"
         return "busy" if job is not None and not job.done() else "ready"
+
+    def _balance_status(self, rank: int) -> dict[str, Any]:
+        """The rank's part of the last job (frames, compute seconds) and its measured relative speed."""
+        split, speeds = self._last_split, self.balancer.speeds
+        known = split is not None and rank < len(split["frames"]) and rank < len(split["compute_seconds"])
+        return {
+            "frames": split["frames"][rank] if known else None,
+            "compute_s": round(split["compute_seconds"][rank], 2) if known else None,
+            "speed": round(speeds[rank], 2) if speeds is not None and rank < len(speeds) else None,
+        }
 
     @staticmethod
     def _worker_status(info: RankInfo, session: Session | None) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import atexit
 import threading
 
+from .balance import ShareBalancer
 from .config import PoolConfig
 from .pool import WorkerPool
 
 _lock = threading.Lock()
 _pool: WorkerPool | None = None
+_balancers: dict[tuple[tuple[str, ...], int], ShareBalancer] = {}  # by (local devices, remote workers)
 
 
 def shared_pool(config: PoolConfig | None = None) -> WorkerPool:
@@ -26,6 +28,8 @@ def shared_pool(config: PoolConfig | None = None) -> WorkerPool:
             _pool.shutdown()
             _pool = None
         _pool = WorkerPool(config)
+        # Speeds learnt on these devices carry over to the new pool (a pool not kept warm is a new one each job).
+        _pool.balancer = _balancers.setdefault((tuple(_pool.devices), config.remote_workers), _pool.balancer)
         return _pool
 
 

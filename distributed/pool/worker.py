@@ -155,8 +155,18 @@ class Worker:
                     result.frames = None
                 output.release()
                 latents = None if result.latents is None else result.latents.numpy()
+                stats = result.stats
                 self._send(
-                    Result(self.rank, job=job_id, shm=name, shape=tuple(shape), loads=self._loads(), latents=latents)
+                    Result(
+                        self.rank,
+                        job=job_id,
+                        shm=name,
+                        shape=tuple(shape),
+                        loads=self._loads(),
+                        latents=latents,
+                        frames_per_rank=tuple(stats.frames_per_rank),
+                        compute_seconds=tuple(stats.compute_seconds),
+                    )
                 )
         except JobCancelled as cancelled:
             output.discard()

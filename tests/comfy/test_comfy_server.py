@@ -196,14 +196,16 @@ def test_example_workflow_through_the_api_queue(host, client):
 
 
 def test_frames_split_by_shares_give_the_video_of_an_even_split_on_the_same_warm_pool(host, client):
-    # Two samplers on the same two CPU workers, one with frame_shares 1,3 (2 and 6 of the 8 frames): the shares
-    # belong to the job, so the pool stays the same, and the video does not depend on the split.
+    # Three samplers on the same two CPU workers: an even split, frame_shares 1,3 (2 and 6 of the 8 frames) and
+    # "auto" (the split the workers' measured speeds give). The shares belong to the job, so the pool stays the
+    # same, and the video does not depend on the split.
     prompt = tiny_job(seed=13)
-    prompt["6"] = copy.deepcopy(prompt["3"])
-    prompt["6"]["inputs"]["frame_shares"] = "1,3"
-    prompt["7"] = copy.deepcopy(prompt["4"])
-    prompt["7"]["inputs"]["pool"] = ["6", 0]
-    for key, source in (("8", "4"), ("9", "7")):
+    for pool_key, sampler_key, shares in (("6", "7", "1,3"), ("10", "11", "auto")):
+        prompt[pool_key] = copy.deepcopy(prompt["3"])
+        prompt[pool_key]["inputs"]["frame_shares"] = shares
+        prompt[sampler_key] = copy.deepcopy(prompt["4"])
+        prompt[sampler_key]["inputs"]["pool"] = [pool_key, 0]
+    for key, source in (("8", "4"), ("9", "7"), ("12", "11")):
         prompt[key] = {
             "class_type": "SaveLatent",
             "inputs": {"samples": [source, 3], "filename_prefix": f"shares/{key}"},
@@ -213,12 +215,15 @@ def test_frames_split_by_shares_give_the_video_of_an_even_split_on_the_same_warm
     assert run.outcome == "execution_success", run.events
     outputs = client.history(run.prompt_id)["outputs"]
     found = {}
-    for key in ("8", "9"):
+    for key in ("8", "9", "12"):
         saved = outputs[key]["latents"][0]
         found[key] = load_file(str(host.base / "output" / saved["subfolder"] / saved["filename"]))["latent_tensor"]
-    error = float(np.abs(found["9"] - found["8"]).max() / np.abs(found["8"]).max())
-    print(f"frame shares 1,3 against an even split: relative difference {error:.2e}")
-    assert error < 1e-5
+    for key, shares in (("9", "1,3"), ("12", "auto")):
+        error = float(np.abs(found[key] - found["8"]).max() / np.abs(found["8"]).max())
+        print(f"frame shares {shares} against an even split: relative difference {error:.2e}")
+        assert error < 1e-5
+    workers = requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()["workers"]
+    assert sum(worker["frames"] for worker in workers) == 8, workers  # the last job's split, in the panel's data
 
 
 def test_multi_prompt_workflow_validates_and_runs(host, client):
@@ -308,7 +313,7 @@ def _validation_errors(client, prompt) -> list[str]:
         ("3", {"timeout_s": 1}, ["timeout_s is 1.0; it must be at least 10.0"]),
         ("3", {"remote_workers": 100_000}, ["remote_workers is 100000; it must be at most 256"]),
         ("3", {"remote_workers": 1, "join_address": "10.0.0.5"}, ["join_address is '10.0.0.5'; give HOST:PORT"]),
-        ("3", {"frame_shares": "fast,slow"}, ["frame_shares is 'fast,slow'; give one number per worker"]),
+        ("3", {"frame_shares": "fast,slow"}, ["frame_shares is 'fast,slow'; give one number per worker", "'auto'"]),
         ("3", {"frame_shares": "1,1,1"}, ["frame_shares gives 3 share(s) but the pool has 2 workers"]),
         ("3", {"frame_shares": "1,-2"}, ["frame_shares has -2.0; every share must be a number greater than 0"]),
         ("5", {"crf": 99}, ["crf"]),

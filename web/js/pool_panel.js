@@ -44,6 +44,9 @@ const COLUMNS = [
   ["rss_bytes", "RAM"],
   ["cuda_allocated_bytes", "GPU alloc"],
   ["cuda_reserved_bytes", "GPU reserved"],
+  ["frames", "frames"],
+  ["compute_s", "compute s"],
+  ["speed", "speed"],
 ];
 
 function table(rows) {
@@ -70,6 +73,9 @@ function render(root, status, error) {
   if (status.model) root.append(element("p", {}, `Model: ${String(status.model.base ?? "").split("/").pop()} (${status.model.dtype ?? ""})`));
   if (status.job) root.append(element("p", {}, `Job: ${status.job.phase} ${status.job.step}/${status.job.total}`));
   if (typeof status.jobs_done === "number") root.append(element("p", {}, `Jobs done: ${status.jobs_done}`));
+  if (status.balanced_shares?.length) {
+    root.append(element("p", { class: "vi-shares" }, `Measured frame shares (frame_shares "auto"): ${status.balanced_shares.join(", ")}`));
+  }
   for (const problem of [status.error, status.last_error]) {
     if (problem) root.append(element("p", { class: "vi-error" }, problem));
   }

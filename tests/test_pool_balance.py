@@ -1,0 +1,63 @@
+"""Frame shares learnt from measured speeds ("auto"): the balancer's rule, then a pool of two real workers
+where one computes three times slower (tests/pool_slow_device_engine.py stands in for a slower GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distributed.pool import PoolConfig, WorkerPool
+from distributed.pool.balance import ShareBalancer
+from tests.pool_fixtures import tiny_job
+
+SLOW_ENGINE = f"{Path(__file__).with_name('pool_slow_device_engine.py')}:make_engine"
+
+
+def test_shares_follow_speed_and_settle_where_every_rank_computes_as_long() -> None:
+    balancer = ShareBalancer(2)
+    assert balancer.shares() == (), "nothing measured: an even split"
+    # Rank 1 is three times slower; each job is split as the balancer says and timed as that split would run.
+    frames = (32, 32)
+    for _ in range(8):
+        balancer.record(frames, (frames[0] * 1.0, frames[1] * 3.0))
+        shares = balancer.shares()
+        frames = (round(64 * shares[0] / sum(shares)), 64 - round(64 * shares[0] / sum(shares)))
+    assert frames == (48, 16)
+    assert balancer.shares() == pytest.approx((1.5, 0.5), abs=0.01)
+
+
+def test_matched_devices_keep_an_even_split_and_a_foreign_layout_teaches_nothing() -> None:
+    balancer = ShareBalancer(2)
+    balancer.record((32, 32), (10.0, 10.8))  # 8 % apart: noise between matched devices
+    assert balancer.shares() == ()
+    balancer.record((16, 16, 16), (1.0, 1.0, 4.0))  # another pool size
+    balancer.record((32, 32), (10.0, 0.0))  # a rank without a time
+    assert balancer.jobs == 1
+
+
+@pytest.mark.pool
+@pytest.mark.timeout(300)
+def test_a_slow_worker_gets_fewer_frames_until_the_ranks_compute_as_long(tiny_pipeline: Path) -> None:
+    # 128 x 128 pixels: the tiny model's work then grows with frames; at 32 x 32 its fixed costs hide them.
+    def job(shares: tuple[float, ...]):
+        return tiny_job(tiny_pipeline, frames=16, height=128, width=128, steps=2, frame_shares=list(shares))
+
+    with WorkerPool(PoolConfig(devices="cpu:2", engine_factory=SLOW_ENGINE)) as pool:
+        assert pool.balanced_shares() == (), "the first job is split evenly"
+        runs, handles = [], []
+        for _ in range(4):  # an even split, then three jobs split as "auto" splits them
+            handles.append(pool.submit(job(pool.balanced_shares())))
+            handles[-1].result(120)
+            runs.append([(worker["frames"], worker["compute_s"]) for worker in pool.status()["workers"]])
+
+    frames_on_the_fast_rank = [run[0][0] for run in runs]
+    assert frames_on_the_fast_rank[0] == 8 and frames_on_the_fast_rank[-1] >= 12, runs
+    assert frames_on_the_fast_rank == sorted(frames_on_the_fast_rank), runs
+    imbalance = [max(seconds for _, seconds in run) / min(seconds for _, seconds in run) for run in runs]
+    assert imbalance[0] > 2, f"the slow rank computed only {imbalance[0]:.2f}x as long on an even split"
+    assert imbalance[-1] < 1.5 and imbalance[-1] < imbalance[0] / 2, (imbalance, runs)
+    # The split changes who computes what, not the video.
+    for handle in handles[1:]:
+        assert np.abs(handle.latents(0) - handles[0].latents(0)).max() < 1e-4
