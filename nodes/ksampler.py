@@ -169,6 +169,7 @@ class ClipParallelKSampler(io.ComfyNode):
             progress = JobProgress(window, cls.hidden.unique_id, engine_pool.world_size, preview)
             handle = submit(engine_pool, job, progress)
             wait_for(handle, progress, pool.job_timeout_s)
+            pool_access.note_imbalance(engine_pool, pool)
             latents = handle.latents(0)
         finally:
             inputs.unlink(missing_ok=True)

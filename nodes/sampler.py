@@ -182,6 +182,7 @@ class ClipParallelSampler(io.ComfyNode):
         try:
             handle = submit(engine_pool, job, progress)
             video = wait_for(handle, progress, pool.job_timeout_s)
+            pool_access.note_imbalance(engine_pool, pool)
         finally:
             pool_access.release_if_cold(engine_pool)
         latent = {"samples": to_latent(handle.latents(0))}  # the engine always gathers the final latents

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distributed.pool import PoolConfig, WorkerPool
-from distributed.pool.balance import ShareBalancer
+from distributed.pool.balance import ShareBalancer, imbalance_note
 from tests.pool_fixtures import tiny_job
 
 SLOW_ENGINE = f"{Path(__file__).with_name('pool_slow_device_engine.py')}:make_engine"
@@ -35,6 +35,13 @@ def test_matched_devices_keep_an_even_split_and_a_foreign_layout_teaches_nothing
     balancer.record((16, 16, 16), (1.0, 1.0, 4.0))  # another pool size
     balancer.record((32, 32), (10.0, 0.0))  # a rank without a time
     assert balancer.jobs == 1
+
+
+def test_a_split_whose_workers_computed_far_apart_earns_a_note() -> None:
+    note = imbalance_note((16, 16), (2.5, 7.7))
+    assert note is not None and "3.1x apart (16 frames in 2.5 s, 16 frames in 7.7 s)" in note
+    assert imbalance_note((16, 16), (2.5, 3.0)) is None  # 1.2x: within what matched devices show
+    assert imbalance_note((32,), (2.5,)) is None
 
 
 @pytest.mark.pool

@@ -22,6 +22,7 @@ from ..engine.layout import FrameLayout, parse_shares
 from ..engine.video_file import write_mp4
 from ..pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
 from ..pool.agent import run_agent
+from ..pool.balance import imbalance_note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +161,7 @@ def generate(args: argparse.Namespace) -> int:
         except JobCancelled as cancelled:
             print(f"error: {cancelled}", file=sys.stderr)
             return 130
+        _note_imbalance(pool)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # The job that made it travels in the file, so the video can be made again.
         metadata = {"video_infinity_job": job.to_dict()}
@@ -168,6 +170,15 @@ def generate(args: argparse.Namespace) -> int:
         return 0
     finally:
         pool.shutdown()
+
+
+def _note_imbalance(pool: WorkerPool) -> None:
+    """Says when the workers computed for very different times, with the shares that would balance them."""
+    split = pool.last_split
+    note = imbalance_note(split["frames"], split["compute_seconds"]) if split else None
+    shares = pool.balanced_shares()
+    if note and shares:
+        print(f"note: {note}; --frame-shares {','.join(map(str, shares))} balances them", file=sys.stderr)
 
 
 def join_pool(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 EVEN_WITHIN = 0.10  # speeds this close count as equal: matched devices keep an even split, without jitter
+NOTE_FROM = 1.3  # compute times this far apart on a fixed split earn a console note suggesting "auto"
 NEWEST_WEIGHT = 0.75  # weight of the newest job against what earlier jobs taught (smooths noise)
 
 
@@ -49,3 +50,17 @@ class ShareBalancer:
 def _relative(values: Sequence[float]) -> tuple[float, ...]:
     mean = sum(values) / len(values)
     return tuple(value / mean for value in values)
+
+
+def imbalance_note(frames: Sequence[int], seconds: Sequence[float]) -> str | None:
+    """A line for the console when a job's ranks computed for very different times on a split the user
+    fixed (even or explicit shares): the fast ones waited for the slow ones at every exchange."""
+    if len(seconds) < 2 or len(frames) != len(seconds) or min(seconds) <= 0:
+        return None
+    ratio = max(seconds) / min(seconds)
+    if ratio < NOTE_FROM:
+        return None
+    per_worker = ", ".join(f"{count} frames in {time:.1f} s" for count, time in zip(frames, seconds, strict=True))
+    return (
+        f"the workers' compute times were {ratio:.1f}x apart ({per_worker}); the faster ones waited for the slower ones"
+    )

@@ -131,6 +131,12 @@ class WorkerPool:
         with self._lock:
             return self.balancer.shares()
 
+    @property
+    def last_split(self) -> dict[str, list[Any]] | None:
+        """The last finished job's frames and compute seconds per rank (rank order)."""
+        with self._lock:
+            return self._last_split
+
     def run(self, job: JobSpec, timeout: float | None = None) -> Any:
         """submit() and result() in one call."""
         return self.submit(job).result(timeout)
