@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-EVEN_WITHIN = 0.10  # speeds this close count as equal: matched devices keep an even split, without jitter
+EVEN_WITHIN = 0.15  # speeds this close count as equal: matched devices keep an even split, without jitter
 NOTE_FROM = 1.3  # compute times this far apart on a fixed split earn a console note suggesting "auto"
 NEWEST_WEIGHT = 0.75  # weight of the newest job against what earlier jobs taught (smooths noise)
 

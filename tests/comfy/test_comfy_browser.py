@@ -93,6 +93,11 @@ def test_pool_panel_renders_and_screenshot(page, client):
     text = panel.inner_text()
     assert "Workers (2)" in text and "Devices: cpu, cpu" in text and "RAM available" in text
     assert panel.locator("table.vi-workers tbody tr").count() == 2
+    # The last job's split: frames, compute seconds and speed per worker, and what "auto" would make of them.
+    assert "Last job" in text and 'frame_shares "auto" would split' in text
+    split_rows = panel.locator("table.vi-split tbody tr")
+    assert split_rows.count() == 2
+    assert sum(int(split_rows.nth(rank).locator("td").nth(1).inner_text()) for rank in range(2)) == 8, text
     page.evaluate(
         """() => {
             const canvas = window.app.canvas;  // show the whole example graph beside the panel

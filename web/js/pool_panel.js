@@ -44,19 +44,24 @@ const COLUMNS = [
   ["rss_bytes", "RAM"],
   ["cuda_allocated_bytes", "GPU alloc"],
   ["cuda_reserved_bytes", "GPU reserved"],
+];
+
+// The last job's split: each worker's frames, compute time (its waits for the others left out) and relative speed.
+const SPLIT_COLUMNS = [
+  ["rank", "rank"],
   ["frames", "frames"],
   ["compute_s", "compute s"],
   ["speed", "speed"],
 ];
 
-function table(rows) {
+function table(rows, columns = COLUMNS, kind = "vi-workers") {
   if (!rows.length) return element("p", { class: "vi-empty" }, "no workers running");
-  const columns = COLUMNS.filter(([key]) => rows.some((row) => row[key] !== null && row[key] !== undefined));
+  columns = columns.filter(([key]) => rows.some((row) => row[key] !== null && row[key] !== undefined));
   const head = element("tr", {}, ...columns.map(([, label]) => element("th", {}, label)));
   const body = rows.map((row) =>
     element("tr", {}, ...columns.map(([key]) => element("td", {}, key.endsWith("_bytes") ? bytes(row[key]) : cell(row[key], key)))),
   );
-  return element("table", { class: "vi-workers" }, element("thead", {}, head), element("tbody", {}, ...body));
+  return element("table", { class: kind }, element("thead", {}, head), element("tbody", {}, ...body));
 }
 
 function render(root, status, error) {
@@ -73,14 +78,16 @@ function render(root, status, error) {
   if (status.model) root.append(element("p", {}, `Model: ${String(status.model.base ?? "").split("/").pop()} (${status.model.dtype ?? ""})`));
   if (status.job) root.append(element("p", {}, `Job: ${status.job.phase} ${status.job.step}/${status.job.total}`));
   if (typeof status.jobs_done === "number") root.append(element("p", {}, `Jobs done: ${status.jobs_done}`));
-  if (status.balanced_shares?.length) {
-    root.append(element("p", { class: "vi-shares" }, `Measured frame shares (frame_shares "auto"): ${status.balanced_shares.join(", ")}`));
-  }
   for (const problem of [status.error, status.last_error]) {
     if (problem) root.append(element("p", { class: "vi-error" }, problem));
   }
   const workers = Array.isArray(status.workers) ? status.workers : [];
   root.append(element("h4", {}, `Workers (${workers.length})`), table(workers));
+  if (workers.some((worker) => typeof worker.frames === "number")) {
+    root.append(element("h4", {}, "Last job"), table(workers, SPLIT_COLUMNS, "vi-split"));
+    const shares = status.balanced_shares?.length ? status.balanced_shares.join(", ") : "even (speeds within 15 %)";
+    root.append(element("p", { class: "vi-shares" }, `frame_shares "auto" would split: ${shares}`));
+  }
   const machine = status.machine ?? {};
   const memory = [`RAM available ${bytes(machine.ram_available)} of ${bytes(machine.ram_total)}`];
   for (const gpu of machine.gpus ?? []) memory.push(`${gpu.device} ${gpu.name}: ${bytes(gpu.free)} free of ${bytes(gpu.total)}`);
@@ -139,7 +146,7 @@ for (const event of ["execution_success", "execution_error", "execution_interrup
 
 const style = document.createElement("style");
 style.textContent = `
-#video-infinity-pool-panel table.vi-workers { border-collapse: collapse; width: 100%; }
+#video-infinity-pool-panel table { border-collapse: collapse; width: 100%; }
 #video-infinity-pool-panel th, #video-infinity-pool-panel td { border: 1px solid var(--border-color, #555); padding: 2px 4px; text-align: left; }
 #video-infinity-pool-panel .vi-error { color: var(--error-text, #f66); }
 #video-infinity-pool-panel h4 { margin: 0.75rem 0 0.25rem; }
