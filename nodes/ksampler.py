@@ -11,7 +11,7 @@ from ..distributed.engine import choices
 from . import pool_access
 from .api import CATEGORY, Attention, Pool, io
 from .previews import live_preview
-from .progress import JobProgress, submit, wait_for
+from .progress import JobProgress, run_on_pool
 from .values import DEFAULT_POOL, PoolChoice
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -167,9 +167,7 @@ class ClipParallelKSampler(io.ComfyNode):
             window = max(1, min(steps, end_at_step) - start_at_step)
             preview = live_preview(model.get_model_object("latent_format"))
             progress = JobProgress(window, cls.hidden.unique_id, engine_pool.world_size, preview)
-            handle = submit(engine_pool, job, progress)
-            wait_for(handle, progress, pool.job_timeout_s)
-            pool_access.note_imbalance(engine_pool, pool)
+            handle, _ = run_on_pool(engine_pool, job, progress, pool)
             latents = handle.latents(0)
         finally:
             inputs.unlink(missing_ok=True)

@@ -6,7 +6,6 @@ The engine is imported late so that loading the pack (and ComfyUI's start) stays
 from __future__ import annotations
 
 import gc
-import logging
 import os
 from typing import Any
 
@@ -31,18 +30,6 @@ def get_pool(choice: PoolChoice):
     )
     config.local_devices()  # resolves "auto" and checks the devices before anything starts
     return shared_pool(config)
-
-
-def note_imbalance(pool, choice: PoolChoice) -> None:
-    """After a job on a split the user fixed: a console line when its workers' compute times were far apart."""
-    from ..distributed.pool.balance import imbalance_note
-
-    split = pool.last_split
-    note = (
-        None if choice.measured_shares or split is None else imbalance_note(split["frames"], split["compute_seconds"])
-    )
-    if note:
-        logging.info("Video-Infinity: %s. frame_shares 'auto' on the Worker Pool splits by measured speed.", note)
 
 
 def release_if_cold(pool) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .previews import LivePreview
+from .values import PoolChoice
 
 STOP_WAIT_S = 60.0  # a cancelled job stops at the next step; past this the pool's own timeouts act
 POLL_S = 0.1
@@ -93,6 +94,26 @@ class JobProgress:
             PromptServer.instance.send_progress_text(text, self.node_id)
         except Exception:  # noqa: BLE001 - the text is a nicety; the bar carries the progress
             pass
+
+
+def run_on_pool(pool: Any, job: Any, progress: JobProgress, choice: PoolChoice) -> tuple[Any, np.ndarray | None]:
+    """Submits the job and waits for it: (handle, uint8 frames or None for a latent job)."""
+    handle = submit(pool, job, progress)
+    frames = wait_for(handle, progress, choice.job_timeout_s)
+    note_imbalance(pool, choice)
+    return handle, frames
+
+
+def note_imbalance(pool: Any, choice: PoolChoice) -> None:
+    """After a job on a split the user fixed: a console line when its workers' compute times were far apart."""
+    from ..distributed.pool.balance import imbalance_note
+
+    split = pool.last_split
+    note = (
+        None if choice.measured_shares or split is None else imbalance_note(split["frames"], split["compute_seconds"])
+    )
+    if note:
+        logging.info("Video-Infinity: %s. frame_shares 'auto' on the Worker Pool splits by measured speed.", note)
 
 
 def submit(pool: Any, job: Any, progress: JobProgress) -> Any:

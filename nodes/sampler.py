@@ -10,7 +10,7 @@ from ..distributed.engine import choices
 from . import devices, pool_access
 from .api import CATEGORY, Attention, Frames, Pool, VideoModel, io
 from .previews import pipeline_preview
-from .progress import JobProgress, submit, wait_for
+from .progress import JobProgress, run_on_pool
 from .validation import InvalidInput, given, validate_node
 from .values import DEFAULT_POOL, ModelChoice, PoolChoice, VideoFrames
 
@@ -180,9 +180,7 @@ class ClipParallelSampler(io.ComfyNode):
         preview = pipeline_preview(job.model.base)
         progress = JobProgress(job.steps, cls.hidden.unique_id, workers, preview)
         try:
-            handle = submit(engine_pool, job, progress)
-            video = wait_for(handle, progress, pool.job_timeout_s)
-            pool_access.note_imbalance(engine_pool, pool)
+            handle, video = run_on_pool(engine_pool, job, progress, pool)
         finally:
             pool_access.release_if_cold(engine_pool)
         latent = {"samples": to_latent(handle.latents(0))}  # the engine always gathers the final latents
