@@ -141,9 +141,10 @@ def _measure(comm: Communicator, call: Any, reps: int) -> dict[str, Any]:
     _release_freed_memory()
     before = rss_bytes()
     resettable = reset_peak_rss()
-    times, sent, received, calls, rounds = [], [], [], [], []
+    times, sent, received, calls, rounds, waited = [], [], [], [], [], []
     for _ in range(reps):
         comm.reset_counters()
+        comm.stalls.reset()
         _barrier(comm)  # ranks start together, so the slowest rank's time is the step time
         began = time.perf_counter()
         with torch.no_grad():
@@ -153,6 +154,7 @@ def _measure(comm: Communicator, call: Any, reps: int) -> dict[str, Any]:
         received.append(comm.bytes_received)
         calls.append(comm.calls)
         rounds.append(comm.rounds)
+        waited.append(comm.stalls.seconds())
         del out
     return {
         "rank": comm.rank,
@@ -164,6 +166,7 @@ def _measure(comm: Communicator, call: Any, reps: int) -> dict[str, Any]:
         "bytes_steady": len(set(sent)) == 1,
         "calls": calls[0],
         "rounds": rounds[0],
+        "waited": statistics.median(waited),  # seconds this rank stood in exchanges, waiting for the others
         "rss_before": before,
         "peak_rss": peak_rss_bytes(),
         "peak_resettable": resettable,

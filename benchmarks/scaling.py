@@ -112,6 +112,7 @@ def measure(method: Method, frame_counts: list[int], latent: int, timeout: float
                 "bytes_steady": all(rank["bytes_steady"] for rank in per_rank),
                 "calls": max(rank["calls"] for rank in per_rank),
                 "rounds": max(rank["rounds"] for rank in per_rank),
+                "waited": [rank.get("waited", 0.0) for rank in per_rank],  # per rank, seconds per step
                 "load": load,
             }
         )
@@ -291,6 +292,15 @@ def evaluate_targets(data: dict[str, Any], shapes: TemporalShapes) -> list[tuple
                     part[worst] >= bound if bounded else None,
                 )
             )
+    # Where the 2-rank step's time over the ceiling goes: each rank's time standing in exchanges.
+    waits = {row["frames"]: row for row in results if row["key"] == "vi2" and "waited" in row}
+    if waits:
+        detail = ", ".join(
+            f"{f}: " + " / ".join(f"{w / row['time']:.0%}" for w in row["waited"]) for f, row in waits.items()
+        )
+        checks.append(
+            ("(info) 2 ranks: share of a step each rank waits in exchanges (rank 0 / rank 1)", detail, "-", None)
+        )
     exchanges = pick(results, "vi2", max(frames_done, default=0))
     latency = data.get("latency")
     if exchanges is not None and "rounds" in exchanges and latency:

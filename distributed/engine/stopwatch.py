@@ -44,8 +44,8 @@ class Stopwatch:
             self._host_seconds += time.perf_counter() - began
 
     def seconds(self) -> float:
-        """The summed intervals so far (on CUDA this waits for the device to reach the last one)."""
+        """The summed intervals so far (on CUDA this waits for the device to finish its queued work)."""
         if not self._events:
             return self._host_seconds
-        self._events[-1][1].synchronize()
+        torch.cuda.synchronize(self._events[-1][1].device)  # every stream: a library may record on its own
         return self._host_seconds + sum(start.elapsed_time(end) for start, end in self._events) / 1000
