@@ -56,7 +56,7 @@ def main() -> None:
             print("|---|---|---|---|---|")
             for kind in ("even", "auto"):
                 for _ in range(args.jobs):
-                    shares = pool.balanced_shares() if kind == "auto" else ()
+                    shares = pool.balanced_shares(job(())) if kind == "auto" else ()
                     began = time.monotonic()
                     pool.submit(job(shares)).result(600)
                     walls[kind].append(time.monotonic() - began)

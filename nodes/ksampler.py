@@ -4,6 +4,7 @@ many workers."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,8 @@ class ClipParallelKSampler(io.ComfyNode):
         )
         pool = pool or DEFAULT_POOL
         engine_pool = pool_access.get_pool(pool)
-        shares = pool.shares(engine_pool)
-        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention, shares)
+        job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention)
+        job = replace(job, frame_shares=pool.shares(engine_pool, job))
         try:
             window = max(1, min(steps, end_at_step) - start_at_step)
             preview = live_preview(model.get_model_object("latent_format"))
@@ -186,7 +187,6 @@ def build_latent_job(
     latent: dict,
     sampling: Any,
     attention: Any,
-    frame_shares: tuple[float, ...] = (),
 ):
     """The job and its inputs file; every problem found here is an InvalidSettingsError naming the fix."""
     import folder_paths
@@ -220,5 +220,5 @@ def build_latent_job(
     settings = settings or (DualScopeSettings.from_dict(attention) if attention else architecture.default_attention)
     inputs = root / "jobs" / f"{uuid.uuid4().hex}.safetensors"
     write_inputs(inputs, JobInputs(samples, positive, negative, exported.sampling, noise_mask, batch_index))
-    job = LatentJob(exported.spec(), str(inputs), int(samples.shape[2]), sampling, settings, frame_shares)
+    job = LatentJob(exported.spec(), str(inputs), int(samples.shape[2]), sampling, settings)
     return job, inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,8 @@ class ClipParallelSampler(io.ComfyNode):
     ) -> io.NodeOutput:
         pool = pool or DEFAULT_POOL
         engine_pool = pool_access.get_pool(pool)
-        job = build_job(model, attention, frame_shares=pool.shares(engine_pool), **settings)
+        job = build_job(model, attention, **settings)
+        job = replace(job, frame_shares=pool.shares(engine_pool, job))
         workers = engine_pool.world_size
         job.validate(workers)  # an impossible split is refused before any worker starts
         preview = pipeline_preview(job.model.base)

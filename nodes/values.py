@@ -39,14 +39,14 @@ class PoolChoice:
         """frame_shares "auto": each job's split follows the workers' speeds measured on earlier jobs."""
         return self.frame_shares.strip().lower() == AUTO_SHARES
 
-    def shares(self, pool: Any = None) -> tuple[float, ...]:
-        """The job's frame shares: the parsed frame_shares, or with "auto" the running pool's measured split
-        (WorkerPool.balanced_shares; even before its first job). Raises InvalidSettingsError naming the
+    def shares(self, pool: Any = None, job: Any = None) -> tuple[float, ...]:
+        """The frame shares of `job`: the parsed frame_shares, or with "auto" the running pool's measured split
+        for it (WorkerPool.balanced_shares; even before its first job). Raises InvalidSettingsError naming the
         expected form."""
         from ..distributed.engine.layout import parse_shares
 
         if self.measured_shares:
-            return pool.balanced_shares() if pool is not None else ()
+            return pool.balanced_shares(job) if pool is not None else ()
         return parse_shares(self.frame_shares)
 
     def join_endpoint(self) -> tuple[str, int]:

@@ -5,16 +5,30 @@ speed is its frames over that time, and the next split gives each rank frames in
 The split where this stops moving is the one where every rank computes for the same time, so the ranks
 reach each exchange together and nobody waits. The video is the same for any split, so learning costs
 nothing but the first jobs' balance.
+
+A rank's time is not all per frame (text encoding, the halo and global frames, per-step work), so the
+proportional rule only approaches the balance over several jobs. When two jobs of the same kind (the same
+model, size, length and steps: the same workflow queued again) ran on different splits, each rank's time
+is fitted as fixed + per frame, and the next job of that kind gets the split that equalises the fitted
+times at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 EVEN_WITHIN = 0.15  # speeds this close count as equal: matched devices keep an even split, without jitter
 NOTE_FROM = 1.3  # compute times this far apart on a fixed split earn a console note suggesting "auto"
 NEWEST_WEIGHT = 0.75  # weight of the newest job against what earlier jobs taught (smooths noise)
+KINDS_KEPT = 32  # kinds of job remembered (a server runs a handful of workflows)
+FIT_FROM = 0.1  # a rank's frames must differ this much (relative) between two jobs to fit its fixed part
+# Job settings that do not change what a job costs, left out of its kind (cost_kind).
+COST_FREE = frozenset({"seed", "frame_shares", "prompt", "prompts", "negative_prompt", "inputs"})
+
+Split = tuple[tuple[int, ...], tuple[float, ...]]  # frames and compute seconds per rank
 
 
 @dataclass
@@ -22,12 +36,26 @@ class ShareBalancer:
     world_size: int
     speeds: tuple[float, ...] | None = None  # frames per compute second, relative (mean 1), rank order
     jobs: int = 0  # jobs measured
+    # Per kind of job: the last split measured, and the fit (fixed, per frame) seconds per rank.
+    last_of_kind: dict[Hashable, Split] = field(default_factory=dict)
+    fits: dict[Hashable, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
-    def record(self, frames: Sequence[int], seconds: Sequence[float]) -> None:
-        """One finished job: its frames and compute seconds per rank. A job from another layout (a pool that
-        changed size) or without a time for every rank teaches nothing."""
+    def record(self, frames: Sequence[int], seconds: Sequence[float], kind: Hashable | None = None) -> None:
+        """One finished job: its frames and compute seconds per rank, and its kind (cost_kind). A job from
+        another layout (a pool that changed size) or without a time for every rank teaches nothing."""
         if len(frames) != self.world_size or len(seconds) != self.world_size or min(seconds, default=0) <= 0:
             return
+        if kind is not None:
+            split = (tuple(frames), tuple(seconds))
+            earlier = self.last_of_kind.get(kind)
+            fit = _fit(earlier, split) if earlier is not None else None
+            if fit is not None:
+                self.fits[kind] = fit
+            self.last_of_kind.pop(kind, None)  # re-inserted last: the oldest kinds go first past KINDS_KEPT
+            self.last_of_kind[kind] = split
+            for stale in list(self.last_of_kind)[:-KINDS_KEPT]:
+                del self.last_of_kind[stale]
+                self.fits.pop(stale, None)
         measured = _relative([count / time for count, time in zip(frames, seconds, strict=True)])
         if self.speeds is not None:
             measured = _relative(
@@ -39,12 +67,46 @@ class ShareBalancer:
         self.speeds = measured
         self.jobs += 1
 
-    def shares(self) -> tuple[float, ...]:
-        """Shares for the next job (layout.FrameLayout); () for an even split: nothing measured yet, or the
-        devices are matched within EVEN_WITHIN."""
-        if self.speeds is None or max(self.speeds) <= (1 + EVEN_WITHIN) * min(self.speeds):
+    def shares(self, kind: Hashable | None = None, frames: int | None = None) -> tuple[float, ...]:
+        """Shares for the next job (layout.FrameLayout) of `frames` frames and kind `kind`; () for an even
+        split: nothing measured yet, or the devices are matched within EVEN_WITHIN."""
+        fit = self.fits.get(kind) if kind is not None and frames else None
+        wanted = _equal_times(fit, frames) if fit is not None and frames else self.speeds
+        if wanted is None or max(wanted) <= (1 + EVEN_WITHIN) * min(wanted):
             return ()
-        return tuple(round(speed, 3) for speed in self.speeds)
+        return tuple(round(share, 3) for share in _relative(wanted))
+
+
+def cost_kind(job: dict[str, Any]) -> str:
+    """What a job's compute time depends on (a job's to_dict without seeds, prompts and shares): two jobs of
+    one kind cost the same on the same split."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items() if key not in COST_FREE}
+        return value
+
+    return json.dumps(strip(job), sort_keys=True, default=str)
+
+
+def _fit(first: Split, second: Split) -> tuple[tuple[float, float], ...] | None:
+    """(fixed, per frame) seconds per rank through two splits' times; None unless every rank's frames
+    differ by FIT_FROM and its time grows with them."""
+    fit = []
+    for (f1, t1), (f2, t2) in zip(zip(*first, strict=True), zip(*second, strict=True), strict=True):
+        if abs(f2 - f1) < FIT_FROM * max(f1, f2) or t2 == t1 or (t2 - t1) / (f2 - f1) <= 0:
+            return None
+        per_frame = (t2 - t1) / (f2 - f1)
+        fit.append((max(t1 - per_frame * f1, 0.0), per_frame))
+    return tuple(fit)
+
+
+def _equal_times(fit: Sequence[tuple[float, float]], frames: int) -> tuple[float, ...]:
+    """Frames per rank, summing to about `frames`, at which every rank's fitted time is the same; a rank
+    too slow for even one frame keeps one (every rank holds at least one frame)."""
+    # fixed_r + per_frame_r * f_r = T for every r, and sum f_r = frames.
+    time = (frames + sum(fixed / per_frame for fixed, per_frame in fit)) / sum(1 / per_frame for _, per_frame in fit)
+    return tuple(max((time - fixed) / per_frame, 1.0) for fixed, per_frame in fit)
 
 
 def _relative(values: Sequence[float]) -> tuple[float, ...]:

@@ -21,7 +21,7 @@ from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityErr
 from ..engine.host_memory import default_floor_bytes, oom_kill_count
 from ..engine.job import JobSpec
 from ..engine.latent_job import LatentJob
-from .balance import ShareBalancer
+from .balance import ShareBalancer, cost_kind
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
 from .events import (
@@ -125,11 +125,14 @@ class WorkerPool:
                 handle.complete(error=session.failure or PoolError("the pool stopped"))
         return handle
 
-    def balanced_shares(self) -> tuple[float, ...]:
-        """Frame shares in proportion to the workers' speeds measured on the jobs run so far, so that every
-        worker computes for the same time; () (an even split) before the first job or on matched devices."""
+    def balanced_shares(self, job: JobSpec | LatentJob | None = None) -> tuple[float, ...]:
+        """Frame shares that let every worker compute for the same time, from the jobs run so far (for `job`:
+        fitted on earlier jobs of its kind where there are two); () (an even split) before the first job or
+        on matched devices."""
         with self._lock:
-            return self.balancer.shares()
+            if job is None:
+                return self.balancer.shares()
+            return self.balancer.shares(cost_kind(job.to_dict()), job.frames)
 
     @property
     def last_split(self) -> dict[str, list[Any]] | None:
@@ -424,7 +427,7 @@ class WorkerPool:
                 self._model = asdict(job.job.model)
                 self._loads = event.loads
                 self._jobs_done += 1
-                self.balancer.record(event.frames_per_rank, event.compute_seconds)
+                self.balancer.record(event.frames_per_rank, event.compute_seconds, cost_kind(job.job.to_dict()))
                 self._last_split = {
                     "frames": list(event.frames_per_rank),
                     "compute_seconds": list(event.compute_seconds),
