@@ -163,8 +163,8 @@ class ClipParallelKSampler(io.ComfyNode):
         pool = pool or DEFAULT_POOL
         engine_pool = pool_access.get_pool(pool)
         job, inputs = build_latent_job(model, positive, negative, latent_image, sampling, attention)
-        job = replace(job, frame_shares=pool.shares(engine_pool, job))
         try:
+            job = replace(job, frame_shares=pool.shares(engine_pool, job))
             window = max(1, min(steps, end_at_step) - start_at_step)
             preview = live_preview(model.get_model_object("latent_format"))
             progress = JobProgress(window, cls.hidden.unique_id, engine_pool.world_size, preview)

@@ -11,7 +11,7 @@ from ..distributed.engine.layout import check_shares, parse_shares
 from . import devices, pool_access
 from .api import CATEGORY, Pool, io, ui
 from .validation import given, validate_node
-from .values import PoolChoice
+from .values import PoolChoice, asks_for_measured_shares
 
 
 class WorkerPool(io.ComfyNode):
@@ -96,10 +96,7 @@ class WorkerPool(io.ComfyNode):
             if known.get("remote_workers"):
                 address = known.get("join_address", PoolChoice.join_address)
                 _check_remote(PoolChoice(AUTO_DEVICES, remote_workers=known["remote_workers"], join_address=address))
-            if (
-                known.get("frame_shares")
-                and not PoolChoice(AUTO_DEVICES, frame_shares=known["frame_shares"]).measured_shares
-            ):
+            if known.get("frame_shares") and not asks_for_measured_shares(known["frame_shares"]):
                 shares = parse_shares(known["frame_shares"])
                 remote = values.get("remote_workers", 0)  # None: fed by a link
                 if "devices" in known and remote is not None:

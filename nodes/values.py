@@ -24,6 +24,11 @@ class ModelChoice:
         return ModelSpec(base=self.base, unet=self.unet, dtype=self.dtype)
 
 
+def asks_for_measured_shares(frame_shares: str) -> bool:
+    """Whether a Worker Pool's frame_shares text is "auto" (any case, any surrounding spaces)."""
+    return frame_shares.strip().lower() == AUTO_SHARES
+
+
 @dataclass(frozen=True)
 class PoolChoice:
     devices: str  # "auto", "cpu:N", "cuda:all" or a comma list such as "cuda:0,cuda:1"
@@ -37,7 +42,7 @@ class PoolChoice:
     @property
     def measured_shares(self) -> bool:
         """frame_shares "auto": each job's split follows the workers' speeds measured on earlier jobs."""
-        return self.frame_shares.strip().lower() == AUTO_SHARES
+        return asks_for_measured_shares(self.frame_shares)
 
     def shares(self, pool: Any = None, job: Any = None) -> tuple[float, ...]:
         """The frame shares of `job`: the parsed frame_shares, or with "auto" the running pool's measured split

@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler, UNet3DConditionModel
 
 from distributed.engine import banded as banded_module
-from distributed.engine.admission import check_fits, free_bytes
+from distributed.engine.admission import check_fits, free_bytes, largest_fitting
 from distributed.engine.banded import (
     BandSpec,
     attention_with_lse,
@@ -630,3 +630,16 @@ def test_a_pixel_preview_is_the_frame_decoded_by_the_model_s_own_vae(tiny_pipeli
     # The last step's estimate decodes to about the video's first frame.
     first = torch.from_numpy(result.frames[0]).float().permute(2, 0, 1) / 127.5 - 1
     assert (previews[-1][0, :, 0] - first).abs().mean() < 0.05
+
+
+def test_the_frames_that_fit_are_found_by_bisection_and_an_unknown_estimate_gives_none() -> None:
+    cpu = torch.device("cpu")
+    step = free_bytes(cpu) // 100  # a frame costs a hundredth of what is free; two workers share it
+
+    def needs(frames: int) -> MemoryNeed:
+        return MemoryNeed(frames * step, f"{frames} frames")
+
+    assert 45 <= largest_fitting(needs, 10_000, cpu, sharing=2) <= 50  # the free memory moves a little
+    assert largest_fitting(needs, 10, cpu, sharing=2) == 10  # never more than the job has
+    assert largest_fitting(lambda frames: None, 10, cpu, sharing=1) == 0
+    assert largest_fitting(lambda frames: MemoryNeed(2**62, "huge"), 10, cpu, sharing=1) == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from distributed.engine.layout import FrameLayout
 from distributed.pool import PoolConfig, WorkerPool
 from distributed.pool.balance import ShareBalancer, cost_kind, imbalance_note
 from tests.pool_fixtures import tiny_job
@@ -49,6 +50,19 @@ def test_two_jobs_of_one_kind_fit_each_rank_s_fixed_part_and_the_third_is_balanc
     assert round(64 * proportional[0] / sum(proportional)) < 58
 
 
+def test_no_rank_is_given_more_frames_than_its_memory_holds() -> None:
+    # Rank 0 is three times faster but holds only 20 of a 64-frame job; rank 1 holds all of it.
+    balancer = ShareBalancer(2)
+    kind = cost_kind({"frames": 64})
+    balancer.record((32, 32), (32.0, 96.0), kind, capacity=(20, 64))
+    assert balancer.shares() == (1.5, 0.5)  # a job of unknown kind: the speeds alone
+    shares = balancer.shares(kind, 64)
+    assert FrameLayout(64, 2, shares).counts == (19, 45), shares  # the cap less one frame of room for rounding
+    # Caps that cannot hold the job together change nothing: the job's admission refuses it by itself.
+    balancer.record((32, 32), (32.0, 96.0), kind, capacity=(20, 30))
+    assert balancer.shares(kind, 64) == (1.5, 0.5)
+
+
 def test_matched_devices_keep_an_even_split_and_a_foreign_layout_teaches_nothing() -> None:
     balancer = ShareBalancer(2)
     balancer.record((32, 32), (10.0, 11.2))  # 12 % apart: noise between matched devices on short jobs
@@ -79,6 +93,8 @@ def test_a_slow_worker_gets_fewer_frames_until_the_ranks_compute_as_long(tiny_pi
             handles.append(pool.submit(job(pool.balanced_shares(job(())))))
             handles[-1].result(120)
             runs.append([(worker["frames"], worker["compute_s"]) for worker in pool.status()["workers"]])
+        # Every rank's memory holds the whole 24-frame job here (the admission's estimate, bisected).
+        assert pool.last_split is not None and pool.last_split["frame_capacity"] == [24, 24]
 
     frames_on_the_fast_rank = [run[0][0] for run in runs]
     assert frames_on_the_fast_rank[0] == 12 and frames_on_the_fast_rank[-1] >= 18, runs

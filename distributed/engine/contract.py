@@ -42,6 +42,8 @@ class RunStats:
     # Every rank's seconds of its own work in the job (denoising and decoding, less its waits for the
     # others), known to every rank after the job: what balances the next split (pool.balance).
     compute_seconds: tuple[float, ...] = ()
+    # Every rank's largest share of this job's frames that its memory would hold (0: unknown), for the same.
+    frame_capacity: tuple[int, ...] = ()
 
 
 @dataclass

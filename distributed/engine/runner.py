@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from .admission import check_fits, sharing_ranks
+from .admission import check_fits, largest_fitting, sharing_ranks
 from .comm import Communicator
 from .context import TemporalContext
 from .contract import AllocateFn, CancelFn, GenerationResult, PreviewFn, ProgressFn, RunControl, RunStats
 from .errors import PreparationFailed, mark_in_step
-from .family import ModelFamily, family
+from .family import MemoryNeed, ModelFamily, family
 from .job import JobSpec, ModelSpec
 from .latent_job import LatentJob
 from .layout import FrameLayout
@@ -31,6 +31,7 @@ class Engine:
         self._family: ModelFamily | None = None
         self._key: Hashable | None = None
         self._sharing: int | None = None  # ranks that share this rank's memory, learnt at the first job
+        self._capacity = 0  # the most frames of the current job that fit this rank's memory (0: unknown)
 
     def model(self, spec: ModelSpec) -> Any:
         """The loaded, patched model for `spec`; reloads only when its family says the weights changed.
@@ -75,7 +76,9 @@ class Engine:
         with self.ctx.job(layout, job.attention), torch.inference_mode(), busy.interval():
             latents = kind.denoise(loaded, job, self.ctx, control)
             frames = kind.decode(loaded, latents, self.ctx, control)
-        control.stats.compute_seconds = self._compute_seconds(busy.seconds() - comm.stalls.seconds())
+        control.stats.compute_seconds, control.stats.frame_capacity = self._rank_report(
+            busy.seconds() - comm.stalls.seconds()
+        )
         control.progress(0, 1, "gathering")
         own_latents = latents.permute(2, 0, 1, 3, 4).contiguous()  # frames first, for the gather
         gathered_latents = comm.gather_frames_to_root(own_latents, layout)
@@ -92,10 +95,11 @@ class Engine:
             stats=control.stats,
         )
 
-    def _compute_seconds(self, own: float) -> tuple[float, ...]:
-        """Every rank's compute time in rank order (one small all-gather after the job's steps)."""
-        seconds = torch.tensor([max(own, 0.0)], dtype=torch.float64, device=self.comm.device)
-        return tuple(float(piece.item()) for piece in self.comm.all_gather(seconds))
+    def _rank_report(self, seconds: float) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """Every rank's compute seconds and frame capacity, in rank order (one small all-gather after the job)."""
+        mine = torch.tensor([max(seconds, 0.0), self._capacity], dtype=torch.float64, device=self.comm.device)
+        pieces = [piece.tolist() for piece in self.comm.all_gather(mine)]
+        return tuple(piece[0] for piece in pieces), tuple(int(piece[1]) for piece in pieces)
 
     def _prepare(self, job: JobSpec | LatentJob) -> tuple[Any, JobSpec | LatentJob]:
         """Checks the job, brings its files within this rank's reach and loads its model; every rank then
@@ -123,15 +127,20 @@ class Engine:
         return loaded, job
 
     def _admit(self, job: JobSpec | LatentJob, loaded: Any) -> None:
-        """Refuses a job whose estimated peak on this rank does not fit in its device's free memory."""
+        """Refuses a job whose estimated peak on this rank does not fit in its device's free memory, and
+        notes how many of the job's frames would (what a measured split may give this rank next time)."""
         kind = self._family
         assert kind is not None and self._sharing is not None
+
+        def need(own: int) -> MemoryNeed | None:
+            held = own + 2 * job.attention.local_window + job.attention.global_count(job.frames)  # halo, globals
+            return kind.peak_bytes(loaded, job, own, min(held, job.frames))
+
+        self._capacity = largest_fitting(need, job.frames, self.comm.device, self._sharing)
         layout = FrameLayout(job.frames, self.comm.world_size, job.frame_shares)
-        own = layout.counts[self.comm.rank]
-        held = own + 2 * job.attention.local_window + job.attention.global_count(job.frames)  # with halo, globals
-        need = kind.peak_bytes(loaded, job, own, min(held, job.frames))
-        if need is not None:
-            check_fits(need, self.comm.device, self._sharing)
+        mine = need(layout.counts[self.comm.rank])
+        if mine is not None:
+            check_fits(mine, self.comm.device, self._sharing, self._capacity)
 
     def release(self) -> None:
         self._loaded = self._family = self._key = None

@@ -11,6 +11,10 @@ proportional rule only approaches the balance over several jobs. When two jobs o
 model, size, length and steps: the same workflow queued again) ran on different splits, each rank's time
 is fitted as fixed + per frame, and the next job of that kind gets the split that equalises the fitted
 times at once.
+
+Each rank also reports how many of a job's frames its memory would hold (its admission estimate at the
+job's start). A split for a job of a kind seen before gives no rank more than that, so a fast device with
+little memory is not handed a share it would refuse.
 """
 
 from __future__ import annotations
@@ -39,13 +43,23 @@ class ShareBalancer:
     # Per kind of job: the last split measured, and the fit (fixed, per frame) seconds per rank.
     last_of_kind: dict[Hashable, Split] = field(default_factory=dict)
     fits: dict[Hashable, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    capacity: dict[Hashable, tuple[int, ...]] = field(default_factory=dict)  # per kind: frames each rank holds
 
-    def record(self, frames: Sequence[int], seconds: Sequence[float], kind: Hashable | None = None) -> None:
-        """One finished job: its frames and compute seconds per rank, and its kind (cost_kind). A job from
-        another layout (a pool that changed size) or without a time for every rank teaches nothing."""
+    def record(
+        self,
+        frames: Sequence[int],
+        seconds: Sequence[float],
+        kind: Hashable | None = None,
+        capacity: Sequence[int] = (),
+    ) -> None:
+        """One finished job: its frames and compute seconds per rank, its kind (cost_kind) and the frames each
+        rank's memory would hold (0: unknown). A job from another layout (a pool that changed size) or without
+        a time for every rank teaches nothing."""
         if len(frames) != self.world_size or len(seconds) != self.world_size or min(seconds, default=0) <= 0:
             return
         if kind is not None:
+            if len(capacity) == self.world_size and min(capacity) > 0:
+                self.capacity[kind] = tuple(capacity)
             split = (tuple(frames), tuple(seconds))
             earlier = self.last_of_kind.get(kind)
             fit = _fit(earlier, split) if earlier is not None else None
@@ -56,6 +70,7 @@ class ShareBalancer:
             for stale in list(self.last_of_kind)[:-KINDS_KEPT]:
                 del self.last_of_kind[stale]
                 self.fits.pop(stale, None)
+                self.capacity.pop(stale, None)
         measured = _relative([count / time for count, time in zip(frames, seconds, strict=True)])
         if self.speeds is not None:
             measured = _relative(
@@ -74,6 +89,9 @@ class ShareBalancer:
         wanted = _equal_times(fit, frames) if fit is not None and frames else self.speeds
         if wanted is None or max(wanted) <= (1 + EVEN_WITHIN) * min(wanted):
             return ()
+        caps = self.capacity.get(kind) if kind is not None else None
+        if caps is not None and frames:
+            wanted = _within(tuple(frames * share / sum(wanted) for share in wanted), caps, frames)
         return tuple(round(share, 3) for share in _relative(wanted))
 
 
@@ -94,10 +112,12 @@ def _fit(first: Split, second: Split) -> tuple[tuple[float, float], ...] | None:
     differ by FIT_FROM and its time grows with them."""
     fit = []
     for (f1, t1), (f2, t2) in zip(zip(*first, strict=True), zip(*second, strict=True), strict=True):
-        if abs(f2 - f1) < FIT_FROM * max(f1, f2) or t2 == t1 or (t2 - t1) / (f2 - f1) <= 0:
+        if abs(f2 - f1) < FIT_FROM * max(f1, f2):
             return None
         per_frame = (t2 - t1) / (f2 - f1)
-        fit.append((max(t1 - per_frame * f1, 0.0), per_frame))
+        if per_frame <= 0:  # noise larger than the change: nothing to fit
+            return None
+        fit.append((max(t1 - per_frame * f1, 0.0), per_frame))  # a negative fixed part is noise too
     return tuple(fit)
 
 
@@ -107,6 +127,28 @@ def _equal_times(fit: Sequence[tuple[float, float]], frames: int) -> tuple[float
     # fixed_r + per_frame_r * f_r = T for every r, and sum f_r = frames.
     time = (frames + sum(fixed / per_frame for fixed, per_frame in fit)) / sum(1 / per_frame for _, per_frame in fit)
     return tuple(max((time - fixed) / per_frame, 1.0) for fixed, per_frame in fit)
+
+
+def _within(counts: tuple[float, ...], caps: tuple[int, ...], frames: int) -> tuple[float, ...]:
+    """Frames per rank, none above its cap (less a frame): what a capped rank cannot hold goes to the others
+    in proportion to their counts. When the caps together hold fewer than `frames`, no split fits and the
+    counts stay (the job's admission refuses it with its own message)."""
+    limits = [max(cap - 1, 1) for cap in caps]  # one frame of room for the layout's rounding
+    if sum(limits) < frames:
+        return counts
+    counts, capped = list(counts), set()
+    while over := [rank for rank, count in enumerate(counts) if rank not in capped and count > limits[rank]]:
+        for rank in over:
+            capped.add(rank)
+            counts[rank] = float(limits[rank])
+        free = [rank for rank in range(len(counts)) if rank not in capped]
+        weight = sum(counts[rank] for rank in free)
+        if not free or weight <= 0:
+            break
+        rest = frames - sum(counts[rank] for rank in capped)
+        for rank in free:
+            counts[rank] = rest * counts[rank] / weight
+    return tuple(counts)
 
 
 def _relative(values: Sequence[float]) -> tuple[float, ...]:

@@ -64,6 +64,7 @@ class Result(WorkerEvent):
     latents: np.ndarray | None  # small next to the frames (1/48 of them as float32), so it rides the queue
     frames_per_rank: tuple[int, ...] = ()  # the job's split of its latent frames
     compute_seconds: tuple[float, ...] = ()  # each rank's own work in the job, less its waits (RunStats)
+    frame_capacity: tuple[int, ...] = ()  # each rank's largest share of the job that its memory holds (RunStats)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def from_wire(data: Any) -> WorkerEvent | None:
     cls = EVENT_TYPES[data["type"]]
     try:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for name in ("shape", "ranks", "frames_per_rank", "compute_seconds"):
+        for name in ("shape", "ranks", "frames_per_rank", "compute_seconds", "frame_capacity"):
             if isinstance(values.get(name), list):
                 values[name] = tuple(values[name])
         return cls(**values)

@@ -136,7 +136,7 @@ class WorkerPool:
 
     @property
     def last_split(self) -> dict[str, list[Any]] | None:
-        """The last finished job's frames and compute seconds per rank (rank order)."""
+        """The last finished job's frames, compute seconds and frame capacity per rank (rank order)."""
         with self._lock:
             return self._last_split
 
@@ -427,10 +427,12 @@ class WorkerPool:
                 self._model = asdict(job.job.model)
                 self._loads = event.loads
                 self._jobs_done += 1
-                self.balancer.record(event.frames_per_rank, event.compute_seconds, cost_kind(job.job.to_dict()))
+                kind = cost_kind(job.job.to_dict())
+                self.balancer.record(event.frames_per_rank, event.compute_seconds, kind, event.frame_capacity)
                 self._last_split = {
                     "frames": list(event.frames_per_rank),
                     "compute_seconds": list(event.compute_seconds),
+                    "frame_capacity": list(event.frame_capacity),
                 }
             job.complete(frames=frames, latents=event.latents)
         elif isinstance(event, Cancelled) and current:

@@ -166,6 +166,7 @@ class Worker:
                         latents=latents,
                         frames_per_rank=tuple(stats.frames_per_rank),
                         compute_seconds=tuple(stats.compute_seconds),
+                        frame_capacity=tuple(stats.frame_capacity),
                     )
                 )
         except JobCancelled as cancelled:

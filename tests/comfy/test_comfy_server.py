@@ -373,7 +373,7 @@ def test_a_video_too_large_for_the_memory_is_refused_by_the_workers_and_the_pool
     assert run.outcome == "execution_error", run.events
     message = run.of_type("execution_error")[0]["data"]["exception_message"]
     assert "InsufficientMemoryError" in message and "GiB per worker (50000 frames per worker at 64x64" in message
-    assert "Use more workers so each holds fewer frames" in message
+    assert "Use more workers so each holds fewer frames (about " in message and "fit per worker now)" in message
     pool = requests.get(f"{host.url}/video_infinity/pool", timeout=30).json()
     run = client.wait(client.queue(tiny_job(seed=42)), timeout=300)
     assert run.outcome == "execution_success", run.events
