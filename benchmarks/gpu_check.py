@@ -106,14 +106,17 @@ def correctness(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def compute_time(model: Path, device: str) -> dict[str, Any]:
-    """The engine's compute seconds of a one-rank job (CUDA: stream time from events) against its wall time."""
+    """The engine's compute seconds of a one-rank job (CUDA: stream time from events) against its wall time,
+    and the frames of it that the device's free memory would hold (the admission estimate, bisected)."""
     began = time.perf_counter()
-    seconds = Engine(Communicator.single(device)).run(tiny_job(model)).stats.compute_seconds
+    stats = Engine(Communicator.single(device)).run(tiny_job(model)).stats
     wall = time.perf_counter() - began
+    seconds = stats.compute_seconds
     return {
         "compute_seconds": list(seconds),
         "wall_seconds": wall,
         "within_wall": len(seconds) == 1 and 0 < seconds[0] <= wall,
+        "frame_capacity": list(stats.frame_capacity),  # the job's 8 frames all fit: [8]
     }
 
 
