@@ -515,13 +515,16 @@ class WorkerPool:
         return "busy" if job is not None and not job.done() else "ready"
 
     def _balance_status(self, rank: int) -> dict[str, Any]:
-        """The rank's part of the last job (frames, compute seconds) and its measured relative speed."""
+        """The rank's part of the last job (frames, compute seconds, the frames its memory would have held)
+        and its measured relative speed."""
         split, speeds = self._last_split, self.balancer.speeds
         known = split is not None and rank < len(split["frames"]) and rank < len(split["compute_seconds"])
+        fits = split["frame_capacity"] if split is not None else []
         return {
             "frames": split["frames"][rank] if known else None,
             "compute_s": round(split["compute_seconds"][rank], 2) if known else None,
             "speed": round(speeds[rank], 2) if speeds is not None and rank < len(speeds) else None,
+            "fits": fits[rank] if rank < len(fits) and fits[rank] > 0 else None,
         }
 
     @staticmethod

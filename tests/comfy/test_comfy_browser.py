@@ -98,6 +98,7 @@ def test_pool_panel_renders_and_screenshot(page, client):
     split_rows = panel.locator("table.vi-split tbody tr")
     assert split_rows.count() == 2
     assert sum(int(split_rows.nth(rank).locator("td").nth(1).inner_text()) for rank in range(2)) == 8, text
+    assert split_rows.nth(0).locator("td").nth(4).inner_text() == "8", text  # the whole job fits in memory
     page.evaluate(
         """() => {
             const canvas = window.app.canvas;  // show the whole example graph beside the panel

@@ -46,12 +46,14 @@ const COLUMNS = [
   ["cuda_reserved_bytes", "GPU reserved"],
 ];
 
-// The last job's split: each worker's frames, compute time (its waits for the others left out) and relative speed.
+// The last job's split: each worker's frames, compute time (its waits for the others left out), relative speed,
+// and how many of the job's frames its memory would have held.
 const SPLIT_COLUMNS = [
   ["rank", "rank"],
   ["frames", "frames"],
   ["compute_s", "compute s"],
   ["speed", "speed"],
+  ["fits", "fits"],
 ];
 
 function table(rows, columns = COLUMNS, kind = "vi-workers") {
