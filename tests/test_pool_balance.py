@@ -97,8 +97,9 @@ def test_a_slow_worker_gets_fewer_frames_until_the_ranks_compute_as_long(tiny_pi
         assert pool.last_split is not None and pool.last_split["frame_capacity"] == [24, 24]
 
     frames_on_the_fast_rank = [run[0][0] for run in runs]
-    assert frames_on_the_fast_rank[0] == 12 and frames_on_the_fast_rank[-1] >= 18, runs
-    assert frames_on_the_fast_rank == sorted(frames_on_the_fast_rank), runs
+    # Even first, then more frames on the fast rank in every "auto" job (a fit may overshoot by a frame and
+    # come back: 12, 18, 21, 20 is a good run too).
+    assert frames_on_the_fast_rank[0] == 12 and min(frames_on_the_fast_rank[1:]) >= 18, runs
     imbalance = [max(seconds for _, seconds in run) / min(seconds for _, seconds in run) for run in runs]
     assert imbalance[0] > 2, f"the slow rank computed only {imbalance[0]:.2f}x as long on an even split"
     # From the third job on, the split is fitted on the first two (the same kind of job on two splits).
