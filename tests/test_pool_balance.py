@@ -103,7 +103,8 @@ def test_a_slow_worker_gets_fewer_frames_until_the_ranks_compute_as_long(tiny_pi
     imbalance = [max(seconds for _, seconds in run) / min(seconds for _, seconds in run) for run in runs]
     assert imbalance[0] > 2, f"the slow rank computed only {imbalance[0]:.2f}x as long on an even split"
     # From the third job on, the split is fitted on the first two (the same kind of job on two splits).
-    assert min(imbalance[2:]) < 1.3 and imbalance[-1] < 1.5 and imbalance[-1] < imbalance[0] / 2, (imbalance, runs)
+    # Seen here: 1.09 to 1.25 at best, against 2.9 to 3.3 on the even split; the bounds leave room for noise.
+    assert min(imbalance[2:]) < 1.4 and imbalance[-1] < 1.5 and imbalance[-1] < imbalance[0] / 2, (imbalance, runs)
     # The split changes who computes what, not the video.
     for handle in handles[1:]:
         assert np.abs(handle.latents(0) - handles[0].latents(0)).max() < 1e-4
