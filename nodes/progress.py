@@ -106,12 +106,7 @@ def run_on_pool(pool: Any, job: Any, progress: JobProgress, choice: PoolChoice) 
 
 def note_imbalance(pool: Any, choice: PoolChoice) -> None:
     """After a job on a split the user fixed: a console line when its workers' compute times were far apart."""
-    from ..distributed.pool.balance import imbalance_note
-
-    split = pool.last_split
-    note = (
-        None if choice.measured_shares or split is None else imbalance_note(split["frames"], split["compute_seconds"])
-    )
+    note = None if choice.measured_shares else pool.imbalance_note()
     if note:
         logging.info("Video-Infinity: %s. frame_shares 'auto' on the Worker Pool splits by measured speed.", note)
 

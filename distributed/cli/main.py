@@ -22,7 +22,6 @@ from ..engine.layout import FrameLayout, parse_shares
 from ..engine.video_file import write_mp4
 from ..pool import PoolConfig, ProgressEvent, WorkerError, WorkerPool
 from ..pool.agent import run_agent
-from ..pool.balance import imbalance_note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +173,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def _note_imbalance(pool: WorkerPool) -> None:
     """Says when the workers computed for very different times, with the shares that would balance them."""
-    split = pool.last_split
-    note = imbalance_note(split["frames"], split["compute_seconds"]) if split else None
+    note = pool.imbalance_note()
     shares = pool.balanced_shares()
     if note and shares:
         print(f"note: {note}; --frame-shares {','.join(map(str, shares))} balances them", file=sys.stderr)

@@ -86,7 +86,7 @@ class ShareBalancer:
         """Shares for the next job (layout.FrameLayout) of `frames` frames and kind `kind`; () for an even
         split: nothing measured yet, or the devices are matched within EVEN_WITHIN."""
         fit = self.fits.get(kind) if kind is not None and frames else None
-        wanted = _equal_times(fit, frames) if fit is not None and frames else self.speeds
+        wanted = _equal_times(fit, frames) if fit is not None else self.speeds
         if wanted is None or max(wanted) <= (1 + EVEN_WITHIN) * min(wanted):
             return ()
         caps = self.capacity.get(kind) if kind is not None else None

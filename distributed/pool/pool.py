@@ -21,7 +21,7 @@ from ..engine.errors import InvalidSettingsError, JobCancelled, VideoInfinityErr
 from ..engine.host_memory import default_floor_bytes, oom_kill_count
 from ..engine.job import JobSpec
 from ..engine.latent_job import LatentJob
-from .balance import ShareBalancer, cost_kind
+from .balance import ShareBalancer, cost_kind, imbalance_note
 from .config import PoolConfig
 from .errors import PoolError, WorkerError
 from .events import (
@@ -133,6 +133,11 @@ class WorkerPool:
             if job is None:
                 return self.balancer.shares()
             return self.balancer.shares(cost_kind(job.to_dict()), job.frames)
+
+    def imbalance_note(self) -> str | None:
+        """balance.imbalance_note on the last finished job, or None."""
+        split = self.last_split
+        return None if split is None else imbalance_note(split["frames"], split["compute_seconds"])
 
     @property
     def last_split(self) -> dict[str, list[Any]] | None:
