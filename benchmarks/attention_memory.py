@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from distributed.engine.banded import CHUNK_ELEMENTS, BandSpec, band_plan, banded_attention, query_block
+from distributed.engine.banded import ACCELERATOR_CHUNK_ELEMENTS, BandSpec, band_plan, banded_attention, query_block
 from support.local_ranks import run_on_local_ranks
 
 from .common import MIB, human_bytes, machine_line, markdown_table, peak_rss_bytes, reset_peak_rss, rss_bytes
@@ -226,7 +226,7 @@ def main() -> None:
         f"Scores per head and query row: dense F*(F+2P+G), ours (query blocks of {block}, each against its "
         f"{block}+2P local keys and the G globals) ceil(F/{block})*{block}*({block}+2P+G), the ideal band F*(2P+1+G). "
         f"Bytes: all scores of one call at {REAL_TOKENS} rows x {HEADS} heads in fp16, if materialised at once "
-        f"(ours never is: it works in chunks of rows whose key/value windows hold at most {CHUNK_ELEMENTS:,} elements; "
+        f"(ours never is: it works in chunks of rows whose key/value windows hold at most {ACCELERATOR_CHUNK_ELEMENTS:,} elements on an accelerator; "
         "fused SDPA kernels never materialise them either, but still compute all of them):",
         "",
         markdown_table(

@@ -65,6 +65,16 @@ def _release_freed_memory() -> None:
         pass
 
 
+def map_every_tensor() -> None:
+    """Makes glibc give every allocation of 64 KiB or more a mapping of its own, returned to the kernel when
+    it is freed. With the default dynamic threshold, freed blocks below 32 MiB stay in the heap and count in
+    the RSS, so a step's peak RSS also holds whatever the allocator kept; mapped, it follows the live tensors
+    (docs/5, "Working memory per frame"). Allocation gets slower, so only memory is measured this way."""
+    m_mmap_threshold = -3  # mallopt's parameter number in glibc's malloc.h
+    if not ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 64 * 1024):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) was refused; working memory cannot be measured exactly")
+
+
 def step_target(
     comm: Communicator,
     method: str,
@@ -75,6 +85,7 @@ def step_target(
     stride: int = 4,
     settings: dict[str, Any] | None = None,
     unet_overrides: dict[str, Any] | None = None,
+    exact_memory: bool = False,
 ) -> list[dict[str, Any]]:
     """Times one denoising step (one CFG-batched UNet evaluation of the whole video) of `method` on this
     rank, for each frame count (ascending, so memory left behind by a run is smaller than the next one's).
@@ -82,8 +93,12 @@ def step_target(
     method: "vi" (patched model, this rank's clip), "vi_waiting" (the same, attention waiting for its exchange
     instead of overlapping it), "solo" (the same without any exchange), "windows" (sliding windows of `window` frames every
     `stride` frames, pyramid fusion), "full" (unpatched model on all frames), "clips" (independent clips of
-    `window` frames). Only "vi", "vi_waiting" and "solo" use several ranks.
+    `window` frames). Only "vi", "vi_waiting" and "solo" use several ranks. exact_memory: every tensor gets
+    a mapping of its own (map_every_tensor), for a working memory without the allocator's leftovers; its
+    times are not the method's.
     """
+    if exact_memory:
+        map_every_tensor()
     unet = bench_unet(**(unet_overrides or {}))
     # "solo": every rank runs the 1-rank model on its share of the frames and exchanges nothing; the
     # process group only lines the ranks' steps up. It is what perfect parallelism would cost here.

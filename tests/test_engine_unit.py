@@ -486,7 +486,7 @@ def test_attention_in_two_parts_equals_the_one_pass_banded_attention(
     rounding, including rows that see none of the rest and clips shorter than the halo, whether the batch
     is one chunk or each item its own (halo rows padded and rest keys merged chunk by chunk)."""
     if one_item_per_chunk:
-        monkeypatch.setattr(banded_module, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(banded_module, "chunk_elements", lambda device: 1)
     heads, dim = 2, 5
     generator = torch.Generator().manual_seed(5)
     query = torch.randn(3, heads, frames, dim, generator=generator, dtype=torch.float64)

@@ -18,8 +18,16 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-# Upper bound on elements of the key/value blocks materialised per chunk of the batch axis.
-CHUNK_ELEMENTS = 1 << 23
+# Upper bound on elements of the key/value blocks materialised per chunk of the batch axis: on a CPU about
+# a cache's worth, so a long clip's attention needs no more working memory per frame than a short one's
+# (docs/5, "Working memory per frame"); on an accelerator large enough to keep it busy.
+CPU_CHUNK_ELEMENTS = 1 << 18
+ACCELERATOR_CHUNK_ELEMENTS = 1 << 23
+
+
+def chunk_elements(device: torch.device) -> int:
+    """Key/value elements materialised per chunk of the batch axis on `device`."""
+    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else ACCELERATOR_CHUNK_ELEMENTS
 
 
 class BandPlan:
@@ -177,8 +185,10 @@ def banded_attention(
     plan: BandPlan,
     scale: float,
     poll: Callable[[], bool] = lambda: False,
+    halo_absent: bool = False,
 ) -> torch.Tensor:
-    """query (B, h, F, d); key/value (B, h, F + 2P + G, d) as [left ; own ; right ; globals].
+    """query (B, h, F, d); key/value (B, h, F + 2P + G, d) as [left ; own ; right ; globals], or with
+    halo_absent (B, h, F + G, d) as [own ; globals]: the halo is read as zeros, for a plan that masks it.
 
     Returns (B, h, F, d), a view of a frames-first (B, F, h, d) tensor, so the caller's merge of the
     heads costs no copy. Queries are processed in blocks; each block sees its window of 2P + block local
@@ -186,7 +196,7 @@ def banded_attention(
     copied once, straight into the layout the attention kernel reads. `poll` runs before each chunk of
     the batch; True skips the rest (a Cancel inside a long clip's attention, see engine.comm.poll_cancel).
     """
-    return _banded(query, key, value, plan, scale, poll, with_lse=False).out
+    return _banded(query, key, value, plan, scale, poll, with_lse=False, halo_absent=halo_absent).out
 
 
 def banded_attention_in_parts(
@@ -244,7 +254,7 @@ def _merge_rest(
     batch, heads, frames, dim = query.shape
     rows = part.rows
     count = frames if rows is None else rows.numel()
-    step = max(1, CHUNK_ELEMENTS // max(1, heads * count * key.shape[2]))
+    step = max(1, chunk_elements(query.device) // max(1, heads * count * key.shape[2]))
     for lo in range(0, batch, step):
         if lo and poll():
             break
@@ -282,7 +292,7 @@ def _banded(
         (batch, heads, frames if with_lse else 0), dtype=torch.promote_types(query.dtype, torch.float32)
     )
     per_item = heads * blocks * length * dim * 2
-    step = max(1, CHUNK_ELEMENTS // max(1, per_item))
+    step = max(1, chunk_elements(query.device) // max(1, per_item))
     row_scale = None if plan.row_scale is None else plan.row_scale.reshape(-1, 1)[:frames]
     for lo in range(0, batch, step):
         if poll():

@@ -62,6 +62,13 @@ class DualScopeAttnProcessor:
 
 def _attend_in_one_pass(ctx: TemporalContext, attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """(B, h, F, d): the halo and global frames first, then one banded attention over every key."""
+    if ctx.comm.world_size == 1 and ctx.settings.mode == "exact":
+        # A lone rank's halo is the zero padding past both ends of the video, which exact mode masks: the
+        # windows read zeros there (halo_absent) instead of projecting and copying padding frames.
+        glb = ctx.start_gather_global(x, dim=1)() if ctx.global_indices else x.narrow(1, 0, 0)
+        query, key, value = _project(ctx, attn, torch.cat([x, glb], dim=1), slice(0, x.shape[1]))
+        plan = band_plan(_band_spec(ctx, x, glb.shape[1]), x.device, query.dtype)
+        return banded_attention(query, key, value, plan, attn.scale, ctx.comm.poll_cancel, halo_absent=True)
     left, right, glb = ctx.halo_and_globals(x, dim=1, width=ctx.settings.local_window, pad_ends=True)
     # One copy of every key frame, [left ; own ; right ; globals], shared by the projections.
     key_frames = torch.cat([left, x, right, glb], dim=1)

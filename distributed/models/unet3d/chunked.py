@@ -57,6 +57,7 @@ def in_chunks(
         if out is None:
             out = piece.new_empty((x.shape[0], *piece.shape[1:]))
         out[lo : lo + piece.shape[0]] = piece
+        del piece  # freed before the next chunk is computed, so only one chunk's result is ever held
     assert out is not None
     return out
 
@@ -97,6 +98,7 @@ class FrameChunked(nn.Module):
             if out is None:
                 out = piece.new_empty((rows, *piece.shape[1:]))
             out[cut] = piece
+            del result, piece  # as in in_chunks: one chunk's result held at a time
         return (out,) if as_tuple else out
 
 

@@ -20,16 +20,16 @@ from collections.abc import Sequence
 
 import torch
 
-from ...engine.banded import CHUNK_ELEMENTS
+from ...engine import banded
 from .chunked import chunk_elements
 
 DECODE_CHUNK = 8  # frames per VAE call: bounds the decoder's activation memory
 
-WHOLE_CLIP_TENSORS = 12.0  # tensors of one unit (below) held per latent pixel-frame for the whole step
+WHOLE_CLIP_TENSORS = 9.5  # tensors of one unit (below) held per latent pixel-frame for the whole step
 TRANSIENT_TENSORS = 26.5  # the same for transient tensors, until they reach their cap
 TRANSIENT_CAP_CHUNKS = 3.2  # the cap, in attention chunks plus per-frame chunks
-DECODE_TENSORS = 5.5  # decoder tensors of one unit (per pixel, every level) live per decoded frame
-FIXED_BYTES = 30 * 2**20
+DECODE_TENSORS = 5.9  # decoder tensors of one unit (per pixel, every level) live per decoded frame
+FIXED_BYTES = 37 * 2**20
 CFG_BATCH = 2  # unconditional and conditional passes run as one batch
 
 
@@ -65,7 +65,7 @@ def job_peak_bytes(
     pixel_frames = frames * latent_size[0] * latent_size[1]
     unit = unit_bytes(unet_channels, dtype)
     whole = WHOLE_CLIP_TENSORS * unit * pixel_frames
-    cap = TRANSIENT_CAP_CHUNKS * (CHUNK_ELEMENTS + chunk_elements(device)) * _element(dtype)
+    cap = TRANSIENT_CAP_CHUNKS * (banded.chunk_elements(device) + chunk_elements(device)) * _element(dtype)
     transient = min(TRANSIENT_TENSORS * unit * pixel_frames, cap)
     decoded = min(frames, DECODE_CHUNK) * pixel_size[0] * pixel_size[1]
     decode = DECODE_TENSORS * decoded * level_channels(vae_channels) * _element(dtype)
