@@ -106,27 +106,44 @@ def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_e
         assert np.array_equal(part["mean"], parts[0]["mean"]) and np.array_equal(part["var"], parts[0]["var"])
 
 
-def test_a_cancel_between_exchanges_posted_together_leaves_none_travelling_once_settled():
-    """The engine settles a cancelled job's exchanges (Engine.run): a Cancel asked on one rank stops both
-    at the keys' all-gather, the values' exchange (its halo swap and all-gather) is still in flight, and
-    after settle() none is, and the next collective delivers its own values."""
-    parts = run_on_local_ranks(2, settle_after_a_cancel, {"frames": 6})
+@pytest.mark.parametrize(("world_size", "posted"), [(2, 1), (3, 2)])
+def test_a_cancel_between_exchanges_posted_together_leaves_none_travelling_once_settled(world_size, posted):
+    """The engine settles a cancelled job's exchanges (Engine.run): a Cancel asked on one rank stops every
+    rank at the keys' all-gather, the values' exchange is still in flight (at two ranks one all-gather that
+    carries the halo too; at three its all-gather and halo swap), and after settle() none is, and the next
+    collective delivers its own values."""
+    parts = run_on_local_ranks(world_size, settle_after_a_cancel, {"frames": 6})
     for part in parts:
         assert part["stopped_at"] == 3
-        assert part["left_in_flight"] == 2
-        assert part["settled"] == 2
+        assert part["left_in_flight"] == posted
+        assert part["settled"] == posted
         assert part["in_flight_after"] == 0
-        assert part["next_exchange"] == [10.0, 11.0]
+        assert part["next_exchange"] == [10.0 + rank for rank in range(world_size)]
 
 
 def test_exchanges_posted_together_are_waited_for_once_and_each_delivers_its_own_frames():
-    """A Wan attention posts its keys' and values' exchanges (halo swap and global all-gather each)
-    before waiting for either: four calls, one round; the next exchange alone is a round of its own."""
+    """A Wan attention posts its keys' and values' exchanges (each one all-gather at two ranks, the halo
+    riding with the global frames) before waiting for either: two calls, one round; the next exchange
+    alone is a round of its own."""
     parts = run_on_local_ranks(2, exchanges_posted_together, {"frames": 6})
     for rank, part in enumerate(parts):
+        assert part["together"] == {"calls": 2, "rounds": 1}
+        assert part["after_one_more"] == {"calls": 3, "rounds": 2}
+        left, right = ([], [3.0]) if rank == 0 else ([2.0], [])
+        assert part["halos"] == [left, right, left]
+        expected = [float(frame) for frame in global_indices_exact(6, 2)]
+        assert part["globals"] == [expected, expected]
+
+
+def test_at_three_ranks_halos_go_point_to_point_beside_the_all_gather():
+    """With more than two ranks an all-gather would bring a halo to ranks that do not need it, so each
+    exchange is a halo swap and an all-gather posted together: four calls, one round; the middle rank gets
+    frames from both sides."""
+    parts = run_on_local_ranks(3, exchanges_posted_together, {"frames": 6})
+    halos = [([], [2.0]), ([1.0], [4.0]), ([3.0], [])]
+    for part, (left, right) in zip(parts, halos, strict=True):
         assert part["together"] == {"calls": 4, "rounds": 1}
         assert part["after_one_more"] == {"calls": 6, "rounds": 2}
-        left, right = ([], [3.0]) if rank == 0 else ([2.0], [])
         assert part["halos"] == [left, right, left]
         expected = [float(frame) for frame in global_indices_exact(6, 2)]
         assert part["globals"] == [expected, expected]
@@ -179,9 +196,10 @@ def test_the_demo_model_s_options_give_the_same_video_on_any_rank_count(tmp_path
 
 
 def test_halo_exchanges_travel_with_an_all_gather_of_the_same_layer(tiny_pipeline):
-    # Each temporal attention's halo moves while its global frames' all-gather travels, and each temporal
-    # convolution's halo while its first norm's statistics do: one wait, not two, per such layer.
-    exact = run_on_local_ranks(2, run_job, {"job": job(tiny_pipeline)})[0]
+    # Each temporal attention's halo moves with its global frames' all-gather, and each temporal
+    # convolution's halo with its first norm's statistics: one wait, not two, per such layer. At two ranks
+    # the halo rides inside that all-gather (one call); at three it is a swap posted beside it (two calls).
+    (two, *_), (three, *_) = run_in_turn([(2, {"job": job(tiny_pipeline)}), (3, {"job": job(tiny_pipeline)})], run_job)
     unet = UNet3DConditionModel.from_pretrained(tiny_pipeline / "unet")
     attentions = sum(
         1 + (block.attn2 is not None)
@@ -191,8 +209,10 @@ def test_halo_exchanges_travel_with_an_all_gather_of_the_same_layer(tiny_pipelin
     )
     convs = sum(isinstance(module, TemporalConvLayer) for module in unet.modules())
     assert attentions > 0 and convs > 0
-    for calls, rounds in zip(exact["calls_per_step"], exact["rounds_per_step"], strict=True):
+    for calls, rounds in zip(three["calls_per_step"], three["rounds_per_step"], strict=True):
         assert calls - rounds == attentions + convs
+    assert two["rounds_per_step"] == three["rounds_per_step"]
+    assert two["calls_per_step"] == two["rounds_per_step"]
 
 
 def test_reference_mode_with_several_ranks_differs_from_exact(tiny_pipeline):

@@ -11,7 +11,7 @@ request itself and several ranks with no all-gather since the last checkpoint ag
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -106,13 +106,12 @@ class Communicator:
         self._in_flight[key] = _Posted(wait)
         return key
 
-    def _waited(self, key: int, overlaps_others: bool) -> None:
-        """The wait for posted exchange `key`: a round unless another wait overlapped it. overlaps_others:
-        this wait counts as overlapping every exchange still in flight (a point-to-point batch)."""
+    def _waited(self, key: int) -> None:
+        """The wait for posted exchange `key`: a round unless another wait overlapped it. Every exchange still
+        in flight travelled during it, so their own waits are no rounds of their own."""
         if not self._in_flight.pop(key).overlapped:
             self.rounds += 1
-        if overlaps_others:
-            self._overlap_all()
+        self._overlap_all()
 
     def borrow_frames(
         self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int
@@ -164,7 +163,7 @@ class Communicator:
 
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
             if key is not None:
-                self._waited(key, overlaps_others=True)  # two borrows posted together wait once
+                self._waited(key)  # exchanges posted together wait once
             with self.stalls.interval():
                 wait_all()
             for view, buffer in landings:
@@ -172,6 +171,40 @@ class Communicator:
             return left, right
 
         return finish
+
+    def halo_piece(self, x: torch.Tensor, dim: int, layout: FrameLayout, width: int) -> torch.Tensor:
+        """What this rank sends for a halo of `width` when the halo travels inside an all-gather: its frames
+        of every transfer it makes (in the canonical order), padded to the widest rank's, so every rank's
+        piece has one shape. halo_from_pieces undoes it."""
+        start = layout.starts[self.rank]
+        ranges = [(lo, hi) for sender, _, lo, hi in layout.transfers(width) if sender == self.rank]
+        pieces = [x.narrow(dim, lo - start, hi - lo) for lo, hi in ranges]
+        sent = torch.cat(pieces, dim=dim) if pieces else x.narrow(dim, 0, 0)
+        missing = _widest_halo_piece(layout, width) - sent.shape[dim]
+        if missing:
+            shape = list(x.shape)
+            shape[dim] = missing
+            sent = torch.cat([sent, x.new_zeros(shape)], dim=dim)
+        return sent
+
+    def halo_from_pieces(
+        self, pieces: Sequence[torch.Tensor], x: torch.Tensor, dim: int, layout: FrameLayout, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left, right) as borrow_frames gives them, read from every rank's halo_piece (rank order)."""
+        (l_lo, l_hi), (r_lo, r_hi) = layout.halo(self.rank, width)
+        start = layout.starts[self.rank]
+        parts_left, parts_right = [], []
+        offsets = [0] * self.world_size
+        for sender, receiver, lo, hi in layout.transfers(width):
+            if receiver == self.rank:
+                piece = pieces[sender].narrow(dim, offsets[sender], hi - lo)
+                (parts_left if hi <= start else parts_right).append(piece)
+            offsets[sender] += hi - lo
+        empty = x.narrow(dim, 0, 0)
+        left = torch.cat(parts_left, dim=dim) if parts_left else empty
+        right = torch.cat(parts_right, dim=dim) if parts_right else empty
+        assert left.shape[dim] == l_hi - l_lo and right.shape[dim] == r_hi - r_lo
+        return left, right
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over ranks in place. Counted as a ring all-reduce: 2 (N-1)/N of the tensor each way."""
@@ -213,7 +246,7 @@ class Communicator:
         key = self._post(work.wait)
 
         def finish() -> list[torch.Tensor]:
-            self._waited(key, overlaps_others=False)
+            self._waited(key)
             with self.stalls.interval():
                 work.wait()
             if not watched:
@@ -222,6 +255,24 @@ class Communicator:
             if bool(rows[:, -1].any()):  # one device sync for all flags
                 raise JobCancelled(self._cancel_step)
             return [row[:-1].view(tensor.shape) for row in rows]
+
+        return finish
+
+    def start_all_gather_parts(self, parts: Sequence[torch.Tensor]) -> Callable[[], list[list[torch.Tensor]]]:
+        """One all-gather for several tensors, of any dtypes, each shaped alike on every rank: they travel
+        as the bytes of one tensor, so a layer's exchanges cost one call. The returned call gives, for each
+        part, every rank's piece in rank order."""
+        raw = [part.contiguous().reshape(-1).view(torch.uint8) for part in parts]
+        wait = self.start_all_gather(torch.cat(raw))
+
+        def finish() -> list[list[torch.Tensor]]:
+            rows = wait()
+            gathered, offset = [], 0
+            for part, size in zip(parts, (r.numel() for r in raw), strict=True):
+                # A copy first: a wider dtype's view needs its bytes aligned, a slice of the row may not be.
+                gathered.append([row[offset : offset + size].clone().view(part.dtype).view(part.shape) for row in rows])
+                offset += size
+            return gathered
 
         return finish
 
@@ -320,3 +371,11 @@ class Communicator:
             dist.recv(buffer, sender, group=self.group)
             out[start:end].copy_(buffer)
         return out
+
+
+def _widest_halo_piece(layout: FrameLayout, width: int) -> int:
+    """The most frames any rank sends for a halo of `width`."""
+    sent = [0] * layout.world_size
+    for sender, _, lo, hi in layout.transfers(width):
+        sent[sender] += hi - lo
+    return max(sent)

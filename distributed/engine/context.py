@@ -84,10 +84,42 @@ class TemporalContext:
 
         def finish() -> tuple[torch.Tensor, torch.Tensor]:
             left, right = wait()
-            if pad_ends:
-                left = _pad_frames(left, dim, width, at_start=True)
-                right = _pad_frames(right, dim, width, at_start=False)
-            return left, right
+            return _padded_halo(left, right, dim, width, pad_ends)
+
+        return finish
+
+    @property
+    def halo_rides_all_gather(self) -> bool:
+        """Whether a layer's halo travels inside its all-gather. An all-gather brings a rank's piece to every
+        other rank; at two ranks that is exactly where its halo goes, so the halo costs no extra bytes there
+        and the layer one call fewer. With more ranks it would reach ranks that do not need it, so it goes
+        point to point, posted beside the all-gather."""
+        return self.comm.world_size == 2
+
+    def start_halo_with(
+        self, x: torch.Tensor, dim: int, width: int, pad_ends: bool, parts: Sequence[torch.Tensor]
+    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]]:
+        """Posts the halo of `width` of x together with an all-gather of `parts` (this rank's pieces, shaped
+        alike on every rank): one call where the halo rides the all-gather, else the all-gather and the
+        point-to-point halo posted together. The returned call waits (one round) and gives (left, right,
+        every part's pieces in rank order)."""
+        assert self.layout is not None
+        comm, layout = self.comm, self.layout
+        if self.halo_rides_all_gather and width > 0:
+            wait_all = comm.start_all_gather_parts([*parts, comm.halo_piece(x, dim, layout, width)])
+
+            def finish_together() -> tuple[torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]:
+                *gathered, halo_pieces = wait_all()
+                left, right = comm.halo_from_pieces(halo_pieces, x, dim, layout, width)
+                return (*_padded_halo(left, right, dim, width, pad_ends), gathered)
+
+            return finish_together
+        gathers = [comm.start_all_gather(part) for part in parts]
+        borrow = self.start_borrow(x, dim, width, pad_ends)
+
+        def finish() -> tuple[torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]:
+            left, right = borrow()
+            return left, right, [gather() for gather in gathers]
 
         return finish
 
@@ -101,14 +133,14 @@ class TemporalContext:
     def start_halo_and_globals(
         self, x: torch.Tensor, dim: int, width: int, pad_ends: bool
     ) -> Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Posts both exchanges of halo_and_globals; the returned call waits for them (one round), so the
-        caller can compute on its own frames meanwhile."""
-        gather = self.start_gather_global(x, dim) if self.global_indices else None
-        borrow = self.start_borrow(x, dim, width, pad_ends)
+        """Posts both exchanges of halo_and_globals (one call where the halo rides the global all-gather);
+        the returned call waits for them (one round), so the caller can compute on its own frames meanwhile."""
+        parts = [self._global_piece(x, dim)] if self.global_indices else []
+        arrived = self.start_halo_with(x, dim, width, pad_ends, parts)
 
         def finish() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            left, right = borrow()
-            return left, right, gather() if gather is not None else x.narrow(dim, 0, 0)
+            left, right, gathered = arrived()
+            return left, right, self._stack_globals(gathered[0], dim) if gathered else x.narrow(dim, 0, 0)
 
         return finish
 
@@ -129,6 +161,11 @@ class TemporalContext:
         sends an equally shaped piece; an all-gather then moves about G frames per rank, half of what
         gathering K and V would cost.
         """
+        wait = self.comm.start_all_gather(self._global_piece(x, dim))
+        return lambda: self._stack_globals(wait(), dim)
+
+    def _global_piece(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's global frames of x, padded to the largest rank's share."""
         assert self.layout is not None
         shares = self._global_shares()
         start = self.layout.starts[self.comm.rank]
@@ -136,18 +173,15 @@ class TemporalContext:
         source = torch.tensor([self.global_indices[row] - start for row in mine], device=x.device, dtype=torch.long)
         piece = x.index_select(dim, source)
         widest = max(len(rows) for rows in shares)
-        if piece.shape[dim] < widest:
-            piece = _pad_frames(piece, dim, widest, at_start=False)
-        wait = self.comm.start_all_gather(piece)
+        return _pad_frames(piece, dim, widest, at_start=False) if piece.shape[dim] < widest else piece
+
+    def _stack_globals(self, pieces: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+        """Every rank's _global_piece (rank order) as the global frames in global-index order."""
+        shares = self._global_shares()
         rows_in_order = [row for rows in shares for row in rows]
         order = sorted(range(len(rows_in_order)), key=rows_in_order.__getitem__)
-
-        def finish() -> torch.Tensor:
-            pieces = wait()
-            stacked = torch.cat([p.narrow(dim, 0, len(rows)) for p, rows in zip(pieces, shares, strict=True)], dim=dim)
-            return stacked.index_select(dim, torch.tensor(order, device=x.device, dtype=torch.long))
-
-        return finish
+        stacked = torch.cat([p.narrow(dim, 0, len(rows)) for p, rows in zip(pieces, shares, strict=True)], dim=dim)
+        return stacked.index_select(dim, torch.tensor(order, device=stacked.device, dtype=torch.long))
 
     def _global_shares(self) -> list[list[int]]:
         """For each rank, the rows of global_indices that fall into its clip."""
@@ -156,6 +190,15 @@ class TemporalContext:
             [row for row, frame in enumerate(self.global_indices) if start <= frame < start + count]
             for start, count in zip(self.layout.starts, self.layout.counts, strict=True)
         ]
+
+
+def _padded_halo(
+    left: torch.Tensor, right: torch.Tensor, dim: int, width: int, pad_ends: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """With pad_ends, the halo's frames missing past the video's ends become zeros (both sides `width`)."""
+    if not pad_ends:
+        return left, right
+    return _pad_frames(left, dim, width, at_start=True), _pad_frames(right, dim, width, at_start=False)
 
 
 def _pad_frames(x: torch.Tensor, dim: int, width: int, at_start: bool) -> torch.Tensor:

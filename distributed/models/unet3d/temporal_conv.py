@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,17 +51,18 @@ class FrameGroupNorm(nn.Module):
         settings = self.ctx.settings
         return self.ctx.active and settings.mode == "exact" and settings.norm_window == 0
 
-    def start_statistics(self, x: torch.Tensor) -> Callable[[], Statistics]:
-        """Posts the exchange of the moments of x, all of it this rank's own frames (B, C, F, H, W), so a
-        caller can move halo frames while it travels; the returned call gives what `terms` takes."""
-        return start_merge_over_ranks(self.ctx.comm, *own_moments(x, self.norm.num_groups, (0, x.shape[2])))
+    def own_moments_piece(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's moments of x, all of it its own frames (B, C, F, H, W), as the piece an all-gather
+        shares; merge_pieces turns every rank's into what `terms` takes. Lets a caller move halo frames in
+        the same exchange."""
+        return moments_piece(*own_moments(x, self.norm.num_groups, (0, x.shape[2])))
 
     def terms(
         self, x: torch.Tensor, own: tuple[int, int] | None = None, merged: Statistics | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) such that x * scale + shift is this layer's output, broadcastable to x: per
         channel, and per frame with window statistics. Lets a caller apply the norm in pieces. `merged`:
-        the whole video's statistics when the caller already has them (start_statistics)."""
+        the whole video's statistics when the caller already has them (own_moments_piece)."""
         ctx = self.ctx
         norm = self.norm
         frames = x.shape[2]
@@ -132,22 +133,26 @@ def row_moments(rows: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     return n * rows.shape[-2], mean, m2
 
 
+def moments_piece(count: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """One rank's moments (B, G) stacked as the (3, B, G) fp64 piece its all-gather sends."""
+    return torch.stack([torch.full_like(mean, count), mean, m2])
+
+
+def merge_pieces(pieces: Sequence[torch.Tensor]) -> Statistics:
+    """The mean and (biased) variance of every rank's moments_piece together, in fp64, merged in rank order
+    with Chan's formula. The counts may differ between ranks; every rank gets bit-identical results."""
+    total = sum(piece[0] for piece in pieces)
+    merged_mean = sum(piece[0] * piece[1] for piece in pieces) / total
+    merged_m2 = sum(piece[2] + piece[0] * (piece[1] - merged_mean).square() for piece in pieces)
+    return merged_mean, merged_m2 / total
+
+
 def start_merge_over_ranks(
     comm: Communicator, count: int, mean: torch.Tensor, m2: torch.Tensor
 ) -> Callable[[], Statistics]:
-    """Posts the all-gather of this rank's moments; the returned call gives the mean and (biased) variance
-    of every rank's moments together, in fp64, merged in rank order with Chan's formula. The counts may
-    differ between ranks; every rank gets bit-identical results."""
-    wait = comm.start_all_gather(torch.stack([torch.full_like(mean, count), mean, m2]))
-
-    def finish() -> Statistics:
-        pieces = wait()
-        total = sum(piece[0] for piece in pieces)
-        merged_mean = sum(piece[0] * piece[1] for piece in pieces) / total
-        merged_m2 = sum(piece[2] + piece[0] * (piece[1] - merged_mean).square() for piece in pieces)
-        return merged_mean, merged_m2 / total
-
-    return finish
+    """Posts the all-gather of this rank's moments; the returned call gives merge_pieces of every rank's."""
+    wait = comm.start_all_gather(moments_piece(count, mean, m2))
+    return lambda: merge_pieces(wait())
 
 
 def window_statistics(
@@ -205,11 +210,13 @@ class HaloTemporalConv(nn.Module):
         batch = hidden_states.shape[0] // num_frames
         frames = hidden_states.view(batch, num_frames, *hidden_states.shape[1:])
         first_norm = self.layer.conv1[0]
-        # The first stage's statistics need only the own frames: their all-gather travels with the halo.
+        # The first stage's statistics need only the own frames: their all-gather travels with the halo (in
+        # one call at two ranks, TemporalContext.halo_rides_all_gather).
         merge_first = ctx.comm.world_size > 1 and first_norm.whole_video_statistics
-        first_statistics = first_norm.start_statistics(frames.transpose(1, 2)) if merge_first else None
-        left, right = ctx.borrow(frames, dim=1, width=width, pad_ends=ctx.settings.mode == "reference")
-        merged = first_statistics() if first_statistics is not None else None
+        moments = [first_norm.own_moments_piece(frames.transpose(1, 2))] if merge_first else []
+        pad_ends = ctx.settings.mode == "reference"
+        left, right, gathered = ctx.start_halo_with(frames, dim=1, width=width, pad_ends=pad_ends, parts=moments)()
+        merged = merge_pieces(gathered[0]) if merge_first else None
         if left.shape[1] == right.shape[1] == 0:  # one rank: nothing to add, and no copy of the clip
             return self._run(hidden_states, num_frames, None, merged)
         extended = torch.cat([left, frames, right], dim=1)
