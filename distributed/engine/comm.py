@@ -177,10 +177,13 @@ class Communicator:
         of every transfer it makes (in the canonical order), padded to the widest rank's, so every rank's
         piece has one shape. halo_from_pieces undoes it."""
         start = layout.starts[self.rank]
-        ranges = [(lo, hi) for sender, _, lo, hi in layout.transfers(width) if sender == self.rank]
-        pieces = [x.narrow(dim, lo - start, hi - lo) for lo, hi in ranges]
+        transfers = layout.transfers(width)
+        sent_by = [0] * self.world_size
+        for sender, _, lo, hi in transfers:
+            sent_by[sender] += hi - lo
+        pieces = [x.narrow(dim, lo - start, hi - lo) for sender, _, lo, hi in transfers if sender == self.rank]
         sent = torch.cat(pieces, dim=dim) if pieces else x.narrow(dim, 0, 0)
-        missing = _widest_halo_piece(layout, width) - sent.shape[dim]
+        missing = max(sent_by) - sent.shape[dim]
         if missing:
             shape = list(x.shape)
             shape[dim] = missing
@@ -188,7 +191,7 @@ class Communicator:
         return sent
 
     def halo_from_pieces(
-        self, pieces: Sequence[torch.Tensor], x: torch.Tensor, dim: int, layout: FrameLayout, width: int
+        self, pieces: Sequence[torch.Tensor], dim: int, layout: FrameLayout, width: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(left, right) as borrow_frames gives them, read from every rank's halo_piece (rank order)."""
         (l_lo, l_hi), (r_lo, r_hi) = layout.halo(self.rank, width)
@@ -200,7 +203,7 @@ class Communicator:
                 piece = pieces[sender].narrow(dim, offsets[sender], hi - lo)
                 (parts_left if hi <= start else parts_right).append(piece)
             offsets[sender] += hi - lo
-        empty = x.narrow(dim, 0, 0)
+        empty = pieces[0].narrow(dim, 0, 0)
         left = torch.cat(parts_left, dim=dim) if parts_left else empty
         right = torch.cat(parts_right, dim=dim) if parts_right else empty
         assert left.shape[dim] == l_hi - l_lo and right.shape[dim] == r_hi - r_lo
@@ -371,11 +374,3 @@ class Communicator:
             dist.recv(buffer, sender, group=self.group)
             out[start:end].copy_(buffer)
         return out
-
-
-def _widest_halo_piece(layout: FrameLayout, width: int) -> int:
-    """The most frames any rank sends for a halo of `width`."""
-    sent = [0] * layout.world_size
-    for sender, _, lo, hi in layout.transfers(width):
-        sent[sender] += hi - lo
-    return max(sent)

@@ -110,7 +110,7 @@ class TemporalContext:
 
             def finish_together() -> tuple[torch.Tensor, torch.Tensor, list[list[torch.Tensor]]]:
                 *gathered, halo_pieces = wait_all()
-                left, right = comm.halo_from_pieces(halo_pieces, x, dim, layout, width)
+                left, right = comm.halo_from_pieces(halo_pieces, dim, layout, width)
                 return (*_padded_halo(left, right, dim, width, pad_ends), gathered)
 
             return finish_together
