@@ -148,24 +148,14 @@ def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> 
     from ..distributed.engine.errors import JobCancelled
     from ..distributed.pool import PoolError, WorkerError
 
-    deadline = time.monotonic() + job_timeout_s if job_timeout_s > 0 else None
-    while not handle.done():
-        if mm.processing_interrupted():  # only reads the flag; it is cleared below, in this thread
+    try:
+        _follow(handle, progress, job_timeout_s)
+    except BaseException:
+        # ComfyUI's progress hook raises its interrupt from inside a bar update, so a Cancel can surface here
+        # as well as at the flag check; either way the workers stop before the node lets go of the pool.
+        if not handle.done():
             _stop(handle)
-            mm.throw_exception_if_processing_interrupted()
-        if deadline is not None and time.monotonic() > deadline:
-            _stop(handle)
-            raise WorkerFailed(
-                f"Video-Infinity: the video took longer than job_timeout_s ({job_timeout_s:.0f} s) and was cancelled; "
-                "raise job_timeout_s on the Worker Pool node (0 waits without limit)"
-            )
-        for event in handle.poll_events():
-            progress.on_event(event)
-        progress.on_preview(handle.take_preview())
-        time.sleep(POLL_S)
-    for event in handle.poll_events():
-        progress.on_event(event)
-    progress.on_preview(handle.take_preview())  # a job faster than the polling still shows its last step
+        raise
     try:
         frames = handle.result()
     except JobCancelled:
@@ -177,6 +167,32 @@ def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> 
         raise WorkerFailed(f"Video-Infinity {error}") from error
     progress.finish(f"{frames.shape[0]} frames done" if frames is not None else "latent done")
     return frames
+
+
+def _follow(handle: Any, progress: JobProgress, job_timeout_s: float) -> None:
+    """Shows the job's events until it ends; raises ComfyUI's interrupt on Cancel, WorkerFailed past the timeout."""
+    import comfy.model_management as mm
+
+    deadline = time.monotonic() + job_timeout_s if job_timeout_s > 0 else None
+    while not handle.done():
+        if mm.processing_interrupted():  # only reads the flag; it is cleared below, in this thread
+            _stop(handle)
+            mm.throw_exception_if_processing_interrupted()
+        if deadline is not None and time.monotonic() > deadline:
+            _stop(handle)
+            raise WorkerFailed(
+                f"Video-Infinity: the video took longer than job_timeout_s ({job_timeout_s:.0f} s) and was cancelled; "
+                "raise job_timeout_s on the Worker Pool node (0 waits without limit)"
+            )
+        _show(handle, progress)
+        time.sleep(POLL_S)
+    _show(handle, progress)  # a job faster than the polling still shows its last step
+
+
+def _show(handle: Any, progress: JobProgress) -> None:
+    for event in handle.poll_events():
+        progress.on_event(event)
+    progress.on_preview(handle.take_preview())
 
 
 def _stop(handle: Any) -> None:
