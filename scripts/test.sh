@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: sets up everything it needs from nothing, then runs the whole suite.
+# The test command: sets up everything it needs from nothing, then runs the suite (slow tests: --run-slow).
 # Extra arguments go to pytest (e.g. -m "not browser").
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -47,7 +47,7 @@ def whole_video(parts, axis):
     return np.concatenate([part["out"] for part in parts], axis=axis)
 
 
-@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), pytest.param("float32", 1e-5, marks=pytest.mark.slow)])
 def test_one_unet_call_is_the_same_for_1_2_3_4_ranks(dtype, tolerance):
     # 19 frames split unevenly; with 4 ranks a clip (4-5 frames) is shorter than the conv halo plus the
     # attention window, so halos span several ranks. float64 shows the algorithm itself is exact.
@@ -61,7 +61,7 @@ def test_one_unet_call_is_the_same_for_1_2_3_4_ranks(dtype, tolerance):
         assert error < tolerance
 
 
-@pytest.mark.parametrize("phase_timestep", [900.0, 100.0])
+@pytest.mark.parametrize("phase_timestep", [pytest.param(900.0, marks=pytest.mark.slow), 100.0])
 def test_phase_bias_changes_output_and_stays_exact(phase_timestep):
     kwargs = {"frames": 12, "settings": SETTINGS, "timestep": phase_timestep, "dtype": "float64"}
     plain = dict(kwargs, settings=dict(SETTINGS, phase_bias=False))
@@ -80,7 +80,7 @@ def test_temporal_conv_and_groupnorm_are_exact_across_rank_borders():
     assert np.abs(whole_video(reference, axis=1) - oracle).max() > 1e-3
 
 
-@pytest.mark.parametrize("ranks,window", [(3, 4), (4, 6)])
+@pytest.mark.parametrize("ranks,window", [pytest.param(3, 4, marks=pytest.mark.slow), (4, 6)])
 def test_sliding_window_groupnorm_is_exact_across_rank_borders(ranks, window):
     job = {"frames": 10, "mode": "exact", "norm_window": window}
     # 4 ranks: clips of 2 or 3 frames
@@ -106,7 +106,7 @@ def test_groupnorm_statistics_of_uneven_clips_take_one_collective_and_agree_on_e
         assert np.array_equal(part["mean"], parts[0]["mean"]) and np.array_equal(part["var"], parts[0]["var"])
 
 
-@pytest.mark.parametrize(("world_size", "posted"), [(2, 1), (3, 2)])
+@pytest.mark.parametrize(("world_size", "posted"), [(2, 1), pytest.param(3, 2, marks=pytest.mark.slow)])
 def test_a_cancel_between_exchanges_posted_together_leaves_none_travelling_once_settled(world_size, posted):
     """The engine settles a cancelled job's exchanges (Engine.run): a Cancel asked on one rank stops every
     rank at the keys' all-gather, the values' exchange is still in flight (at two ranks one all-gather that
@@ -149,6 +149,7 @@ def test_at_three_ranks_halos_go_point_to_point_beside_the_all_gather():
         assert part["globals"] == [expected, expected]
 
 
+@pytest.mark.slow  # the split-by-shares test below samples on 1, 2 and 3 ranks too
 def test_sampled_video_is_the_same_for_1_2_and_4_ranks(tiny_pipeline):
     (oracle, *_), *splits = run_in_turn([(size, {"job": job(tiny_pipeline)}) for size in (1, 2, 4)], run_job)
     assert oracle["bytes_sent_per_step"] == [0, 0, 0]
@@ -222,6 +223,7 @@ def test_reference_mode_with_several_ranks_differs_from_exact(tiny_pipeline):
     assert np.abs(result["latents"] - exact["latents"]).max() > 1e-3
 
 
+@pytest.mark.slow  # test_benchmarks checks the same on the traffic benchmark
 def test_bytes_per_step_do_not_grow_with_frames_per_rank(tiny_pipeline):
     specs = {
         frames: job(

@@ -36,6 +36,7 @@ def test_a_rank_that_cannot_see_the_file_receives_it_once_and_the_others_read_it
     }
 
 
+@pytest.mark.slow  # one copy per machine with one rank there: the test above
 def test_two_ranks_of_one_other_machine_get_one_copy(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     path = tmp_path / "wan-4567.safetensors"

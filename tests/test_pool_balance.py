@@ -80,6 +80,7 @@ def test_a_split_whose_workers_computed_far_apart_earns_a_note() -> None:
 
 
 @pytest.mark.pool
+@pytest.mark.slow  # several jobs until the split settles; the fitting itself is tested above
 @pytest.mark.timeout(300)
 def test_a_slow_worker_gets_fewer_frames_until_the_ranks_compute_as_long(tiny_pipeline: Path) -> None:
     # 128 x 128 pixels: the tiny model's work then grows with frames; at 32 x 32 its fixed costs hide them.

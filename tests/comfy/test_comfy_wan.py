@@ -195,7 +195,11 @@ def test_lora_travels_and_one_worker_with_a_full_window_equals_core_ksampler(hos
     assert relative(found["32"], found["31"]) > 1e-3, "the LoRA should change the result"
 
 
-@pytest.mark.parametrize("weights", [T2V_FP8, T2V_MIXED], ids=["scaled-fp8", "mixed-precision"])
+@pytest.mark.parametrize(
+    "weights",
+    [T2V_FP8, pytest.param(T2V_MIXED, marks=pytest.mark.slow)],  # mixed precision: also in test_wan_engine
+    ids=["scaled-fp8", "mixed-precision"],
+)
 def test_scaled_fp8_weights_with_a_lora_equal_core_ksampler_and_are_the_same_on_two_workers(host, client, weights):
     """A *_fp8_scaled file as UNETLoader loads it by default (fp8 weights with a scale per layer), and a file
     with quantization metadata, whose layers ComfyUI holds quantized (as newer ComfyUI holds scaled-fp8 ones)."""
@@ -274,6 +278,7 @@ def test_ltx_video_text_without_its_attention_mask_is_refused_by_name(host, clie
 
 
 @pytest.mark.ltxv
+@pytest.mark.slow  # the image frame kept: Wan 2.2 TI2V below; LTX-Video sampled: the text-to-video test
 def test_ltx_video_image_to_video_keeps_the_image_frame_equals_core_and_two_workers(host, client):
     """A latent whose first frame is kept by a noise mask, as LTXVImgToVideo makes one (its VAE is too big for
     tests): that frame also gets its own timestep inside LTX-Video."""
@@ -458,6 +463,7 @@ def test_bad_wan_inputs_name_the_problem_and_the_server_stays_up(host, client, c
     assert host.alive()
 
 
+@pytest.mark.slow  # the engine test of workers on other machines covers the transfer; this is the whole graph
 def test_a_worker_pool_with_a_worker_on_another_machine_runs_wan(host, client):
     # The Worker Pool asks for one local worker and one remote: a node agent joins it (started on this machine,
     # as there is no second one here; its workers import the same ComfyUI). Same result as two local workers.
