@@ -63,9 +63,29 @@ def temporal_conv_call(comm: Communicator, frames: int, mode: str, norm_window: 
     start, end = layout.span(comm.rank)
     ctx.begin_job(layout, DualScopeSettings(mode=mode, norm_window=norm_window))
     own = x[:, start:end].reshape(-1, 16, 4, 4)
+    convolved = count_convolved_frames()
     with torch.no_grad():
         out = holder.conv(own, num_frames=end - start)
-    return {"out": out.view(2, end - start, 16, 4, 4), "bytes": comm.bytes_sent}
+    return {"out": out.view(2, end - start, 16, 4, 4), "bytes": comm.bytes_sent, "convolved": convolved}
+
+
+def count_convolved_frames() -> list[int]:
+    """From now on in this process, the output frames of every convolution a temporal conv stage computes
+    (its frames-only kernel runs as conv2d over (frames, pixels)), appended to the returned list."""
+    import torch.nn.functional as F
+
+    from distributed.models.unet3d import temporal_conv
+
+    counts: list[int] = []
+    plain = F.conv2d
+
+    def counted(*args, **kwargs):
+        result = plain(*args, **kwargs)
+        counts.append(result.shape[2])
+        return result
+
+    temporal_conv.F = type("CountingFunctional", (), {"conv2d": staticmethod(counted), "pad": staticmethod(F.pad)})
+    return counts
 
 
 def groupnorm_statistics(comm: Communicator, sizes: list[int]) -> dict:

@@ -188,11 +188,15 @@ def window_statistics(
 
 
 class HaloTemporalConv(nn.Module):
-    """Runs a TemporalConvLayer on [left halo ; own ; right halo] and keeps the own frames.
+    """A TemporalConvLayer whose own frames come out as on one device, however the video is split.
 
-    The layer's receptive field is +-4 frames (four Conv3d(3,1,1) stages), so a halo of 4 makes the own
-    frames exact. At the video ends there is no neighbour: exact mode pads nothing there, so the
-    layer's own zero padding applies as on one device; reference mode feeds zero frames.
+    The layer's receptive field is +-4 frames (four Conv3d(3,1,1) stages). With whole-video statistics
+    (exact mode) each stage borrows the one frame per side its kernel reaches, inside the all-gather of
+    that stage's norm statistics, which has to happen anyway: no call and no frame is computed twice.
+    Otherwise (window statistics, reference mode, a halo narrower than the receptive field) the layer runs
+    on [left halo ; own ; right halo] of the input and keeps the own frames. At the video ends there is no
+    neighbour: exact mode pads nothing there, so the layer's own zero padding applies as on one device;
+    reference mode feeds zero frames.
     """
 
     def __init__(self, layer: TemporalConvLayer, ctx: TemporalContext, elements: int):
@@ -207,6 +211,8 @@ class HaloTemporalConv(nn.Module):
         width = ctx.settings.conv_halo
         if not ctx.active or width == 0:
             return self._run(hidden_states, num_frames, None)
+        if self._halo_per_stage(width):
+            return self._run_with_stage_halos(hidden_states, num_frames)
         batch = hidden_states.shape[0] // num_frames
         frames = hidden_states.view(batch, num_frames, *hidden_states.shape[1:])
         first_norm = self.layer.conv1[0]
@@ -230,6 +236,35 @@ class HaloTemporalConv(nn.Module):
         out = out.view(batch, total, *out.shape[1:])[:, left.shape[1] : left.shape[1] + num_frames]
         return out.reshape(batch * num_frames, *out.shape[2:])
 
+    @property
+    def _stages(self) -> tuple[nn.Sequential, ...]:
+        layer = self.layer
+        return (layer.conv1, layer.conv2, layer.conv3, layer.conv4)
+
+    def _halo_per_stage(self, width: int) -> bool:
+        """Whether each stage can borrow its own kernel's reach with its statistics (see the class)."""
+        stages = self._stages
+        return (
+            self.ctx.comm.world_size > 1
+            and all(_chunkable(stage) and stage[0].whole_video_statistics for stage in stages)
+            and width >= sum(stage[-1].padding[0] for stage in stages)
+        )
+
+    def _run_with_stage_halos(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The layer on the own frames only: every stage's input frames next to this clip travel with that
+        stage's statistics (one call at two ranks), and the stage convolves [left ; own ; right] in chunks."""
+        ctx = self.ctx
+        x = hidden_states[None, :].reshape((-1, num_frames) + hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
+        identity = x
+        for stage in self._stages:
+            moments = stage[0].own_moments_piece(x)
+            reach = stage[-1].padding[0]
+            left, right, gathered = ctx.start_halo_with(x, dim=2, width=reach, pad_ends=False, parts=[moments])()
+            merged = merge_pieces(gathered[0])
+            x = _stage_in_chunks(stage, x, None, self.elements, ctx.comm.poll_cancel, merged, (left, right))
+        x = identity + x
+        return x.permute(0, 2, 1, 3, 4).reshape((x.shape[0] * x.shape[2], -1) + x.shape[3:])
+
     def _run(
         self,
         hidden_states: torch.Tensor,
@@ -239,10 +274,9 @@ class HaloTemporalConv(nn.Module):
     ) -> torch.Tensor:
         """TemporalConvLayer's own computation, with each stage's FrameGroupNorm told which frames are ours
         (and the first one given its statistics when they travelled with the halo)."""
-        layer = self.layer
         x = hidden_states[None, :].reshape((-1, num_frames) + hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
         identity = x
-        for index, stage in enumerate((layer.conv1, layer.conv2, layer.conv3, layer.conv4)):
+        for index, stage in enumerate(self._stages):
             merged = first_statistics if index == 0 else None
             if _chunkable(stage):
                 x = _stage_in_chunks(stage, x, own, self.elements, self.ctx.comm.poll_cancel, merged)
@@ -278,13 +312,17 @@ def _stage_in_chunks(
     elements: int,
     poll: Callable[[], bool],
     merged: Statistics | None = None,
+    halo: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """norm -> element-wise layers -> convolution over frames, on chunks of frames (each with the frames
     its kernel reaches beyond it), so the normalised and activated input never exists for the whole clip.
-    The norm's statistics come first, from the whole input."""
+    The norm's statistics come first, from the whole input. halo: (left, right) input frames just outside
+    x that the kernel reaches (whole-video statistics only); the output has x's frames."""
     norm, conv, between = stage[0], stage[-1], list(stage[1:-1])
     scale, shift = norm.terms(x, own, merged)
     per_frame_terms = scale.dim() > 2 and scale.shape[2] == x.shape[2] and x.shape[2] > 1
+    assert halo is None or not per_frame_terms, "halo frames have no per-frame terms here"
+    left, right = halo if halo is not None else (x[:, :, :0], x[:, :, :0])
     batch, channels, frames, height, width = x.shape
     reach = conv.padding[0]
     step = max(1, elements // (batch * channels * height * width))
@@ -294,9 +332,9 @@ def _stage_in_chunks(
         if poll():
             break
         end = min(frames, first + step)
-        lo, hi = max(0, first - reach), min(frames, end + reach)
+        lo, hi = max(-left.shape[2], first - reach), min(frames + right.shape[2], end + reach)
         piece_scale, piece_shift = (t[:, :, lo:hi] if per_frame_terms else t for t in (scale, shift))
-        piece = torch.addcmul(piece_shift, x[:, :, lo:hi], piece_scale).to(x.dtype)
+        piece = torch.addcmul(piece_shift, _frames_between(x, left, right, lo, hi), piece_scale).to(x.dtype)
         for module in between:
             piece = module(piece)
         # Zero frames where the clip ends, as the convolution's own padding would give.
@@ -304,3 +342,15 @@ def _stage_in_chunks(
         result = F.conv2d(piece.reshape(batch, channels, -1, height * width), weight, conv.bias)
         out[:, :, first:end] = result.view(batch, -1, end - first, height, width)
     return out
+
+
+def _frames_between(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Frames [lo, hi) of [left ; x ; right] along axis 2, counted from x's first frame; only a chunk that
+    reaches into a halo is copied."""
+    frames = x.shape[2]
+    parts = [x[:, :, max(lo, 0) : min(hi, frames)]]
+    if lo < 0:
+        parts.insert(0, left[:, :, left.shape[2] + lo :])
+    if hi > frames:
+        parts.append(right[:, :, : hi - frames])
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
