@@ -151,8 +151,8 @@ def wait_for(handle: Any, progress: JobProgress, job_timeout_s: float = 0.0) -> 
     try:
         _follow(handle, progress, job_timeout_s)
     except BaseException:
-        # ComfyUI's progress hook raises its interrupt from inside a bar update, so a Cancel can surface here
-        # as well as at the flag check; either way the workers stop before the node lets go of the pool.
+        # The one place that stops the job: a Cancel seen at the flag check, the timeout, and ComfyUI's interrupt
+        # raised by its progress hook inside a bar update all end here before the node lets go of the pool.
         if not handle.done():
             _stop(handle)
         raise
@@ -175,11 +175,9 @@ def _follow(handle: Any, progress: JobProgress, job_timeout_s: float) -> None:
 
     deadline = time.monotonic() + job_timeout_s if job_timeout_s > 0 else None
     while not handle.done():
-        if mm.processing_interrupted():  # only reads the flag; it is cleared below, in this thread
-            _stop(handle)
-            mm.throw_exception_if_processing_interrupted()
+        # Both raise; wait_for stops the job on the way out.
+        mm.throw_exception_if_processing_interrupted()
         if deadline is not None and time.monotonic() > deadline:
-            _stop(handle)
             raise WorkerFailed(
                 f"Video-Infinity: the video took longer than job_timeout_s ({job_timeout_s:.0f} s) and was cancelled; "
                 "raise job_timeout_s on the Worker Pool node (0 waits without limit)"

@@ -77,14 +77,18 @@ def count_convolved_frames() -> list[int]:
     from distributed.models.unet3d import temporal_conv
 
     counts: list[int] = []
-    plain = F.conv2d
 
-    def counted(*args, **kwargs):
-        result = plain(*args, **kwargs)
-        counts.append(result.shape[2])
-        return result
+    class Counting:
+        def __getattr__(self, name: str):
+            return getattr(F, name)  # everything but conv2d is torch's own
 
-    temporal_conv.F = type("CountingFunctional", (), {"conv2d": staticmethod(counted), "pad": staticmethod(F.pad)})
+        @staticmethod
+        def conv2d(*args, **kwargs):
+            result = F.conv2d(*args, **kwargs)
+            counts.append(result.shape[2])
+            return result
+
+    temporal_conv.F = Counting()
     return counts
 
 
